@@ -1,0 +1,1 @@
+"""imgrate: learn what makes a photographer's photos popular, and rank them honestly."""

@@ -1,0 +1,52 @@
+"""One error hierarchy for imgrate.
+
+Library code raises these; only the CLI and the stage scripts turn them into exit codes.
+Each class also subclasses the builtin it specialises, so callers that catch
+``ValueError`` or ``OSError`` keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class ImgrateError(Exception):
+    """Base class of every error imgrate raises on purpose."""
+
+
+class ParamsError(ImgrateError, ValueError):
+    """params.yaml is missing a key, has an unknown one, or a value of the wrong type."""
+
+
+class UsersFileError(ImgrateError, ValueError):
+    """users.txt names an invalid username."""
+
+
+class CrawlError(ImgrateError):
+    """Crawling a user failed in a way that stops the crawl (strict mode or no users)."""
+
+
+class DataError(ImgrateError, ValueError):
+    """Stored data (a shard, a table, a dataset) is missing, corrupt or inconsistent."""
+
+
+class ModelError(ImgrateError, ValueError):
+    """A model file is missing, corrupt, or was trained with an unknown architecture."""
+
+
+class ImageError(ImgrateError, ValueError):
+    """A file that should be an image cannot be decoded."""
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run an entry point; an :class:`ImgrateError` becomes a one-line message and exit code 2."""
+    import sys
+
+    try:
+        main()
+    except ImgrateError as err:
+        print(f"imgrate: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("imgrate: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

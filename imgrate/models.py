@@ -1,0 +1,106 @@
+"""Model architectures, built from typed configs that the checkpoint stores."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgrate.errors import ModelError
+
+
+@dataclass(frozen=True)
+class PaperCNNConfig:
+    """The founding paper's CNN. Defaults are the paper's numbers."""
+
+    size: int = 50  # input images are size x size RGB
+    conv1_channels: int = 10
+    conv1_kernel: int = 11
+    conv2_channels: int = 5
+    conv2_kernel: int = 5
+    pool: int = 2
+    dropout: float = 0.25
+    hidden: int = 500
+    leaky_slope: float = 0.1
+
+    @property
+    def flat_features(self) -> int:
+        side = (self.size - self.conv1_kernel + 1 - self.conv2_kernel + 1) // self.pool
+        return self.conv2_channels * side * side
+
+
+class PaperCNN(nn.Module):
+    """conv 11x11 -> 10 ch (50 -> 40), conv 5x5 -> 5 ch (40 -> 36), max-pool 2 (-> 18),
+    dropout 0.25, flatten (5*18*18 = 1620), dense 1620 -> 500 -> 1, LeakyReLU(0.1) between
+    layers. The paper's "three dense layers" are read as three layers of units —
+    1620 (the flattened input), 500, 1 — i.e. two weight matrices (see README)."""
+
+    def __init__(self, config: PaperCNNConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c.conv1_channels, c.conv1_kernel),  # B,3,50,50 -> B,10,40,40
+            nn.LeakyReLU(c.leaky_slope),
+            nn.Conv2d(c.conv1_channels, c.conv2_channels, c.conv2_kernel),  # -> B,5,36,36
+            nn.LeakyReLU(c.leaky_slope),
+            nn.MaxPool2d(c.pool),  # -> B,5,18,18
+            nn.Dropout(c.dropout),
+            nn.Flatten(),  # -> B,1620
+        )
+        self.head = nn.Sequential(
+            nn.Linear(c.flat_features, c.hidden),  # -> B,500
+            nn.LeakyReLU(c.leaky_slope),
+            nn.Linear(c.hidden, 1),  # -> B,1
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B x 3 x S x S floats in [0, 1]; returns B scores."""
+        return self.head(self.features(x)).squeeze(-1)
+
+
+ARCHITECTURES: dict[str, tuple[type, type]] = {
+    "paper_cnn": (PaperCNN, PaperCNNConfig),
+}
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh model of architecture ``name`` from a config dict (defaults when None)."""
+    try:
+        model_cls, config_cls = ARCHITECTURES[name]
+    except KeyError:
+        raise ModelError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES)})") from None
+    return model_cls(config_cls(**(config or {})))
+
+
+def config_dict(model: nn.Module) -> dict[str, Any]:
+    return dataclasses.asdict(model.config)  # type: ignore[arg-type]
+
+
+def save_checkpoint(path: Path, name: str, model: nn.Module, extra: dict[str, Any]) -> None:
+    """Save weights with everything needed to rebuild and use the model, atomically."""
+    from imgrate.io import atomic_path
+
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"architecture": name, "config": config_dict(model), "state_dict": state, **extra}, tmp)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved model in eval mode; returns (model, checkpoint dict)."""
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file
+        raise ModelError(f"{path}: not a readable imgrate model ({type(err).__name__})") from err
+    if not isinstance(ckpt, dict) or "architecture" not in ckpt:
+        raise ModelError(f"{path}: not an imgrate model file")
+    model = build_model(ckpt["architecture"], ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(device).eval()
+    return model, ckpt

@@ -1,0 +1,110 @@
+"""Every path imgrate reads or writes, defined once.
+
+All paths are relative to the project root, which is the current directory unless
+``IMGRATE_ROOT`` says otherwise. dvc.yaml names the same paths; ``tests/test_dvc_yaml.py``
+checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The project's file layout under one root."""
+
+    root: Path
+
+    # inputs
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def users_file(self) -> Path:
+        return self.root / "users.txt"
+
+    # crawl: append-only raw data
+    @property
+    def raw(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def shards(self) -> Path:
+        return self.raw / "shards"
+
+    @property
+    def stamps(self) -> Path:
+        return self.raw / "latest-stamps.ini"
+
+    # export
+    @property
+    def tables(self) -> Path:
+        return self.root / "data" / "tables"
+
+    @property
+    def posts_table(self) -> Path:
+        return self.tables / "posts.jsonl"
+
+    @property
+    def users_table(self) -> Path:
+        return self.tables / "users.jsonl"
+
+    # preprocess
+    @property
+    def dataset(self) -> Path:
+        return self.root / "data" / "dataset"
+
+    def images_array(self, size: int) -> Path:
+        return self.dataset / f"images_{size}.npy"
+
+    @property
+    def dataset_index(self) -> Path:
+        return self.dataset / "index.jsonl"
+
+    @property
+    def dataset_meta(self) -> Path:
+        return self.dataset / "meta.json"
+
+    # train
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, name: str) -> Path:
+        return self.models / f"{name}.pt"
+
+    def live_dir(self, name: str) -> Path:
+        return self.root / "dvclive" / name
+
+    # metrics and plots (git-tracked, cache: false)
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def stage_metrics(self, stage: str) -> Path:
+        return self.metrics / f"{stage}.json"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    # persistent caches that DVC never deletes (git-ignored, not a DVC output)
+    @property
+    def cache(self) -> Path:
+        return self.root / ".imgrate-cache"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space on the same filesystem as the outputs, for atomic renames."""
+        return self.cache / "tmp"
+
+
+def project_paths(root: Path | str | None = None) -> Paths:
+    """The layout under ``root``, else ``$IMGRATE_ROOT``, else the current directory."""
+    if root is None:
+        root = os.environ.get("IMGRATE_ROOT") or Path.cwd()
+    return Paths(Path(root).resolve())

@@ -1,0 +1,117 @@
+"""dvc.yaml agrees with the code: each stage lists its script, every imgrate module that
+script imports (transitively, lazy imports included), its params section, and the paths
+that imgrate.paths defines."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+from imgrate.params import parse_params
+from imgrate.paths import Paths
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("crawl", "export", "preprocess", "train", "evaluate")
+
+
+def _module_file(module: str) -> Path | None:
+    base = ROOT / Path(*module.split("."))
+    if base.with_suffix(".py").exists():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").exists():
+        return base / "__init__.py"
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Dotted imgrate modules imported anywhere in ``path`` (and their parent packages)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] != "imgrate":
+                continue
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                if _module_file(".".join(parts[:i])):
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def imgrate_closure(script: Path) -> set[str]:
+    """Repository-relative files of every imgrate module ``script`` imports, transitively."""
+    todo, seen = list(_imports(script)), set()
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        todo.extend(_imports(_module_file(mod)))
+    return {_module_file(m).relative_to(ROOT).as_posix() for m in seen}
+
+
+def _stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _deps(stage: dict) -> set[str]:
+    return {d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])}
+
+
+def _outs(stage: dict, kind: str = "outs") -> set[str]:
+    return {o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])}
+
+
+def test_every_stage_exists_in_order() -> None:
+    assert list(_stages()) == list(STAGES)
+
+
+def test_deps_list_script_and_every_imported_module() -> None:
+    for name, stage in _stages().items():
+        script = re.search(r"(stages/\w+\.py)", stage["cmd"]).group(1)
+        deps = _deps(stage)
+        assert script in deps, f"{name}: script {script} not in deps"
+        modules = imgrate_closure(ROOT / script)
+        listed = {d for d in deps if d.startswith("imgrate/")}
+        assert listed == modules, (
+            f"stage {name}: missing {sorted(modules - listed)}, not imported {sorted(listed - modules)}"
+        )
+
+
+def test_each_stage_tracks_its_own_params_section() -> None:
+    for name, stage in _stages().items():
+        assert stage.get("params") == [name], name
+
+
+def test_paths_agree_with_paths_module() -> None:
+    p = Paths(ROOT)
+    rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    s = _stages()
+    assert _outs(s["crawl"]) == {rel(p.raw)}
+    assert s["crawl"]["always_changed"] is True
+    assert s["crawl"]["outs"][0][rel(p.raw)]["persist"] is True
+    assert _outs(s["export"]) == {rel(p.tables)}
+    assert _outs(s["preprocess"]) == {rel(p.dataset)}
+    assert {rel(p.raw), rel(p.tables)} <= _deps(s["preprocess"])
+    assert rel(p.dataset) in _deps(s["train"])
+    models = s["train"]["matrix"]["model"]
+    assert _outs(s["train"]) == {"models/${item.model}.pt"}
+    assert {rel(p.model(m)) for m in models} <= _deps(s["evaluate"])
+    for stage in ("crawl", "export", "preprocess", "evaluate"):
+        assert _outs(s[stage], "metrics") == {rel(p.stage_metrics(stage))}
+    assert rel(p.images_array(params.preprocess.size)).startswith(rel(p.dataset))
+
+
+def test_metrics_and_plots_are_not_cached() -> None:
+    for name, stage in _stages().items():
+        for kind in ("metrics", "plots"):
+            for entry in stage.get(kind, []):
+                assert isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False, (name, entry)
