@@ -78,3 +78,22 @@ def make_project(dest: Path, params: dict[str, Any] | None = None, users: list[s
 def project(tmp_path: Path) -> Path:
     """A fresh tiny project (git repo, DVC, tiny params) for one test."""
     return make_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny world crawled, exported and preprocessed once (in-process); treat as read-only."""
+    from imgrate.crawl.stage import run_stage as crawl
+    from imgrate.export import run_stage as export
+    from imgrate.params import parse_params
+    from imgrate.paths import Paths
+    from imgrate.preprocess import run_stage as preprocess
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    (root / "users.txt").write_text("\n".join(TINY_USERS) + "\n")
+    params = parse_params(tiny_params())
+    paths = Paths(root)
+    crawl(params.crawl, paths)
+    export(params.export, paths)
+    preprocess(params.preprocess, paths)
+    return params, paths

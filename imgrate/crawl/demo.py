@@ -16,10 +16,11 @@ The hidden ground truth: each post's first image has an ``appeal`` made from wha
 in it (colourfulness, contrast, exposure, rule-of-thirds composition, sharpness, how close
 its hue is to the photographer's signature hue) plus noise, and its likes are
 
-    likes = followers(at posting) * engagement * exp(0.7 * appeal + likes_sigma * z) [* viral]
+    likes = followers(at posting) * engagement * exp(sensitivity * appeal + likes_sigma * z) [* viral]
 
 grown over the post's first 3 days: ``final * (1 - (1 - min(age / 3 days, 1)) ** 2)``, fixed
-afterwards. Users differ in followers (2k..2M), engagement, likes spread and viral outliers,
+afterwards. Users differ in followers (2k..2M), engagement, how much their audience rewards appeal
+(``appeal_sensitivity`` 0.35..1), likes noise and viral outliers,
 so who posted explains most of the likes across users, while appeal explains a large part
 within a user.
 """
@@ -57,7 +58,6 @@ DAY = 86_400
 YEAR = 365.25 * DAY
 IG_EPOCH_MS = 1_314_220_021_721  # Instagram's media ids count milliseconds from here
 LIKES_GROWTH_SECONDS = 3 * DAY  # likes and comments grow for 3 days, then stay fixed
-APPEAL_LIKES = 0.7  # log-likes per unit of appeal
 APPEAL_NOISE = 0.45  # sd of the invisible part of appeal (the visible part has sd ~0.9)
 USERNAME_RE = re.compile(r"^[a-z0-9._]{1,30}$")
 
@@ -114,7 +114,9 @@ class DemoUser:
     engagement: float  # typical likes / followers
     interval_days: float  # mean gap between posts
     full_name: str = ""
-    follower_growth: float = 0.0  # followers grow by exp(growth * years since start)
+    base_followers: float = 0.0  # followers at `start`; they grow by exp(growth * years)
+    follower_growth: float = 0.0
+    appeal_sensitivity: float = 0.7  # log-likes per unit of appeal
     likes_sigma: float = 0.5  # sd of log-likes noise between this user's posts
     viral_rate: float = 0.0  # chance that a post goes viral (x e^1.5..e^3 likes)
     comment_rate: float = 0.0  # typical comments / likes
@@ -275,8 +277,10 @@ class DemoWorld:
             engagement=float(math.exp(rng.normal(math.log(0.025), 0.45))),
             interval_days=self.config.mean_interval_days * math.exp(rng.uniform(math.log(0.5), math.log(2.5))),
             full_name=" ".join(part.capitalize() for part in re.split(r"[._]+", name) if part),
+            base_followers=base_followers,
             follower_growth=growth,
-            likes_sigma=float(rng.uniform(0.25, 0.75)),
+            appeal_sensitivity=float(rng.uniform(0.35, 1.0)),
+            likes_sigma=float(rng.uniform(0.2, 0.7)),
             viral_rate=float(rng.choice([0.0, 0.0, 0.01, 0.03])),
             comment_rate=float(math.exp(rng.uniform(math.log(0.004), math.log(0.03)))),
             hue=float(rng.uniform(0.0, 1.0)),
@@ -288,9 +292,7 @@ class DemoWorld:
         u = self.user(username)
         if not u.exists:
             return 0.0
-        years_to_clock = (self.clock - self.start) / YEAR
-        years = (ts - self.start) / YEAR
-        return u.followers / math.exp(u.follower_growth * years_to_clock) * math.exp(u.follower_growth * years)
+        return u.base_followers * math.exp(u.follower_growth * (ts - self.start) / YEAR)
 
     # ---- posts
 
@@ -377,7 +379,7 @@ class DemoWorld:
         else:
             width, height = size, round(size / 1.91)  # 1.91:1 landscape
         appeal = self._visible_appeal(user, self._scene(user, index, 0)) + APPEAL_NOISE * rng.normal()
-        log_likes = APPEAL_LIKES * appeal + user.likes_sigma * rng.normal()
+        log_likes = user.appeal_sensitivity * appeal + user.likes_sigma * rng.normal()
         if rng.uniform() < user.viral_rate:
             log_likes += rng.uniform(1.5, 3.0)
         final_likes = self.followers_at(user.username, taken_at) * user.engagement * math.exp(log_likes)
@@ -434,7 +436,10 @@ class DemoWorld:
     @staticmethod
     def _visible_appeal(user: DemoUser, s: _Scene) -> float:
         """The part of appeal that the image shows (sd ~0.9 over posts)."""
-        z = lambda x: (x - 0.5) / 0.2236  # noqa: E731 - standardise a Beta(2, 2) draw
+
+        def z(x: float) -> float:  # standardise a Beta(2, 2) draw
+            return (x - 0.5) / 0.2236
+
         d_thirds = min(math.hypot(s.cx - x, s.cy - y) for x in (1 / 3, 2 / 3) for y in (1 / 3, 2 / 3))
         edge = min(s.cx, s.cy, 1 - s.cx, 1 - s.cy) < 0.12
         composition = math.exp(-((d_thirds / 0.08) ** 2)) - (1.0 if edge else 0.0)
@@ -461,13 +466,18 @@ class DemoWorld:
     def _draw(self, s: _Scene, w: int, h: int) -> np.ndarray:
         """Render a scene: gradient background, a few small shapes, the subject, noise, maybe blur."""
         level = 0.25 + 0.55 * s.exposure  # overall brightness
-        bg_lo = _hsv(s.hue, 0.6 * s.sat, level - 0.3 * s.contrast)
-        bg_hi = _hsv(s.hue + 0.04, 0.5 * s.sat, level + 0.1 * s.contrast)
-        ys = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
-        xs = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
-        t = (xs * math.cos(s.angle) + ys * math.sin(s.angle))
-        t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-        img = bg_lo + t[:, :, None] * (bg_hi - bg_lo)
+        bg_lo = _hsv(s.hue, 0.6 * s.sat, level - 0.2 * s.contrast)
+        bg_hi = _hsv(s.hue + 0.04, 0.5 * s.sat, level + 0.2 * s.contrast)
+        # t in [0, 1] along the gradient's direction, from the corner where it starts
+        cos, sin = math.cos(s.angle), math.sin(s.angle)
+        span = abs(cos) + abs(sin)
+        ys = np.linspace(0.0, sin / span, h, dtype=np.float32)[:, None]
+        xs = np.linspace(0.0, cos / span, w, dtype=np.float32)[None, :]
+        t = xs + (ys + (max(-cos, 0.0) + max(-sin, 0.0)) / span)
+        img = np.empty((h, w, 3), np.float32)
+        for c in range(3):
+            np.multiply(t, bg_hi[c] - bg_lo[c], out=img[:, :, c])
+            img[:, :, c] += bg_lo[c]
         short = min(w, h)
         for x, y, r, hue, value in s.extras:
             colour = _hsv(hue, 0.7 * s.sat, level + 0.2 * s.contrast * value)
@@ -478,7 +488,10 @@ class DemoWorld:
         oy = int(s.noise_xy[1] * (tile.shape[0] - h))
         ox = int(s.noise_xy[0] * (tile.shape[1] - w))
         img += tile[oy:oy + h, ox:ox + w, None]
-        pixels = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        np.clip(img, 0.0, 1.0, out=img)
+        img *= 255.0
+        img += 0.5
+        pixels = img.astype(np.uint8)
         if s.blurred:  # a strong defocus, still visible after a downscale to 50 px
             small = Image.fromarray(pixels).resize((max(2, w // 12), max(2, h // 12)), Image.BILINEAR)
             pixels = np.asarray(small.resize((w, h), Image.BILINEAR))
@@ -525,7 +538,6 @@ def _jpeg(pixels: np.ndarray) -> bytes:
 # ----------------------------------------------------------------------------------------
 # Serving the world to Instaloader 4.16 (logged out) through requests-mock
 
-WWW = "https://www.instagram.com"
 CDN = "https://scontent.demo.invalid"
 POST_DOC_ID = "27128499623469141"  # PolarisPostRootQuery: one post's metadata by shortcode
 TIMELINE_DOC_ID = "28904005159232689"  # a profile's further timeline pages, by cursor
@@ -562,7 +574,7 @@ class FaultConfig:
             raise ParamsError(f"unknown fault kinds {unknown or self.kinds}; known: {list(_FAULT_KINDS)}")
 
 
-@dataclass
+@dataclass(eq=False)
 class DemoServer:
     """The endpoints of one world on one ``requests_mock.Mocker``, with request counters.
 
@@ -585,7 +597,8 @@ class DemoServer:
 
     def count(self, kind: str | None = None, username: str | None = None) -> int:
         """Number of requests of that kind (any if None) for that user (any if None)."""
-        return sum(1 for k, u, _, _ in self.log if (kind is None or k == kind) and (username is None or u == username))
+        return sum(1 for k, u, _, _ in self.log
+                   if (kind is None or k == kind) and (username is None or u == username))
 
     def reset_counts(self) -> None:
         """Forget all requests so far."""
@@ -639,7 +652,7 @@ class DemoServer:
     @staticmethod
     def image_url(post: DemoPost, index: int) -> str:
         sig = _digest("url", post.shortcode, index).hex()[:16]
-        return f"{CDN}/img/{post.username}/{post.shortcode}_{index}.jpg?stp=dst-jpg_e35&_nc_ht=scontent.demo.invalid&oh={sig}"
+        return f"{CDN}/img/{post.username}/{post.shortcode}_{index}.jpg?stp=dst-jpg_e35&oh={sig}"
 
     @staticmethod
     def video_url(post: DemoPost) -> str:
@@ -659,7 +672,7 @@ class DemoServer:
         context.headers["Set-Cookie"] = f"csrftoken={CSRF_TOKEN}; Path=/; Domain=.instagram.com; Secure"
         config = {"require": [["ScheduledServerJS", "handle", None, [{"define": [
             ["LSD", [], {"token": LSD_TOKEN}, 323],
-            ["CurrentUserInitialData", [], {"IG_USER_EIMU": "0", "USER_ID": "0", "NON_FACEBOOK_USER_ID": "0"}, 270],
+            ["CurrentUserInitialData", [], {"IG_USER_EIMU": "0", "USER_ID": "0"}, 270],
         ]}]]]}
         html = ('<!DOCTYPE html><html lang="en"><head><title>Instagram</title></head><body>'
                 f'<script type="application/json" data-sjs>{_script_json(config)}</script>'
@@ -684,7 +697,8 @@ class DemoServer:
             "full_name": user.full_name, "biography": "Fictional photographer (imgrate demo world).",
             "is_private": user.is_private, "is_verified": False, "is_business": False, "category": None,
             "media_count": len(posts), "follower_count": user.followers, "following_count": user.followees,
-            "profile_pic_url": self.profile_pic_url(user), "hd_profile_pic_url_info": {"url": self.profile_pic_url(user)},
+            "profile_pic_url": self.profile_pic_url(user),
+            "hd_profile_pic_url_info": {"url": self.profile_pic_url(user)},
             "external_url": None, "bio_links": [], "friendship_status": None, "total_clips_count": 0,
         }
         blocks = [_bbox_block("PolarisProfilePageContentQuery", {"xig_user_by_username": profile})]
@@ -721,43 +735,50 @@ class DemoServer:
         except json.JSONDecodeError:
             variables = {}
         context.headers["Content-Type"] = "application/json; charset=utf-8"
+        lsd = (form.get("lsd") or [""])[0]
         if doc_id == POST_DOC_ID:
-            return self._post_query(request, context, str(variables.get("shortcode", "")))
+            return self._post_query(request, context, lsd, str(variables.get("shortcode", "")))
         if doc_id == TIMELINE_DOC_ID:
-            return self._timeline_query(request, context, variables)
+            return self._timeline_query(request, context, lsd, variables)
         self._record("bad_query", None, request)
         return _json_error(context, 400, f"demo server: unknown doc_id {doc_id!r} (serves {POST_DOC_ID} "
                                          f"post metadata and {TIMELINE_DOC_ID} timeline pages only)")
 
-    def _check_lsd(self, request: Any, context: Any) -> bytes | None:
-        form = urllib.parse.parse_qs(request.text or "")
-        if (form.get("lsd") or [""])[0] != LSD_TOKEN:
+    @staticmethod
+    def _check_lsd(context: Any, lsd: str) -> bytes | None:
+        """The web app's queries carry the start page's LSD token; refuse them without it."""
+        if lsd != LSD_TOKEN:
             return _json_error(context, 400, "demo server: missing or wrong lsd token (from the start page)")
         return None
 
-    def _post_query(self, request: Any, context: Any, shortcode: str) -> bytes:
+    def _post_query(self, request: Any, context: Any, lsd: str, shortcode: str) -> bytes:
         try:
             post: DemoPost | None = self.world.post(shortcode)
         except DataError:
             post = None
         self._record("post", post.username if post else None, request)
-        if (body := self._fault(context)) is not None or (body := self._check_lsd(request, context)) is not None:
+        if (body := self._fault(context)) is not None or (body := self._check_lsd(context, lsd)) is not None:
             return body
         items = []
         if post is not None and post.taken_at <= self.world.clock and not self.world.user(post.username).is_private:
             items.append(self._media(post))
-        data = {"data": {"xdt_api__v1__media__shortcode__web_info": {"items": items}}, "extensions": {"is_final": True}}
-        return json.dumps(data).encode()
+        data = {"xdt_api__v1__media__shortcode__web_info": {"items": items}}
+        return json.dumps({"data": data, "extensions": {"is_final": True}}).encode()
 
-    def _timeline_query(self, request: Any, context: Any, variables: dict[str, Any]) -> bytes:
+    def _timeline_query(self, request: Any, context: Any, lsd: str, variables: dict[str, Any]) -> bytes:
         username = self._page_ids.get(str(variables.get("id", "")))
         self._record("timeline", username, request)
-        if (body := self._fault(context)) is not None or (body := self._check_lsd(request, context)) is not None:
+        if (body := self._fault(context)) is not None or (body := self._check_lsd(context, lsd)) is not None:
             return body
         if username is None or not self.world.user(username).exists or self.world.user(username).is_private:
-            return _json_error(context, 400, f"demo server: no public profile with page id {variables.get('id')!r}")
-        first = min(max(int(variables.get("first") or PAGE_SIZE), 1), 50)
+            return _json_error(context, 400, f"demo server: no public profile has page id {variables.get('id')!r}")
         after = variables.get("after")
+        try:
+            first = min(max(int(variables.get("first") or PAGE_SIZE), 1), 50)
+            if after:
+                int(str(after).split("_")[0])
+        except ValueError:
+            return _json_error(context, 400, f"demo server: bad first/after in {variables!r}")
         user = self.world.user(username)
         connection = self._timeline(user, self.world.posts(username), str(after) if after else None, first)
         return json.dumps({"data": {"node": {"polaris_ordered_timeline_connection": connection}},
@@ -766,10 +787,13 @@ class DemoServer:
     def _media(self, post: DemoPost) -> dict[str, Any]:
         """A post as the web app's GraphQL gives it (the raw fields Instaloader normalises)."""
         user = self.world.user(post.username)
-        owner = {"pk": str(user.id), "id": str(user.id), "username": user.username, "full_name": user.full_name,
-                 "profile_pic_url": self.profile_pic_url(user), "is_private": user.is_private, "is_verified": False}
-        versions = lambda i: {"candidates": [{"url": self.image_url(post, i), "width": post.width,  # noqa: E731
-                                              "height": post.height}]}
+        owner = {"pk": str(user.id), "id": str(user.id), "username": user.username,
+                 "full_name": user.full_name, "profile_pic_url": self.profile_pic_url(user),
+                 "is_private": user.is_private, "is_verified": False}
+
+        def versions(i: int) -> dict[str, Any]:
+            return {"candidates": [{"url": self.image_url(post, i), "width": post.width, "height": post.height}]}
+
         media: dict[str, Any] = {
             "code": post.shortcode, "pk": str(post.id), "id": f"{post.id}_{user.id}",
             "media_type": _MEDIA_TYPES[post.typename], "product_type": _PRODUCT_TYPES[post.typename],
@@ -809,7 +833,7 @@ class DemoServer:
                 user = self.world.user(username)
                 if not user.exists or filename != f"{user.id}_profile.jpg":
                     raise DataError(filename)
-                content, content_type, mtime = self.world.profile_picture(username), "image/jpeg", self.world.config.start_ts
+                content, content_type, mtime = self.world.profile_picture(username), "image/jpeg", self.world.start
             elif kind == "vid":
                 post = self._visible_post(filename.removesuffix(".mp4"), username)
                 content, content_type, mtime = self.world.video(post.shortcode), "video/mp4", post.taken_at
@@ -818,7 +842,8 @@ class DemoServer:
                 if match is None:
                     raise DataError(filename)
                 post = self._visible_post(match["code"], username)
-                content, content_type, mtime = self.world.image(post.shortcode, int(match["index"])), "image/jpeg", post.taken_at
+                content = self.world.image(post.shortcode, int(match["index"]))
+                content_type, mtime = "image/jpeg", post.taken_at
         except DataError:
             context.status_code = 404
             context.reason = "Not Found"
@@ -830,8 +855,9 @@ class DemoServer:
         return content
 
     def _visible_post(self, shortcode: str, username: str) -> DemoPost:
+        """The post, if its URL could have been handed out (public, published, right owner)."""
         post = self.world.post(shortcode)
-        if post.username != username or post.taken_at > self.world.clock:
+        if post.username != username or post.taken_at > self.world.clock or self.world.user(username).is_private:
             raise DataError(shortcode)
         return post
 

@@ -42,13 +42,44 @@ class UserResult:
     files: list[Path] = field(default_factory=list)
 
 
-def make_loader(staging: Path, *, sleep: bool, video_thumbnails: bool) -> instaloader.Instaloader:
+class CountingRateController(instaloader.RateController):
+    """Instaloader's own rate control, counting the queries it lets through.
+
+    With ``simulated=True`` (the demo world) waits are added up instead of slept: the
+    simulated Instagram does not rate-limit, so real sleeping would only waste time.
+    """
+
+    def __init__(self, context: instaloader.InstaloaderContext, simulated: bool = False) -> None:
+        super().__init__(context)
+        self.simulated = simulated
+        self.queries = 0
+        self.waited = 0.0
+
+    def sleep(self, secs: float) -> None:
+        self.waited += secs
+        if not self.simulated:
+            super().sleep(secs)
+
+    def wait_before_query(self, query_type: str) -> None:
+        self.queries += 1
+        super().wait_before_query(query_type)
+
+
+def make_loader(
+    staging: Path, *, sleep: bool, video_thumbnails: bool, simulated: bool = False
+) -> tuple[instaloader.Instaloader, CountingRateController]:
     """An Instaloader that writes Instaloader's usual layout under ``staging/<user>/``.
 
     Only what the paper used is downloaded: the first image of a sidecar (``slide="1"``,
     saved as ``_1.jpg``), no videos (their thumbnails only when asked), no comments, no
-    caption text files; metadata as ``.json.xz``.
+    caption text files; metadata as ``.json.xz``. Returns the loader and its rate controller.
     """
+    controllers: list[CountingRateController] = []
+
+    def rate_controller(ctx: instaloader.InstaloaderContext) -> CountingRateController:
+        controllers.append(CountingRateController(ctx, simulated))
+        return controllers[-1]
+
     loader = instaloader.Instaloader(
         sleep=sleep,
         quiet=True,
@@ -66,8 +97,9 @@ def make_loader(staging: Path, *, sleep: bool, video_thumbnails: bool) -> instal
         request_timeout=60.0,
         slide="1",
         resume_prefix=None,
+        rate_controller=rate_controller,
     )
-    return loader
+    return loader, controllers[0]
 
 
 def crawl_user(

@@ -86,18 +86,6 @@ class CrawlReport:
         }
 
 
-class _CountingRateController(instaloader.RateController):
-    """Instaloader's own rate control, counting the queries it lets through."""
-
-    def __init__(self, context: instaloader.InstaloaderContext) -> None:
-        super().__init__(context)
-        self.queries = 0
-
-    def wait_before_query(self, query_type: str) -> None:
-        self.queries += 1
-        super().wait_before_query(query_type)
-
-
 @dataclass
 class _Source:
     loader: instaloader.Instaloader
@@ -124,7 +112,7 @@ def open_source(params: CrawlParams, users: list[str], staging: Path) -> Iterato
                 mean_interval_days=d.mean_interval_days,
             ),
         )
-        loader = make_loader(staging, sleep=False, video_thumbnails=params.video_thumbnails)
+        loader, _ = make_loader(staging, sleep=False, video_thumbnails=params.video_thumbnails, simulated=True)
         with requests_mock.Mocker() as mocker:
             server = serve(world, mocker)
             # requests-mock does not store Set-Cookie; without it Instaloader re-fetches the
@@ -134,9 +122,7 @@ def open_source(params: CrawlParams, users: list[str], staging: Path) -> Iterato
             yield _Source(loader, clock, lambda u: server.requests_by_user.get(u, 0))
         return
 
-    loader = make_loader(staging, sleep=True, video_thumbnails=params.video_thumbnails)
-    rate = _CountingRateController(loader.context)
-    loader.context._rate_controller = rate
+    loader, rate = make_loader(staging, sleep=True, video_thumbnails=params.video_thumbnails)
     session_file = os.environ.get(SESSION_ENV)
     if session_file:
         session_user = os.environ.get(SESSION_USER_ENV)

@@ -1,0 +1,92 @@
+"""export: shards -> JSON tables that agree with the simulated world."""
+
+from __future__ import annotations
+
+import io
+import lzma
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.crawl.shards import list_shards
+from imgrate.errors import DataError
+from imgrate.export import build_tables, run_stage
+from imgrate.io import read_jsonl
+from imgrate.params import ExportParams
+from imgrate.paths import Paths
+
+from conftest import TINY_USERS
+
+
+def _world(params) -> DemoWorld:
+    d = params.crawl.demo
+    return DemoWorld(TINY_USERS, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
+                                             mean_interval_days=d.mean_interval_days))
+
+
+def test_tables_match_the_world(tiny_world) -> None:
+    params, paths = tiny_world
+    world = _world(params)
+    posts = read_jsonl(paths.posts_table)
+    users = read_jsonl(paths.users_table)
+    truth = {p.shortcode: p for u in TINY_USERS for p in world.posts(u)}
+    assert {p["shortcode"] for p in posts} == set(truth)
+    for row in posts:
+        post = truth[row["shortcode"]]
+        assert (row["user"], row["likes"], row["comments"], row["typename"], row["timestamp"]) == (
+            post.username, post.likes, post.comments, post.typename, post.taken_at)
+        assert row["days_since_post"] >= 0
+        if row["typename"] == "GraphVideo":
+            assert row["member"] is None  # videos are skipped unless crawl.video_thumbnails
+        else:
+            assert row["member"].endswith(".jpg") and len(row["sha256"]) == 64 and row["width"] > 0
+        if row["typename"] == "GraphSidecar":
+            assert row["member"].endswith("_UTC_1.jpg")
+    assert [u["username"] for u in users] == sorted(TINY_USERS)
+    for u in users:
+        assert u["followers"] == world.user(u["username"]).followers
+        assert u["posts"] == len(world.posts(u["username"]))
+
+
+def _corrupt_copy(paths: Paths, dest: Path, mangle) -> Paths:
+    """A copy of the raw data whose first shard has one post's metadata replaced."""
+    out = Paths(dest)
+    shutil.copytree(paths.raw, out.raw)
+    shard = list_shards(out.shards)[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        pax = tar.pax_headers
+    victim = next(m.name for m, _ in members if m.name.endswith("_UTC.json.xz"))
+    shard.unlink()
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
+        for m, data in members:
+            if m.name == victim:
+                data = mangle(data)
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (lambda b: b[: len(b) // 2], "corrupt metadata"),
+        (lambda b: lzma.compress(lzma.decompress(b).replace(b'"__typename"', b'"__typenamX"')), "missing field"),
+    ],
+)
+def test_bad_member_is_skipped_and_counted_or_fails_when_strict(tiny_world, tmp_path: Path, mangle, reason) -> None:
+    _, paths = tiny_world
+    bad = _corrupt_copy(paths, tmp_path, mangle)
+    m = run_stage(ExportParams(strict=False), bad)
+    assert m["posts_skipped"] == 1 and reason in next(iter(m["skipped_reasons"]))
+    assert m["posts"] == len(read_jsonl(paths.posts_table)) - 1
+    with pytest.raises(DataError, match=r"shard 000001\.tar, member .*_UTC\.json\.xz"):
+        build_tables(list_shards(bad.shards), tmp_path / "cache2", strict=True)
+
+
+def test_no_shards_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="run the crawl stage first"):
+        run_stage(ExportParams(strict=False), Paths(tmp_path))

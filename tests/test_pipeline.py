@@ -1,0 +1,98 @@
+"""End to end: real `dvc repro` in a temporary copy of the project on a tiny world."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import dvc, git, tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+ALL = ["crawl", "export", "preprocess", "train@paper_cnn", "evaluate"]
+
+
+def ran(output: str) -> list[str]:
+    """Stages that `dvc repro` ran (not skipped), in order."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def repro(project: Path) -> list[str]:
+    out = dvc(project, "repro").stdout
+    return ran(out)
+
+
+def test_repro_lifecycle(project: Path) -> None:
+    # 1. from scratch: every stage runs and writes its metrics
+    assert repro(project) == ALL
+    for name in ("crawl", "export", "preprocess", "evaluate"):
+        assert (project / "metrics" / f"{name}.json").exists(), name
+    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
+    for model in ("paper_cnn", "linear_regression"):
+        assert set(evaluate[model]["ranking_accuracy_mixed"]) == {"2", "5", "10"}
+        assert evaluate[model]["mse"] >= 0
+    assert (project / "models/paper_cnn.pt").exists()
+    raw_before = digest(project / "data/raw")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "first run")
+
+    # 2. nothing changed: crawl asks for new posts, finds none, everything else is skipped
+    assert repro(project) == ["crawl"]
+    assert digest(project / "data/raw") == raw_before
+    status = dvc(project, "status", "--json").stdout
+    assert json.loads(status or "{}").keys() <= {"crawl"}
+
+    # 3. a training hyperparameter reruns train and evaluate only
+    params = tiny_params()
+    params["train"]["epochs"] = 3
+    write_params(project, params)
+    assert repro(project) == ["crawl", "train@paper_cnn", "evaluate"]
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "three epochs")
+
+    # 4. the world's clock moves: new shards, old shards untouched, everything downstream reruns
+    params["crawl"]["demo"]["until"] = "2025-04-01"
+    write_params(project, params)
+    assert repro(project) == ALL
+    raw_after = digest(project / "data/raw")
+    old_shards = {k: v for k, v in raw_before.items() if k.startswith("shards/")}
+    assert {k: raw_after[k] for k in old_shards} == old_shards
+    assert len([k for k in raw_after if k.startswith("shards/")]) > len(old_shards)
+    crawl = json.loads((project / "metrics/crawl.json").read_text())
+    assert crawl["totals"]["new_posts"] > 0
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "later clock")
+
+    # 5. dvc metrics diff compares two committed runs
+    diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    assert "metrics/evaluate.json" in diff and "metrics/preprocess.json" in diff
+    changed = diff["metrics/preprocess.json"]
+    assert changed["kept"]["new"] > changed["kept"]["old"]
+    table = dvc(project, "metrics", "show").stdout
+    assert "paper_cnn" in table or "evaluate.json" in table
+
+
+def test_bad_params_fail_the_stage_naming_the_key(project: Path) -> None:
+    params = tiny_params()
+    params["crawl"]["demo"]["seeed"] = 1
+    write_params(project, params)
+    proc = dvc(project, "repro", "crawl", check=False)
+    assert proc.returncode != 0
+    assert "crawl.demo.seeed" in proc.stdout + proc.stderr
+
+
+def test_bad_users_file_fails_before_crawling(project: Path) -> None:
+    (project / "users.txt").write_text("alpha_lens_demo\n\n# fine\n../etc\n")
+    proc = dvc(project, "repro", "crawl", check=False)
+    assert proc.returncode != 0
+    assert "users.txt:4" in proc.stdout + proc.stderr
+    assert not any((project / "data/raw/shards").glob("*.tar"))
