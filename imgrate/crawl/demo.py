@@ -19,10 +19,14 @@ its hue is to the photographer's signature hue) plus noise, and its likes are
     likes = followers(at posting) * engagement * exp(sensitivity * appeal + likes_sigma * z) [* viral]
 
 grown over the post's first 3 days: ``final * (1 - (1 - min(age / 3 days, 1)) ** 2)``, fixed
-afterwards. Users differ in followers (2k..2M), engagement, how much their audience rewards appeal
-(``appeal_sensitivity`` 0.35..1), likes noise and viral outliers,
-so who posted explains most of the likes across users, while appeal explains a large part
-within a user.
+afterwards (comments likewise). Users differ in followers (2k..2M), engagement, how much
+their audience rewards appeal (``appeal_sensitivity`` 0.35..1), likes noise (0.2..0.7) and
+viral outliers, so who posted explains most of the likes across users, while appeal
+explains a large part within a user. Appeal has sd ~0.97: ~0.9 visible, 0.45 noise.
+
+Measured here: ~2-3 ms per 320 px image with its JPEG encode; Instaloader crawls ~100
+posts/s against :func:`serve`; a small CNN on 50x50 downscales reaches a within-user
+Spearman of ~0.55 with log-likes (the oracle appeal: ~0.8).
 """
 
 from __future__ import annotations
@@ -891,8 +895,13 @@ def serve(world: DemoWorld, mocker: requests_mock.Mocker, faults: FaultConfig | 
     Returns the :class:`DemoServer`, which counts requests (``server.requests``,
     ``server.requests_by_user``, ``server.requests_by_kind``). URLs it does not serve raise
     ``requests_mock.exceptions.NoMockAddress`` (unless the mocker was made with real_http).
-    Instaloader keeps no csrftoken cookie from a mocked response, so set one yourself
-    (``L.context._session.cookies.set("csrftoken", "x")``), or it fetches the start page
-    again before every GraphQL request.
+    Two things to do on the Instaloader side:
+
+    - Instaloader keeps no csrftoken cookie from a mocked response, so set one yourself
+      (``L.context._session.cookies.set("csrftoken", "x")``), or it fetches the start page
+      again before every GraphQL request.
+    - Its default RateController allows 200 post queries per 11 minutes and then really
+      sleeps (~11 min per request); pass ``rate_controller=`` a subclass whose ``sleep`` does
+      nothing, or crawling a whole demo world takes hours.
     """
     return DemoServer(world, faults or FaultConfig()).register(mocker)
