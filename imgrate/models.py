@@ -43,6 +43,11 @@ class PaperCNN(nn.Module):
         super().__init__()
         c = config
         self.config = c
+        # Per-channel input standardisation, set from the training split (see imgrate.train).
+        # Not in the paper, which does not say how it scaled pixels; without it the network
+        # fed raw [0, 1] pixels stays at the mean target (measured: README "Results").
+        self.register_buffer("input_mean", torch.full((1, 3, 1, 1), 0.5))
+        self.register_buffer("input_std", torch.full((1, 3, 1, 1), 0.25))
         self.features = nn.Sequential(
             nn.Conv2d(3, c.conv1_channels, c.conv1_kernel),  # B,3,50,50 -> B,10,40,40
             nn.LeakyReLU(c.leaky_slope),
@@ -60,7 +65,13 @@ class PaperCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B x 3 x S x S floats in [0, 1]; returns B scores."""
+        x = (x - self.input_mean) / self.input_std
         return self.head(self.features(x)).squeeze(-1)
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-channel mean and standard deviation of the training images (in [0, 1])."""
+        self.input_mean.copy_(mean.reshape(1, 3, 1, 1))
+        self.input_std.copy_(std.clamp_min(1e-3).reshape(1, 3, 1, 1))
 
 
 ARCHITECTURES: dict[str, tuple[type, type]] = {

@@ -98,6 +98,8 @@ def fit(
     y_val = data.targets(val_rows)
     users_val = data.users(val_rows)
 
+    if hasattr(model, "set_input_stats"):
+        model.set_input_stats(x_train.mean(dim=(0, 2, 3)), x_train.std(dim=(0, 2, 3)))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
     loss_fn = nn.MSELoss()

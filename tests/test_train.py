@@ -17,6 +17,7 @@ def test_paper_cnn_shapes_match_the_paper() -> None:
     x = torch.zeros(4, 3, 50, 50)
     shapes = []
     h = x
+    h = (h - model.input_mean) / model.input_std
     for layer in model.features:
         h = layer(h)
         shapes.append(tuple(h.shape[1:]))
