@@ -38,6 +38,10 @@ class ImageError(ImgrateError, ValueError):
     """A file that should be an image cannot be decoded."""
 
 
+class DatabaseError(ImgrateError, OSError):
+    """A database (MongoDB) cannot be reached or refused a request; the message never holds a password."""
+
+
 def run_main(main: Callable[[], object]) -> None:
     """Run an entry point; an :class:`ImgrateError` becomes a one-line message and exit code 2."""
     import sys

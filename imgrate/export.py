@@ -1,5 +1,8 @@
 """The export stage: shards -> ``data/tables/posts.jsonl`` and ``users.jsonl``.
 
+Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
+with their shard, member and reason in ``data/tables/skipped.jsonl``.
+
 Instaloader's saved JSON is parsed directly (reading a missing field through Instaloader's
 ``Post`` would make it fetch over the network). Parsing is cached per shard, since shards
 are never rewritten. Rows are also handed to every configured :class:`Sink`; the JSON
@@ -231,6 +234,7 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
     tables = build_tables(shards, paths.cache / "export", params.strict)
     write_jsonl(paths.posts_table, tables.posts)
     write_jsonl(paths.users_table, tables.users)
+    write_jsonl(paths.skipped_table, tables.skipped)
     metrics: dict[str, Any] = {
         "shards": len(shards),
         "posts": len(tables.posts),

@@ -11,6 +11,16 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed onto ``path``, else removed.
@@ -24,6 +34,7 @@ def atomic_path(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
     os.close(fd)
     tmp = Path(name)
+    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         with open(tmp, "rb") as fh:

@@ -74,8 +74,57 @@ class PaperCNN(nn.Module):
         self.input_std.copy_(std.clamp_min(1e-3).reshape(1, 3, 1, 1))
 
 
+@dataclass(frozen=True)
+class PretrainedConfig:
+    """A small head on frozen pretrained image features (imgrate.features computes them)."""
+
+    backbone: str = "efficientnet-lite0"
+    input_size: int = 128  # px the backbone sees
+    features: int = 1280  # the backbone's pooled feature width
+    hidden: int = 0  # 0 = dropout + linear; else one hidden layer of this many units
+    dropout: float = 0.5
+
+
+class PretrainedHead(nn.Module):
+    """Scores from backbone features: standardise, dropout, linear (or a 1-hidden-layer MLP).
+
+    Its input is the B x 1280 feature matrix, not images: :class:`imgrate.predict.Scorer`
+    puts the backbone in front of it for image files."""
+
+    def __init__(self, config: PretrainedConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.register_buffer("input_mean", torch.zeros(1, c.features))
+        self.register_buffer("input_std", torch.ones(1, c.features))
+        # scale and shift of the output: a pairwise loss fixes only the order of the scores;
+        # imgrate.train maps them onto the target's scale afterwards (order unchanged)
+        self.register_buffer("output_affine", torch.tensor([1.0, 0.0]))
+        if c.hidden:
+            layers: list[nn.Module] = [nn.Dropout(c.dropout), nn.Linear(c.features, c.hidden), nn.ReLU(),
+                                       nn.Dropout(c.dropout), nn.Linear(c.hidden, 1)]
+        else:
+            layers = [nn.Dropout(c.dropout), nn.Linear(c.features, 1)]
+        self.head = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B x F features; returns B scores."""
+        score = self.head((x - self.input_mean) / self.input_std).squeeze(-1)
+        return score * self.output_affine[0] + self.output_affine[1]
+
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Mean and standard deviation of each feature over the training images."""
+        self.input_mean.copy_(mean.reshape(1, -1))
+        self.input_std.copy_(std.clamp_min(1e-4).reshape(1, -1))
+
+    def set_output_affine(self, scale: float, shift: float) -> None:
+        """Scores become ``scale * score + shift`` (``scale`` > 0 keeps their order)."""
+        self.output_affine.copy_(torch.tensor([scale, shift]))
+
+
 ARCHITECTURES: dict[str, tuple[type, type]] = {
     "paper_cnn": (PaperCNN, PaperCNNConfig),
+    "pretrained": (PretrainedHead, PretrainedConfig),
 }
 
 

@@ -21,15 +21,40 @@ from imgrate.errors import ParamsError
 T = TypeVar("T")
 
 
+FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow"]
+FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
+
+
+@dataclass(frozen=True)
+class FaultParams:
+    """Faults the simulated Instagram injects (imgrate.crawl.demo.FaultConfig)."""
+
+    rate: float = 0.0  # chance per request, 0 = none
+    kinds: list[FaultKind] = field(default_factory=lambda: list(FAULT_KINDS))
+    seed: int = 0  # faults are drawn in request order from this seed
+
+
+@dataclass(frozen=True)
+class BudgetParams:
+    """How much one crawl run may ask of Instagram, and how long it waits when told to slow down."""
+
+    max_requests: int | None = None  # HTTP requests per run, every kind counted; None = unlimited
+    max_wait_per_user_s: float = 900.0  # backoff after 429 / 401 "Please wait" per user, then rate_limited
+    backoff_base_s: float = 30.0  # first backoff; doubles per consecutive refusal, with jitter
+    backoff_max_s: float = 600.0  # longest single backoff
+    stop_after_rate_limited: int | None = 3  # users in a row rate limited: Instagram limits us, not them
+
+
 @dataclass(frozen=True)
 class DemoParams:
     """The simulated Instagram (``crawl.source: demo``)."""
 
     seed: int = 42
     start: str = "2025-01-01"  # first day anyone posts (ISO date)
-    until: str = "2025-12-31"  # the world's clock: posts exist only up to it (ISO date)
+    until: str = "2026-06-30"  # the world's clock: posts exist only up to it (ISO date)
     image_size: int = 320  # longest side of the drawn images, px
     mean_interval_days: float = 5.0  # average posting interval across users
+    faults: FaultParams = field(default_factory=FaultParams)
 
 
 @dataclass(frozen=True)
@@ -40,31 +65,58 @@ class CrawlParams:
     shard_size: int = 500  # posts per tar shard
     video_thumbnails: bool = False  # keep a video's thumbnail (else videos are skipped)
     strict: bool = False  # fail the stage on the first user that fails
+    max_attempts: int = 5  # tries per request before a user's crawl fails (Instaloader's max_connection_attempts)
+    budget: BudgetParams = field(default_factory=BudgetParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
 
 @dataclass(frozen=True)
 class ExportParams:
     strict: bool = False  # fail on a corrupt member instead of skipping it
+    # MongoDB (imgrate.mongo): the URI comes from $IMGRATE_MONGODB_URI, else mongo_uri; none = JSON only.
+    mongo_uri: str | None = None  # never with a password (params.yaml is in git): use the env variable
+    database: str = "imgrate"  # documents go to <database>.posts and <database>.users
+    batch_size: int = 500  # documents per bulk write
+    timeout_s: float = 10.0  # server selection, connect and each socket operation
+    thumbnail_size: int | None = None  # longest side of the JPEG thumbnail stored per post; 0/None = none
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
     size: int = 50  # images become size x size RGB
     target: Literal["max_ratio", "follower_ratio", "log_zscore", "percentile"] = "max_ratio"
-    max_posts_per_user: int | None = None  # per-user balance; None = keep all
+    max_posts_per_user: int | None = 100  # per-user balance; None = keep all
     split: Literal["random", "temporal", "user"] = "random"
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     seed: int = 0
 
 
 @dataclass(frozen=True)
+class PretrainedParams:
+    """train@pretrained: frozen EfficientNet-Lite0 features (cached per shard) and a small head."""
+
+    input_size: int = 128  # images are decoded from the shards at this size for the backbone
+    hidden: int = 0  # 0 = dropout + linear head; else one hidden layer of this many units
+    dropout: float = 0.5
+    loss: Literal["mse", "pairwise"] = "pairwise"  # pairwise = RankNet on within-user pairs
+    pair_window_days: float | None = None  # pairwise: only pairs posted at most this many days apart
+    epochs: int = 200  # at most: early stopping on the validation within-user Spearman
+    patience: int = 20  # epochs without a better validation Spearman before stopping
+    batch_size: int = 256
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    feature_batch_size: int = 64  # images per backbone forward pass
+
+
+@dataclass(frozen=True)
 class TrainParams:
+    # epochs, batch_size and lr are the paper CNN's (train@paper_cnn); seed and device are shared
     epochs: int = 50
     batch_size: int = 50
     lr: float = 0.001
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    pretrained: PretrainedParams = field(default_factory=PretrainedParams)
 
 
 @dataclass(frozen=True)
@@ -77,12 +129,22 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class AnalyzeParams:
+    """The data-analysis figures (reports/data/) and reports/data.md."""
+
+    top_n: int = 5  # posts in each row of the top/bottom picture grid
+    rank_by: Literal["likes", "target"] = "likes"  # likes: every image post (the paper); target: the dataset's
+    example: str | None = None  # shortcode shown before/after preprocessing; None = the most-liked test image
+
+
+@dataclass(frozen=True)
 class Params:
     crawl: CrawlParams
     export: ExportParams
     preprocess: PreprocessParams
     train: TrainParams
     evaluate: EvaluateParams
+    analyze: AnalyzeParams
 
 
 def _type_name(tp: Any) -> str:
@@ -175,6 +237,21 @@ def _check_values(p: Params) -> None:
         (p.crawl.max_posts is None or p.crawl.max_posts >= 1, "crawl.max_posts: must be null or >= 1"),
         (p.crawl.demo.image_size >= 16, "crawl.demo.image_size: must be at least 16"),
         (p.crawl.demo.mean_interval_days > 0, "crawl.demo.mean_interval_days: must be > 0"),
+        (p.crawl.max_attempts >= 1, "crawl.max_attempts: must be at least 1"),
+        (
+            p.crawl.budget.max_requests is None or p.crawl.budget.max_requests >= 1,
+            "crawl.budget.max_requests: must be null or >= 1",
+        ),
+        (p.crawl.budget.max_wait_per_user_s >= 0, "crawl.budget.max_wait_per_user_s: must be >= 0"),
+        (
+            p.crawl.budget.stop_after_rate_limited is None or p.crawl.budget.stop_after_rate_limited >= 1,
+            "crawl.budget.stop_after_rate_limited: must be null or >= 1",
+        ),
+        (
+            0 < p.crawl.budget.backoff_base_s <= p.crawl.budget.backoff_max_s,
+            "crawl.budget.backoff_base_s: must be > 0 and at most crawl.budget.backoff_max_s",
+        ),
+        (0.0 <= p.crawl.demo.faults.rate <= 1.0, "crawl.demo.faults.rate: must be between 0 and 1"),
         (p.preprocess.size >= 8, "preprocess.size: must be at least 8"),
         (
             len(p.preprocess.split_ratios) == 3
@@ -189,8 +266,38 @@ def _check_values(p: Params) -> None:
         (p.train.epochs >= 1, "train.epochs: must be at least 1"),
         (p.train.batch_size >= 1, "train.batch_size: must be at least 1"),
         (p.train.lr > 0, "train.lr: must be > 0"),
+        (p.train.pretrained.input_size >= 32, "train.pretrained.input_size: must be at least 32"),
+        (p.train.pretrained.hidden >= 0, "train.pretrained.hidden: must be >= 0"),
+        (0 <= p.train.pretrained.dropout < 1, "train.pretrained.dropout: must be in [0, 1)"),
+        (
+            p.train.pretrained.pair_window_days is None or p.train.pretrained.pair_window_days > 0,
+            "train.pretrained.pair_window_days: must be null or > 0",
+        ),
+        (p.train.pretrained.epochs >= 1, "train.pretrained.epochs: must be at least 1"),
+        (p.train.pretrained.patience >= 1, "train.pretrained.patience: must be at least 1"),
+        (p.train.pretrained.batch_size >= 2, "train.pretrained.batch_size: must be at least 2"),
+        (p.train.pretrained.lr > 0, "train.pretrained.lr: must be > 0"),
+        (p.train.pretrained.weight_decay >= 0, "train.pretrained.weight_decay: must be >= 0"),
+        (p.train.pretrained.feature_batch_size >= 1, "train.pretrained.feature_batch_size: must be at least 1"),
         (all(k >= 2 for k in p.evaluate.set_sizes), "evaluate.set_sizes: each must be >= 2"),
         (p.evaluate.n_sets >= 1, "evaluate.n_sets: must be at least 1"),
+        (1 <= p.analyze.top_n <= 20, "analyze.top_n: must be between 1 and 20"),
+        (p.export.batch_size >= 1, "export.batch_size: must be at least 1"),
+        (p.export.timeout_s > 0, "export.timeout_s: must be > 0"),
+        (p.export.thumbnail_size is None or p.export.thumbnail_size >= 0, "export.thumbnail_size: must be null or >= 0"),
+        (
+            bool(p.export.database) and not set(p.export.database) & set('/\\. "$'),
+            "export.database: must be a non-empty name without / \\ . \" $ or spaces",
+        ),
+        (
+            p.export.mongo_uri is None or p.export.mongo_uri.startswith(("mongodb://", "mongodb+srv://")),
+            "export.mongo_uri: must start with mongodb:// or mongodb+srv://",
+        ),
+        (
+            p.export.mongo_uri is None or uri_password(p.export.mongo_uri) is None,
+            "export.mongo_uri: must not contain a password (params.yaml is tracked by git); "
+            "put the URI with credentials in the IMGRATE_MONGODB_URI environment variable",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
@@ -200,6 +307,16 @@ def _check_values(p: Params) -> None:
             dt.datetime.fromisoformat(value)
         except ValueError as err:
             raise ParamsError(f"{key}: expected an ISO date such as 2025-12-31, got {value!r}") from err
+
+
+def uri_password(uri: str) -> str | None:
+    """The password in a ``mongodb://user:password@host/`` URI as written (None if it has none)."""
+    rest = uri.split("://", 1)[-1]
+    at = rest.rfind("@")  # a password must escape "@"; the last one ends the user info
+    if at < 0:
+        return None
+    user, sep, password = rest[:at].partition(":")
+    return password if sep and password else None
 
 
 def load_params(path: Path) -> Params:

@@ -40,6 +40,10 @@ class Paths:
     def stamps(self) -> Path:
         return self.raw / "latest-stamps.ini"
 
+    def part_stamps(self, part: str) -> Path:
+        """The stamps file that ``imgrate crawl --part I/N`` writes (``part`` = ``partIofN``)."""
+        return self.raw / f"latest-stamps.{part}.ini"
+
     # export
     @property
     def tables(self) -> Path:
@@ -52,6 +56,11 @@ class Paths:
     @property
     def users_table(self) -> Path:
         return self.tables / "users.jsonl"
+
+    @property
+    def skipped_table(self) -> Path:
+        """Shard members the export skipped: shard, member, reason."""
+        return self.tables / "skipped.jsonl"
 
     # preprocess
     @property
@@ -89,13 +98,40 @@ class Paths:
         return self.metrics / f"{stage}.json"
 
     @property
+    def leak_metrics(self) -> Path:
+        """How well each model's outputs reveal the user (evaluate stage)."""
+        return self.metrics / "leak.json"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
+
+    @property
+    def figures(self) -> Path:
+        """PNG copies of the evaluate stage's plots (a cached DVC output)."""
+        return self.root / "reports" / "figures"
+
+    # analyze (cache: false, so git carries them)
+    @property
+    def data_figures(self) -> Path:
+        """The analyze stage's PNG figures of the data (beside evaluate's reports/figures,
+        which DVC forbids nesting in)."""
+        return self.root / "reports" / "data"
+
+    @property
+    def data_report(self) -> Path:
+        """The analyze stage's counts, in Markdown."""
+        return self.root / "reports" / "data.md"
 
     # persistent caches that DVC never deletes (git-ignored, not a DVC output)
     @property
     def cache(self) -> Path:
         return self.root / ".imgrate-cache"
+
+    @property
+    def crawl_work(self) -> Path:
+        """Per-user folders of unfinished crawls: Instaloader's files and resume files."""
+        return self.cache / "crawl"
 
     @property
     def tmp(self) -> Path:

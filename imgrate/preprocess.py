@@ -1,16 +1,21 @@
 """The preprocess stage: tables + shards -> ``data/dataset/`` (images, targets, splits).
 
-The paper's recipe: the first image of each post (videos have none unless the crawl kept
-their thumbnails), ``size`` x ``size`` RGB uint8, likes divided by the user's most-liked
-post, per-user balance, a stable 8:1:1 split. Decoded thumbnails are cached per
-(shard, size, resampling) outside DVC's outputs, so a crawl that adds a shard decodes only
-that shard's images.
+The paper's recipe: the first image of each post (``_1`` of a sidecar; videos have none
+unless the crawl kept their thumbnails), ``size`` x ``size`` RGB uint8, likes divided by the
+user's most-liked post, per-user balance, a stable 8:1:1 split. Images that fail to decode
+are skipped and listed (``meta.json`` ``skipped``, ``metrics/preprocess.json``).
+
+Incremental: decoded thumbnails are cached per (shard, size, resampling) in
+``.imgrate-cache/thumbs/`` (outside DVC's outputs, so ``dvc repro`` never deletes it) as one
+``.npy`` per shard, memory-mapped when read. Shards are immutable, so a crawl that adds a
+shard costs one decode of that shard's images; old shards cost two small file reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,30 +35,43 @@ from imgrate.progress import track
 log = logging.getLogger(__name__)
 
 RESAMPLE = "bilinear"
+THUMB_VERSION = 2  # bump when load_thumbnail's output changes, to invalidate the thumbnail cache
 SPLITS = ("train", "val", "test")
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def load_thumbnail(data: bytes, size: int) -> np.ndarray:
     """Decode image bytes to a ``size`` x ``size`` x 3 uint8 RGB array.
 
-    JPEGs are decoded in draft mode (at 1/2, 1/4 or 1/8 scale, still at least ``size``),
-    EXIF orientation is applied, grayscale/CMYK/palette/alpha images become RGB, and the
-    whole frame is resized (not cropped), as the paper did.
+    JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8, the smallest
+    scale that still gives at least ``size`` px on each side, so a 1080 px photo is never
+    decoded at full size. EXIF orientation is applied; grayscale, 16-bit, CMYK and palette
+    images become RGB, and transparency is composited on white. The whole frame is then
+    resized (not cropped, as the paper did) with a bilinear filter whose support widens
+    with the scale factor, so the downscale is antialiased.
     """
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))
-            im = ImageOps.exif_transpose(im)
+            im.draft("RGB", (size, size))  # JPEG only; other formats ignore it
+            if im.getexif().get(ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
             if im.mode != "RGB":
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
-                    bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(bg, im)
-                im = im.convert("RGB")
+                im = _to_rgb(im)
             im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha on white, 16/32-bit integer gray scaled to 8 bits."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit PNG/TIFF gray: 0..65535
+        im = im.convert("I").point(lambda v: v / 257)
+        return im.convert("L").convert("RGB")
+    return im.convert("RGB")
 
 
 def load_image_file(path: Path, size: int) -> np.ndarray:
@@ -68,46 +86,91 @@ def load_image_file(path: Path, size: int) -> np.ndarray:
 
 @dataclass
 class ShardThumbs:
-    """Decoded thumbnails of one shard's images."""
+    """Decoded thumbnails of one shard: row ``i`` of ``images`` is ``members[i]``."""
 
     members: list[str]
-    images: np.ndarray  # N x S x S x 3 uint8
-    failed: list[str]
+    images: np.ndarray  # N x S x S x 3 uint8, memory-mapped from the cache
+    failed: dict[str, str]  # member -> why it could not be used
+    decoded: int = 0  # members read from the shard and decoded by this call (failures too)
+    from_cache: int = 0  # members answered from the cache (cached failures too)
+
+    def row(self) -> dict[str, int]:
+        return {m: i for i, m in enumerate(self.members)}
 
 
-def _cache_file(cache_dir: Path, shard: Path, size: int) -> Path:
-    st = shard.stat()
-    return cache_dir / f"{shard.name}.{st.st_size}.{size}.{RESAMPLE}.npz"
+def _cache_stem(shard: Path, size: int) -> str:
+    """Cache key: shards are immutable, so name and byte size identify one's content."""
+    return f"{shard.name}.{shard.stat().st_size}.{size}.{RESAMPLE}.v{THUMB_VERSION}"
 
 
-def decode_shard(shard: Path, members: set[str], size: int, cache_dir: Path) -> tuple[ShardThumbs, int, int]:
-    """Thumbnails for ``members`` of ``shard``; returns (thumbs, decoded, from_cache)."""
-    cache = _cache_file(cache_dir, shard, size)
-    have: dict[str, np.ndarray] = {}
-    failed: set[str] = set()
-    if cache.exists():
-        with np.load(cache, allow_pickle=False) as z:
-            have = dict(zip(z["members"].tolist(), z["images"]))
-            failed = set(z["failed"].tolist())
-    todo = members - set(have) - failed
-    from_cache = len(members & (set(have) | failed))
-    for name, data in iter_members(shard, todo):
-        try:
-            have[name] = load_thumbnail(data, size)
-        except ImageError as err:
-            log.warning("shard %s member %s: %s", shard.name, name, err)
-            failed.add(name)
-    failed |= todo - set(have) - failed  # listed in the table but absent from the shard
-    if todo:
-        names = sorted(have)
-        images = np.stack([have[n] for n in names]) if names else np.zeros((0, size, size, 3), np.uint8)
-        with atomic_path(cache) as tmp:
+def _read_cache(cache_dir: Path, stem: str, size: int
+                ) -> tuple[list[str], dict[str, str], np.ndarray, str | None] | None:
+    """(members, failed, images, images file name) of a shard's cache entry, or None if it is
+    absent or inconsistent (then the shard is decoded again)."""
+    index = cache_dir / f"{stem}.json"
+    if not index.exists():
+        return None
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+        members, failed, name = list(doc["members"]), dict(doc["failed"]), doc["images"]
+        if not members:
+            return members, failed, np.zeros((0, size, size, 3), np.uint8), None
+        images = np.load(cache_dir / name, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("thumbnail cache %s unreadable (%s); decoding again", index.name, err)
+        return None
+    if images.shape != (len(members), size, size, 3) or images.dtype != np.uint8:
+        log.warning("thumbnail cache %s does not match its index; decoding again", index.name)
+        return None
+    return members, failed, images, name
+
+
+def _write_cache(cache_dir: Path, stem: str, members: list[str], failed: dict[str, str],
+                 images: np.ndarray, old_images: str | None) -> np.ndarray:
+    """Write a shard's thumbnails (``.npy``, named by a digest of its members) and then its
+    index (``.json``), each atomically, so a reader sees the old pair or the new one."""
+    name = None
+    if members:
+        digest = hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
+        name = f"{stem}.{digest}.npy"
+        with atomic_path(cache_dir / name) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, members=np.array(names, dtype=str), images=images,
-                         failed=np.array(sorted(failed), dtype=str))
-    names = sorted(m for m in members if m in have)
-    images = np.stack([have[n] for n in names]) if names else np.zeros((0, size, size, 3), np.uint8)
-    return ShardThumbs(names, images, sorted(members & failed)), len(todo), from_cache
+                np.save(fh, images)
+    write_json(cache_dir / f"{stem}.json", {"members": members, "failed": failed, "images": name})
+    if old_images and old_images != name:
+        (cache_dir / old_images).unlink(missing_ok=True)
+    return np.load(cache_dir / name, mmap_mode="r") if name else images
+
+
+def decode_shard(shard: Path, members: set[str], size: int, cache_dir: Path) -> ShardThumbs:
+    """Thumbnails of ``members`` of ``shard``, decoding only those not in the cache.
+
+    The cache (one ``.npy`` + ``.json`` pair per (shard, size, resampling)) is read through a
+    memory map, so an unchanged shard costs two small reads, not its images. It is rewritten
+    only when this call decoded something, which for an immutable shard happens once.
+    """
+    stem = _cache_stem(shard, size)
+    cached = _read_cache(cache_dir, stem, size)
+    have, failed, images, old_name = cached or ([], {}, np.zeros((0, size, size, 3), np.uint8), None)
+    known = set(have) | set(failed)
+    todo = members - known
+    if todo:
+        new: dict[str, np.ndarray] = {}
+        for name, data in iter_members(shard, todo):
+            try:
+                new[name] = load_thumbnail(data, size)
+            except ImageError as err:
+                log.warning("shard %s member %s: %s", shard.name, name, err)
+                failed[name] = str(err)
+        for name in todo - set(new) - set(failed):
+            failed[name] = "not in the shard"
+        names = sorted(new)
+        if names:
+            images = np.concatenate([np.asarray(images), np.stack([new[n] for n in names])])
+            have = have + names
+        images = _write_cache(cache_dir, stem, have, dict(sorted(failed.items())), images, old_name)
+    return ShardThumbs(have, images, {m: r for m, r in failed.items() if m in members},
+                       decoded=len(todo), from_cache=len(members & known))
 
 
 def stable_unit(*parts: object) -> float:
@@ -125,8 +188,12 @@ def compute_targets(likes: np.ndarray, users: np.ndarray, target: str,
         if followers is None:
             raise DataError("target follower_ratio needs followers for every user")
         return likes / np.maximum(followers.astype(np.float64), 1.0)
-    for user in np.unique(users):
-        idx = np.flatnonzero(users == user)
+    if target not in ("max_ratio", "log_zscore", "percentile"):
+        raise DataError(f"unknown target {target!r}")
+    _, inverse = np.unique(users, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    for idx in np.split(order, bounds) if len(order) else []:
         x = likes[idx]
         if target == "max_ratio":
             out[idx] = x / max(x.max(), 1.0)
@@ -134,29 +201,33 @@ def compute_targets(likes: np.ndarray, users: np.ndarray, target: str,
             lx = np.log1p(x)
             sd = lx.std()
             out[idx] = (lx - lx.mean()) / sd if sd > 0 else 0.0
-        elif target == "percentile":
+        else:  # percentile
             from scipy.stats import rankdata
 
             out[idx] = (rankdata(x) - 1) / (len(x) - 1) if len(x) > 1 else 0.5
-        else:
-            raise DataError(f"unknown target {target!r}")
     return out
 
 
 def assign_splits(rows: list[dict[str, Any]], split: str, ratios: list[float], seed: int) -> list[str]:
-    """The split of each row. ``random`` and ``user`` depend only on the shortcode (or user)
-    and the seed, so new posts never move old ones; ``temporal`` puts each user's latest
-    posts in test and the ones before them in validation."""
+    """The split of each row.
+
+    ``random``: a stable hash of (seed, shortcode) against the ratios, so new posts never move
+    old ones. ``user``: the same with the username, so each user is in one split only.
+    ``temporal``: within each user, the latest ``round(n * ratios[2])`` posts go to test and
+    the ``round(n * ratios[1])`` before them to validation (new posts do move old ones here).
+    Then leakage of identical images: every post whose image has the same sha256 as an
+    earlier post's takes that earlier post's split.
+    """
     cut_train, cut_val = ratios[0], ratios[0] + ratios[1]
 
     def by_unit(u: float) -> str:
         return "train" if u < cut_train else "val" if u < cut_val else "test"
 
     if split == "random":
-        return [by_unit(stable_unit(seed, r["shortcode"])) for r in rows]
-    if split == "user":
-        return [by_unit(stable_unit(seed, "user", r["user"])) for r in rows]
-    if split == "temporal":
+        out = [by_unit(stable_unit(seed, r["shortcode"])) for r in rows]
+    elif split == "user":
+        out = [by_unit(stable_unit(seed, "user", r["user"])) for r in rows]
+    elif split == "temporal":
         out = ["train"] * len(rows)
         per_user: dict[str, list[int]] = defaultdict(list)
         for i, r in enumerate(rows):
@@ -168,8 +239,23 @@ def assign_splits(rows: list[dict[str, Any]], split: str, ratios: list[float], s
             n_val = int(round(n * ratios[1]))
             for j, i in enumerate(idx):
                 out[i] = "test" if j >= n - n_test else "val" if j >= n - n_test - n_val else "train"
-        return out
-    raise DataError(f"unknown split {split!r}")
+    else:
+        raise DataError(f"unknown split {split!r}")
+    for group in duplicate_groups(rows):
+        for i in group[1:]:
+            out[i] = out[group[0]]
+    return out
+
+
+def duplicate_groups(rows: list[dict[str, Any]]) -> list[list[int]]:
+    """Row numbers of posts whose images are byte-identical (same ``sha256``), oldest first;
+    only groups of two or more."""
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        if r.get("sha256"):
+            by_hash[r["sha256"]].append(i)
+    return [sorted(g, key=lambda i: (rows[i].get("timestamp", 0), rows[i]["shortcode"]))
+            for g in by_hash.values() if len(g) > 1]
 
 
 def balance(rows: list[dict[str, Any]], max_per_user: int | None, seed: int) -> list[dict[str, Any]]:
@@ -187,7 +273,12 @@ def balance(rows: list[dict[str, Any]], max_per_user: int | None, seed: int) -> 
 
 
 def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
-    """The DVC stage: write images_<size>.npy, index.jsonl, meta.json and metrics."""
+    """The DVC stage: write images_<size>.npy, index.jsonl, meta.json and metrics.
+
+    Work is O(new images) for decoding and O(kept images) for the output array: thumbnails
+    of unchanged shards are only memory-mapped, and only the rows kept after balancing are
+    copied out of them.
+    """
     if not paths.posts_table.exists():
         raise DataError(f"{paths.posts_table} not found: run the export stage first")
     posts = [p for p in read_jsonl(paths.posts_table) if p.get("member")]
@@ -196,19 +287,23 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     for p in posts:
         by_shard[p["shard"]].add(p["member"])
     cache_dir = paths.cache / "thumbs"
-    thumbs: dict[tuple[str, str], np.ndarray] = {}
+    for legacy in cache_dir.glob("*.npz"):  # the cache format before THUMB_VERSION 2
+        legacy.unlink()
+    shards: dict[str, ShardThumbs] = {}
+    where: dict[tuple[str, str], int] = {}  # (shard, member) -> row in that shard's thumbnails
     decoded = from_cache = 0
-    failed: list[str] = []
+    skipped: list[dict[str, str]] = []
     for shard_name in track(sorted(by_shard), "decode"):
         shard = paths.shards / shard_name
         if not shard.exists():
             raise DataError(f"posts table names shard {shard_name}, which is not in {paths.shards}")
-        got, n_dec, n_cache = decode_shard(shard, by_shard[shard_name], params.size, cache_dir)
-        decoded += n_dec
-        from_cache += n_cache
-        failed += [f"{shard_name}:{m}" for m in got.failed]
-        thumbs.update({(shard_name, m): img for m, img in zip(got.members, got.images)})
-    usable = [p for p in posts if (p["shard"], p["member"]) in thumbs]
+        got = decode_shard(shard, by_shard[shard_name], params.size, cache_dir)
+        shards[shard_name] = got
+        decoded += got.decoded
+        from_cache += got.from_cache
+        skipped += [{"shard": shard_name, "member": m, "reason": r} for m, r in sorted(got.failed.items())]
+        where.update(((shard_name, m), i) for m, i in got.row().items() if m in by_shard[shard_name])
+    usable = [p for p in posts if (p["shard"], p["member"]) in where]
     if not usable:
         raise DataError("no decodable images in the posts table")
 
@@ -226,26 +321,46 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     rows = balance(usable, params.max_posts_per_user, params.seed)
     splits = assign_splits(rows, params.split, params.split_ratios, params.seed)
 
-    images = np.stack([thumbs[(r["shard"], r["member"])] for r in rows])
+    _write_images(paths.images_array(params.size), rows, shards, where, params.size)
     index = [
         {"row": i, "shortcode": r["shortcode"], "user": r["user"], "date": r["date"],
-         "timestamp": r["timestamp"], "likes": r["likes"], "target": round(r["target"], 8), "split": s}
+         "timestamp": r["timestamp"], "likes": r["likes"], "target": round(r["target"], 8), "split": s,
+         "shard": r["shard"], "member": r["member"]}
         for i, (r, s) in enumerate(zip(rows, splits))
     ]
-    with atomic_path(paths.images_array(params.size)) as tmp:
-        with open(tmp, "wb") as fh:
-            np.save(fh, images)
     write_jsonl(paths.dataset_index, index)
     counts = Counter(splits)
     meta = {
         "size": params.size, "target": params.target, "split": params.split,
         "split_ratios": params.split_ratios, "images": paths.images_array(params.size).name,
-        "n": len(rows), "users": sorted(set(users.tolist())), "splits": {s: counts.get(s, 0) for s in SPLITS},
+        "n": len(rows), "users": sorted({r["user"] for r in rows}),
+        "splits": {s: counts.get(s, 0) for s in SPLITS},
+        "skipped": skipped,  # images listed in the posts table that could not be decoded
     }
-    write_json(paths.dataset_meta, meta)
+    write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {
-        "posts": len(posts), "decoded": decoded, "from_cache": from_cache, "skipped": len(failed),
+        "posts": len(posts), "decoded": decoded, "from_cache": from_cache, "skipped": len(skipped),
+        "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
     }
     write_json(paths.stage_metrics("preprocess"), metrics)
     return metrics
+
+
+def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, ShardThumbs],
+                  where: dict[tuple[str, str], int], size: int) -> None:
+    """Copy the kept rows' thumbnails, shard by shard, into a new ``.npy`` at ``dest``."""
+    for stale in dest.parent.glob("images_*.npy"):  # another size's array (outside DVC runs)
+        if stale != dest:
+            stale.unlink()
+    per_shard: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for i, r in enumerate(rows):
+        dst, src = per_shard[r["shard"]]
+        dst.append(i)
+        src.append(where[(r["shard"], r["member"])])
+    with atomic_path(dest) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
+        for shard_name, (dst, src) in per_shard.items():
+            out[dst] = shards[shard_name].images[src]
+        out.flush()
+        del out

@@ -1,25 +1,50 @@
 """The train stage: dataset -> ``models/<model>.pt`` with per-epoch curves through DVCLive.
 
-Adam on MSE, as the paper. Device: cuda, else mps, else cpu (``train.device`` can force
-one); bf16 autocast on cuda; seeded and deterministic on the CPU.
+Models (imgrate.models):
+
+- ``paper_cnn``: the paper's CNN on the dataset's pixels; Adam on MSE with the paper's
+  numbers (``train.epochs``, ``train.batch_size``, ``train.lr``); the last epoch is kept.
+- ``pretrained``: a small head on frozen EfficientNet-Lite0 features (imgrate.features,
+  cached per shard); ``train.pretrained.*``: MSE or pairwise (RankNet on within-user pairs)
+  loss, early stopping on the validation within-user Spearman, the best epoch is kept.
+
+Device: cuda, else mps, else cpu (``train.device`` can force one); bf16 autocast on cuda;
+seeded and deterministic on the CPU. Every epoch draws its randomness from (seed, epoch,
+rank) alone, so a resumed run continues exactly where the killed one stopped.
+
+Under torchrun (WORLD_SIZE > 1): DistributedDataParallel with a DistributedSampler, gloo on
+the CPU and nccl on CUDA; ``batch_size`` is the global batch (each rank takes its share);
+rank 0 validates, writes DVCLive, the checkpoints and the model file.
+
+Resume: after every epoch rank 0 writes ``.imgrate-cache/checkpoints/<model>-<key>.pt``,
+where the key hashes the model config, the fit settings and the exact training inputs
+(pixels or features, targets, users, splits), so a checkpoint of other params or data is
+never resumed. It is deleted once the model file is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imgrate import metrics
-from imgrate.dataset import Dataset, load_dataset, to_tensor_batch
+from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError, ImgrateError
+from imgrate.io import atomic_path
 from imgrate.models import build_model, save_checkpoint
 from imgrate.params import Params, TrainParams
 from imgrate.paths import Paths
@@ -27,17 +52,19 @@ from imgrate.paths import Paths
 log = logging.getLogger(__name__)
 
 
-def pick_device(preference: str = "auto") -> torch.device:
+# --------------------------------------------------------------------------- device, seeds
+
+
+def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     """cuda if available, else mps, else cpu; or the one asked for (which must exist)."""
+    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if preference == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise ImgrateError("train.device: cuda was asked for but torch sees no CUDA device")
-    if preference == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        preference = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if preference == "cuda":
+        if not torch.cuda.is_available():
+            raise ImgrateError("train.device: cuda was asked for but torch sees no CUDA device")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if preference == "mps" and not has_mps:
         raise ImgrateError("train.device: mps was asked for but is not available")
     return torch.device(preference)
 
@@ -49,6 +76,233 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 2**63
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process stands under torchrun (world 1 without it)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def dist_from_env() -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(info: DistInfo, device: torch.device) -> None:
+    """Join the process group torchrun set up: nccl on CUDA, gloo on the CPU."""
+    import torch.distributed as dist
+
+    if not info.active or dist.is_initialized():
+        return
+    if device.type == "mps":
+        raise ImgrateError("distributed training on mps is not supported: use train.device cpu or cuda")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    log.info("rank %d of %d on %s (%s)", info.rank, info.world, device, dist.get_backend())
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _broadcast(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to fit one model; built from params.yaml by :meth:`for_model`."""
+
+    epochs: int
+    batch_size: int  # global: under DDP each rank takes batch_size / world
+    lr: float
+    seed: int = 0
+    weight_decay: float = 0.0
+    loss: Literal["mse", "pairwise"] = "mse"
+    pair_window_days: float | None = None
+    patience: int | None = None  # None: train every epoch and keep the last one (the paper)
+
+    @classmethod
+    def for_model(cls, name: str, tp: TrainParams) -> FitConfig:
+        if name == "pretrained":
+            p = tp.pretrained
+            return cls(p.epochs, p.batch_size, p.lr, tp.seed, p.weight_decay, p.loss, p.pair_window_days, p.patience)
+        return cls(tp.epochs, tp.batch_size, tp.lr, tp.seed)
+
+
+@dataclass
+class Inputs:
+    """One split as a model sees it: rows of ``source`` (uint8 N x S x S x 3 images, possibly
+    memory-mapped, or float32 N x F features) with targets, users and post days."""
+
+    source: np.ndarray
+    rows: np.ndarray
+    y: np.ndarray  # float32, one per row
+    users: np.ndarray  # int64 user codes
+    days: np.ndarray  # float64 days since the epoch (post time)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pixels(self) -> bool:
+        return self.source.dtype == np.uint8
+
+    def x(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Model input of positions ``idx``: images become float B x 3 x S x S in [0, 1] on the device."""
+        batch = torch.from_numpy(np.ascontiguousarray(self.source[self.rows[idx]]))
+        batch = batch.to(device, non_blocking=True)
+        if self.pixels:
+            return batch.permute(0, 3, 1, 2).float().div_(255.0)
+        return batch
+
+    def stats(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation per channel (images) or per feature, in chunks."""
+        total = sq = None
+        count = 0
+        for i in range(0, len(self.rows), chunk):
+            x = self.x(np.arange(i, min(i + chunk, len(self.rows))), torch.device("cpu")).double()
+            dims = (0, 2, 3) if self.pixels else (0,)
+            s, s2 = x.sum(dim=dims), (x * x).sum(dim=dims)
+            total, sq = (s, s2) if total is None else (total + s, sq + s2)
+            count += x.numel() // s.numel()
+        mean = total / count
+        var = (sq - count * mean * mean) / max(count - 1, 1)
+        return mean.float(), var.clamp_min(0).sqrt().float()
+
+    def fingerprint(self, h: Any, chunk: int = 4096) -> None:
+        """Feed everything this split contributes to training into hash ``h``."""
+        for i in range(0, len(self.rows), chunk):
+            h.update(np.ascontiguousarray(self.source[self.rows[i : i + chunk]]).tobytes())
+        for a in (self.rows, self.y, self.users, self.days):
+            h.update(np.ascontiguousarray(a).tobytes())
+
+
+def _split_inputs(data: Dataset, source: np.ndarray, split: str) -> Inputs:
+    rows = data.split(split)
+    codes = {u: i for i, u in enumerate(sorted({r["user"] for r in data.index}))}
+    return Inputs(
+        source=source,
+        rows=rows,
+        y=data.targets(rows),
+        users=np.array([codes[data.index[i]["user"]] for i in rows], dtype=np.int64),
+        days=np.array([float(data.index[i].get("timestamp", 0)) / 86400.0 for i in rows], dtype=np.float64),
+    )
+
+
+def model_config(name: str, params: TrainParams, data: Dataset) -> dict[str, Any]:
+    """The architecture config of ``name`` for this dataset and these params."""
+    if name == "pretrained":
+        p = params.pretrained
+        return {"input_size": p.input_size, "hidden": p.hidden, "dropout": p.dropout}
+    return {"size": int(data.meta["size"])}
+
+
+def prepare_inputs(name: str, config: dict[str, Any], data: Dataset, paths: Paths, params: TrainParams,
+                   device: torch.device, info: DistInfo = DistInfo()) -> tuple[Inputs, Inputs]:
+    """(train, val) inputs of model ``name``: the dataset's pixels, or backbone features of
+    every dataset image (extracted once and cached; under DDP each rank extracts a share of
+    the shards first)."""
+    if name != "pretrained":
+        return _split_inputs(data, data.images, "train"), _split_inputs(data, data.images, "val")
+    from imgrate.features import FeatureCache, image_refs
+    from imgrate.models import PretrainedConfig
+
+    cfg = PretrainedConfig(**config)
+    refs = image_refs(data, paths)
+    cache = FeatureCache(paths, cfg.backbone, cfg.input_size)
+    batch = params.pretrained.feature_batch_size
+    if info.active:
+        shards = sorted({s for s, _ in refs})
+        cache.features(refs, device, batch, only_shards=set(shards[info.rank :: info.world]))
+        _barrier(info)
+    features = cache.features(refs, device, batch)  # what another node's rank extracted, if not shared
+    return _split_inputs(data, features, "train"), _split_inputs(data, features, "val")
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def pairwise_loss(pred: torch.Tensor, y: torch.Tensor, users: torch.Tensor, days: torch.Tensor,
+                  window: float | None = None) -> torch.Tensor:
+    """RankNet: mean of -log sigmoid(s_i - s_j) over pairs of the same user with y_i > y_j
+    (posted at most ``window`` days apart when given). Zero, still attached to the graph,
+    when the batch has no such pair."""
+    mask = (users[:, None] == users[None, :]) & (y[:, None] > y[None, :])
+    if window is not None:
+        mask &= (days[:, None] - days[None, :]).abs() <= window
+    if not bool(mask.any()):
+        return pred.sum() * 0.0
+    return F.softplus(-(pred[:, None] - pred[None, :])[mask]).mean()
+
+
+def _loss(cfg: FitConfig, pred: torch.Tensor, y: torch.Tensor, users: torch.Tensor,
+          days: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "pairwise":
+        return pairwise_loss(pred, y, users, days, cfg.pair_window_days)
+    return F.mse_loss(pred, y)
+
+
+def _val_loss(cfg: FitConfig, pred: np.ndarray, val: Inputs) -> float:
+    """The training loss on the whole validation split (pairwise: over every within-user pair)."""
+    if cfg.loss == "mse":
+        return float(np.mean((pred - val.y) ** 2))
+    total, pairs = 0.0, 0
+    for u in np.unique(val.users):
+        i = np.flatnonzero(val.users == u)
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        mask = t(val.y[i])[:, None] > t(val.y[i])[None, :]
+        if cfg.pair_window_days is not None:
+            mask &= (t(val.days[i])[:, None] - t(val.days[i])[None, :]).abs() <= cfg.pair_window_days
+        n = int(mask.sum())
+        if n:
+            p = t(pred[i])
+            total += float(F.softplus(-(p[:, None] - p[None, :])[mask]).sum())
+            pairs += n
+    return total / pairs if pairs else math.nan
+
+
+# --------------------------------------------------------------------------- fit
+
+
 @dataclass
 class EpochLog:
     epoch: int
@@ -58,124 +312,261 @@ class EpochLog:
     seconds: float
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    return list(order.split(batch_size))
+def epoch_score(e: EpochLog) -> float:
+    """What early stopping maximises: the validation within-user Spearman, or minus the
+    validation loss where the split is too small for it (minus the train loss without one)."""
+    if math.isfinite(e.val_spearman_within):
+        return e.val_spearman_within
+    return -e.val_loss if math.isfinite(e.val_loss) else -e.train_loss
 
 
-def predict_array(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Scores for a float tensor N x 3 x S x S, in eval mode, on ``device``."""
+def predict_inputs(model: nn.Module, inputs: Inputs, device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Scores of every row of ``inputs``, in eval mode."""
     model.eval()
     out = []
     with torch.inference_mode():
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size].to(device)
+        for i in range(0, len(inputs), batch_size):
             with _autocast(device):
-                out.append(model(xb).float().cpu())
+                out.append(model(inputs.x(np.arange(i, min(i + batch_size, len(inputs))), device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+class Checkpointer:
+    """Per-epoch training state in the persistent cache, for resuming a killed run."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path  # None: no checkpoints (ranks other than 0, or disabled)
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            return torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a damaged checkpoint only costs the epochs it held
+            log.warning("ignoring unreadable checkpoint %s (%s)", self.path.name, type(err).__name__)
+            return None
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with atomic_path(self.path) as tmp:
+            torch.save(state, tmp)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def fit(
     model: nn.Module,
-    data: Dataset,
-    params: TrainParams,
+    train: Inputs,
+    val: Inputs,
+    cfg: FitConfig,
     device: torch.device,
-    on_epoch: Any = None,
+    *,
+    info: DistInfo = DistInfo(),
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> list[EpochLog]:
-    """Train ``model`` in place on the train split; validate after every epoch."""
-    train_rows, val_rows = data.split("train"), data.split("val")
-    if len(train_rows) == 0:
-        raise DataError("the train split is empty")
-    x_train = torch.from_numpy(to_tensor_batch(data.images[train_rows]))
-    y_train = torch.from_numpy(data.targets(train_rows))
-    x_val = torch.from_numpy(to_tensor_batch(data.images[val_rows]))
-    y_val = data.targets(val_rows)
-    users_val = data.users(val_rows)
+    """Train ``model`` in place; validate after every epoch; resume from ``checkpoint``.
 
+    With ``cfg.patience`` the model ends at its best validation epoch (within-user Spearman,
+    or the validation loss where the split is too small for it), else at the last epoch."""
+    from torch.utils.data import DistributedSampler
+
+    if len(train) == 0:
+        raise DataError("the train split is empty")
     if hasattr(model, "set_input_stats"):
-        model.set_input_stats(x_train.mean(dim=(0, 2, 3)), x_train.std(dim=(0, 2, 3)))
+        model.set_input_stats(*train.stats())
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-    loss_fn = nn.MSELoss()
-    generator = torch.Generator().manual_seed(params.seed)
+    net: nn.Module = model
+    if info.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sampler = DistributedSampler(range(len(train)), num_replicas=info.world, rank=info.rank,  # type: ignore[arg-type]
+                                 shuffle=True, seed=cfg.seed)
+    per_rank = max(1, math.ceil(cfg.batch_size / info.world))
+    y_all = torch.from_numpy(train.y)
+    users_all, days_all = torch.from_numpy(train.users), torch.from_numpy(train.days)
+
     history: list[EpochLog] = []
-    for epoch in range(1, params.epochs + 1):
+    best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None, "bad": 0}
+    state = _broadcast(checkpoint.load() if checkpoint and info.main else None, info)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [EpochLog(**e) for e in state["history"]]
+        best = state["best"]
+        log.info("resuming from the checkpoint of epoch %d/%d", len(history), cfg.epochs)
+        if on_epoch is not None:
+            for entry in history:
+                on_epoch(entry)
+    start_epoch = len(history) + 1
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.patience is not None and best["bad"] >= cfg.patience:
+            break
         start = time.monotonic()
-        model.train()
-        total, count = 0.0, 0
-        for idx in _batches(len(train_rows), params.batch_size, generator):
-            xb, yb = x_train[idx].to(device, non_blocking=True), y_train[idx].to(device, non_blocking=True)
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, info.rank))  # dropout of this epoch
+        sampler.set_epoch(epoch)
+        order = np.fromiter(iter(sampler), dtype=np.int64)
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        for i in range(0, len(order), per_rank):
+            idx = np.sort(order[i : i + per_rank])
+            xb = train.x(idx, device)
+            yb = y_all[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device):
-                pred = model(xb)
-            loss = loss_fn(pred.float(), yb)
+                pred = net(xb)
+            loss = _loss(cfg, pred.float(), yb, users_all[idx].to(device), days_all[idx].to(device))
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(idx)
-            count += len(idx)
-        train_loss = total / count
-        if len(val_rows):
-            pv = predict_array(model, x_val, device)
-            val_loss = float(np.mean((pv - y_val) ** 2))
-            rho = metrics.spearman_within(y_val, pv, users_val, min_items=3)
-        else:
-            val_loss, rho = math.nan, math.nan
+            total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
+        if info.active:
+            import torch.distributed as dist
+
+            total = total.to(device)  # nccl reduces device tensors, gloo CPU ones
+            dist.all_reduce(total)
+            total = total.cpu()
+        train_loss = float(total[0] / total[1])
+        val_loss = rho = math.nan
+        if info.main and len(val):
+            pv = predict_inputs(model, val, device)
+            val_loss = _val_loss(cfg, pv, val)
+            rho = metrics.spearman_within(val.y, pv, val.users, min_items=3)
+        val_loss, rho = _broadcast((val_loss, rho), info)
         entry = EpochLog(epoch, train_loss, val_loss, rho, time.monotonic() - start)
         history.append(entry)
+        score = epoch_score(entry)
+        if cfg.patience is not None:
+            if score > best["score"]:
+                best = {"score": score, "epoch": epoch, "state": _cpu_state(model), "bad": 0}
+            else:
+                best["bad"] += 1
         log.info("epoch %d/%d train_loss %.5f val_loss %.5f val_spearman_within %.3f",
-                 epoch, params.epochs, train_loss, val_loss, rho)
+                 epoch, cfg.epochs, train_loss, val_loss, rho)
+        if checkpoint is not None and info.main:
+            checkpoint.save({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+                             "history": [dataclasses.asdict(e) for e in history], "best": best})
         if on_epoch is not None:
             on_epoch(entry)
+    if cfg.patience is not None and best["state"] is not None:
+        model.load_state_dict(best["state"])
+        log.info("keeping epoch %d (best validation score %.4f)", best["epoch"], best["score"])
     return history
 
 
+def calibrate(model: nn.Module, train: Inputs, device: torch.device) -> None:
+    """Put a ranking model's scores on the target's scale: a least-squares line from its
+    training-split scores to the targets, with a positive slope so no order changes (MSE
+    and the scores that ``imgrate rank`` prints then read as predicted targets)."""
+    scores = predict_inputs(model, train, device).astype(np.float64)
+    if len(scores) < 2 or np.ptp(scores) == 0:
+        return
+    slope, intercept = np.polyfit(scores, train.y.astype(np.float64), 1)
+    model.set_output_affine(max(float(slope), 1e-6), float(intercept))  # type: ignore[operator]
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Inputs, val: Inputs) -> str:
+    """A hash of everything that determines a training run (its checkpoint's name)."""
+    h = hashlib.blake2b(digest_size=10)
+    h.update(json.dumps({"model": name, "config": config, "fit": dataclasses.asdict(cfg)}, sort_keys=True).encode())
+    train.fingerprint(h)
+    val.fingerprint(h)
+    return h.hexdigest()
+
+
 def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
-    """The DVC stage ``train@<model>``: train, log curves with DVCLive, save the model."""
-    from dvclive import Live
+    """The DVC stage ``train@<model>``: train, log curves with DVCLive, save the model (rank 0)."""
+    info = dist_from_env()
+    if not info.main:
+        logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
+    device = pick_device(params.train.device, info.local_rank)
+    init_distributed(info, device)
+    try:
+        return _run(model_name, params, paths, info, device)
+    finally:
+        if info.active:
+            import torch.distributed as dist
 
+            dist.destroy_process_group()
+
+
+def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: torch.device) -> dict[str, Any]:
     data = load_dataset(paths)
-    device = pick_device(params.train.device)
     seed_everything(params.train.seed, device)
-    size = int(data.meta["size"])
-    model = build_model(model_name, {"size": size})
-    log.info("training %s on %s (%d parameters)", model_name, device,
-             sum(p.numel() for p in model.parameters()))
-    live_dir = paths.live_dir(model_name)
-    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    config = model_config(model_name, params.train, data)
+    model = build_model(model_name, config)
+    cfg = FitConfig.for_model(model_name, params.train)
+    train, val = prepare_inputs(model_name, config, data, paths, params.train, device, info)
+    key = run_key(model_name, config, cfg, train, val)
+    checkpoint = Checkpointer(paths.cache / "checkpoints" / f"{model_name}-{key}.pt" if info.main else None)
+    log.info("training %s on %s x%d (%d parameters, %d train / %d val)", model_name, device, info.world,
+             sum(p.numel() for p in model.parameters()), len(train), len(val))
 
-        def on_epoch(e: EpochLog) -> None:
-            for key in ("train_loss", "val_loss", "val_spearman_within"):
-                value = getattr(e, key)
-                if math.isfinite(value):  # an empty validation split gives nan: log nothing
-                    live.log_metric(key, value)
-            live.next_step()
+    live = None
+    if info.main:
+        from dvclive import Live
 
-        history = fit(model, data, params.train, device, on_epoch)
-    last = history[-1]
+        live = Live(dir=str(paths.live_dir(model_name)), dvcyaml=None, save_dvc_exp=False, report=None)
+
+    def on_epoch(e: EpochLog) -> None:
+        if live is None:
+            return
+        for k in ("train_loss", "val_loss", "val_spearman_within"):
+            value = getattr(e, k)
+            if math.isfinite(value):  # an empty validation split gives nan: log nothing
+                live.log_metric(k, value)
+        live.next_step()
+
+    try:
+        history = fit(model, train, val, cfg, device, info=info, on_epoch=on_epoch, checkpoint=checkpoint)
+        # the epoch whose weights the model file holds (fit keeps the first best one)
+        kept = history[-1] if cfg.patience is None else max(history, key=epoch_score)
+        if live is not None:  # metrics.json (`dvc exp show`) also names the kept epoch
+            live.summary["kept_epoch"] = kept.epoch
+            if math.isfinite(kept.val_spearman_within):
+                live.summary["kept_val_spearman_within"] = kept.val_spearman_within
+    finally:
+        if live is not None:
+            live.end()
+    if cfg.loss == "pairwise" and hasattr(model, "set_output_affine"):
+        calibrate(model, train, device)
     summary = {
         "model": model_name,
         "device": device.type,
+        "world_size": info.world,
+        "rank": info.rank,
         "epochs": len(history),
-        "train_loss": last.train_loss,
-        "val_loss": last.val_loss,
-        "val_spearman_within": last.val_spearman_within,
+        "best_epoch": kept.epoch,
+        "train_loss": kept.train_loss,
+        "val_loss": kept.val_loss,
+        "val_spearman_within": kept.val_spearman_within,
         "seconds_per_epoch": float(np.mean([e.seconds for e in history])),
     }
-    save_checkpoint(
-        paths.model(model_name),
-        model_name,
-        model.cpu(),
-        {
-            "train_params": dataclasses.asdict(params.train),
-            "preprocess": {"size": size, "target": data.meta["target"]},
-            "history": [dataclasses.asdict(e) for e in history],
-            "summary": summary,
-        },
-    )
+    if info.main:
+        save_checkpoint(
+            paths.model(model_name),
+            model_name,
+            model.cpu(),
+            {
+                "train_params": dataclasses.asdict(params.train),
+                "fit": dataclasses.asdict(cfg),
+                "preprocess": {"size": int(data.meta["size"]), "target": data.meta["target"]},
+                "history": [dataclasses.asdict(e) for e in history],
+                "summary": summary,
+            },
+        )
+        checkpoint.remove()
+    _barrier(info)
     return summary

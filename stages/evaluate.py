@@ -1,4 +1,4 @@
-"""DVC stage evaluate: models + baselines on the test split -> metrics/evaluate.json, plots/."""
+"""DVC stage evaluate: models + baselines on the test split -> metrics/, plots/, reports/figures/."""
 
 from imgrate.errors import run_main
 from imgrate.evaluate import run_stage
@@ -10,10 +10,10 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    results = run_stage(load_params(paths.params).evaluate, paths)
-    for name, m in results.items():
-        console.print(f"{name:>18}: spearman_within {m['spearman_within']}, "
-                      f"ranking_accuracy_mixed {m['ranking_accuracy_mixed']}")
+    params = load_params(paths.params)
+    report = run_stage(params.evaluate, paths, params.crawl)
+    for table in report.tables():
+        console.print(table)
 
 
 if __name__ == "__main__":

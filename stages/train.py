@@ -14,8 +14,9 @@ def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 else "paper_cnn"
     paths = project_paths()
     s = run_stage(model, load_params(paths.params), paths)
-    console.print(f"train {model}: {s['epochs']} epochs on {s['device']}, val_loss {s['val_loss']:.5f}, "
-                  f"val_spearman_within {s['val_spearman_within']:.3f}")
+    if s["rank"] == 0:  # under torchrun every rank returns; one line is enough
+        console.print(f"train {model}: {s['epochs']} epochs on {s['device']} x{s['world_size']}, "
+                      f"val_loss {s['val_loss']:.5f}, val_spearman_within {s['val_spearman_within']:.3f}")
 
 
 if __name__ == "__main__":

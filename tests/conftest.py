@@ -20,6 +20,10 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", "users.txt", "stages", "imgrate", ".
 
 TINY_USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo"]
 
+# A developer's own database is never written by the tests (stages and the CLI read this
+# variable); tests/test_mongo.py sets it where it wants a server, from the mongo_uri fixture.
+os.environ.pop("IMGRATE_MONGODB_URI", None)
+
 
 def tiny_params() -> dict[str, Any]:
     """params.yaml for a world of a few users and a few dozen small posts."""
@@ -28,6 +32,7 @@ def tiny_params() -> dict[str, Any]:
     params["crawl"]["shard_size"] = 20
     params["preprocess"]["max_posts_per_user"] = None
     params["train"].update(epochs=2, batch_size=16)
+    params["train"]["pretrained"].update(input_size=64, epochs=3, patience=2, batch_size=16, feature_batch_size=32)
     params["evaluate"].update(n_sets=200, n_boot=50, min_items=3)
     return params
 
@@ -97,3 +102,133 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory):
     export(params.export, paths)
     preprocess(params.preprocess, paths)
     return params, paths
+
+
+def copy_world(paths: Any, dest: Path) -> Any:
+    """A writable copy of a world's raw data, tables and dataset under ``dest``; returns its Paths."""
+    from imgrate.paths import Paths
+
+    local = Paths(dest)
+    for src, dst in ((paths.raw, local.raw), (paths.tables, local.tables), (paths.dataset, local.dataset)):
+        shutil.copytree(src, dst)
+    return local
+
+
+# --- MongoDB: a wire-protocol server in its own process (tests/mongo_server.py) -----------
+
+# the Python that has mongoeco[wire] (>= 3.13): `make mongo-venv` makes .venv-mongo
+MONGO_PYTHON = Path(os.environ.get("IMGRATE_TEST_MONGO_PYTHON") or ROOT / ".venv-mongo" / "bin" / "python")
+MONGO_SERVER = ROOT / "tests" / "mongo_server.py"
+TEST_MONGODB_ENV = "IMGRATE_TEST_MONGODB_URI"
+
+
+def _start_mongo_server(log: Path, timeout_s: float = 60.0) -> tuple[subprocess.Popen[str], str]:
+    """Start tests/mongo_server.py under .venv-mongo's Python; return it and the URI it printed."""
+    import select
+    import time
+
+    with open(log, "w") as err:
+        # stdin stays open: the server exits when it closes, so it dies with this pytest run
+        proc = subprocess.Popen([str(MONGO_PYTHON), str(MONGO_SERVER), "--port", "0"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline().strip()
+            if line.startswith("mongodb://"):
+                return proc, line
+            break
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"the test MongoDB server did not start; {log}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory):
+    """The URI of a MongoDB server for this session: $IMGRATE_TEST_MONGODB_URI, else a fresh
+    mongoeco wire-protocol server (``make mongo-venv``) on a free port of 127.0.0.1, killed at the end.
+
+    Without either, the test fails when $CI is set and is skipped otherwise.
+    """
+    import time
+
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    proc = None
+    uri = os.environ.get(TEST_MONGODB_ENV)
+    if not uri:
+        if not MONGO_PYTHON.exists():
+            msg = (f"no MongoDB for the tests: {MONGO_PYTHON} is missing (run `make mongo-venv`; it needs "
+                   f"Python >= 3.13) and {TEST_MONGODB_ENV} is not set")
+            if os.environ.get("CI"):
+                pytest.fail(msg)
+            pytest.skip(msg)
+        proc, uri = _start_mongo_server(tmp_path_factory.mktemp("mongo") / "server.log")
+    try:
+        client: MongoClient = MongoClient(uri, serverSelectionTimeoutMS=2000)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.admin.command("ping")  # server_info() needs buildinfo, which mongoeco lacks
+                break
+            except PyMongoError as err:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"no answer to ping from the test MongoDB server: {type(err).__name__}")
+                time.sleep(0.2)
+        client.close()
+        yield uri
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def mongo_db(mongo_uri: str, request: pytest.FixtureRequest):
+    """A pymongo Database with a name unique to this test, dropped afterwards."""
+    import re
+    import uuid
+
+    from pymongo import MongoClient
+
+    name = "imgrate_test_" + re.sub(r"\W", "_", request.node.name)[:30] + "_" + uuid.uuid4().hex[:8]
+    client: MongoClient = MongoClient(mongo_uri, serverSelectionTimeoutMS=5000)
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def mangle_first_post(paths, dest: Path, mangle):
+    """A copy of ``paths``' raw data whose first shard has one post's metadata passed
+    through ``mangle`` (bytes -> bytes), for tests of corrupt or incomplete members."""
+    import io
+    import tarfile
+
+    from imgrate.crawl.shards import list_shards
+    from imgrate.paths import Paths
+
+    out = Paths(dest)
+    shutil.copytree(paths.raw, out.raw)
+    shard = list_shards(out.shards)[0]
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+        pax = tar.pax_headers
+    victim = next(m.name for m, _ in members if m.name.endswith("_UTC.json.xz"))
+    shard.unlink()
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
+        for m, data in members:
+            if m.name == victim:
+                data = mangle(data)
+                m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    return out

@@ -397,3 +397,49 @@ def test_faults_seam():
         context = instaloader.InstaloaderContext(sleep=False, quiet=True, max_connection_attempts=1)
         with pytest.raises(ConnectionException, match="500"):
             instaloader.Profile.from_username(context, "alpha_lens")
+
+
+@pytest.mark.parametrize(
+    ("kind", "expect"),
+    [("429", "429 Too Many Requests"), ("401", "401 Unauthorized.*Please wait a few minutes"),
+     ("500", "500 Internal Server Error"), ("503", "503 Service Unavailable"),
+     ("reset", "Connection reset by peer"), ("timeout", "Read timed out")],
+)
+def test_each_fault_kind_reaches_instaloader_as_instagram_would(kind, expect):
+    world = DemoWorld(["alpha_lens"], SMALL)
+    with requests_mock.Mocker() as mocker:
+        server = serve(world, mocker, FaultConfig(rate=1.0, kinds=(kind,)))
+        context = instaloader.InstaloaderContext(sleep=False, quiet=True, max_connection_attempts=1)
+        context._session.cookies.set("csrftoken", "x")
+        shortcode = world.posts("alpha_lens")[0].shortcode
+        with pytest.raises(ConnectionException, match=expect):
+            instaloader.Post.from_shortcode(context, shortcode)  # api/graphql through get_json
+    assert server.faults_by_kind[kind] >= 1
+
+
+def test_truncated_and_slow_faults_hit_image_bodies_only():
+    world = DemoWorld(["alpha_lens"], SMALL)
+    post = world.posts("alpha_lens")[0]
+    with requests_mock.Mocker() as mocker:
+        server = serve(world, mocker, FaultConfig(rate=1.0, kinds=("truncated",)))
+        page = requests.get("https://www.instagram.com/alpha_lens/")  # no image body: served whole
+        assert page.status_code == 200 and page.text.endswith("</html>")
+        resp = requests.get(server.image_url(post, 0))
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/jpeg"
+        assert int(resp.headers["Content-Length"]) == len(resp.content) < len(world.image(post.shortcode))
+        image = Image.open(io.BytesIO(resp.content))  # the headers are fine...
+        with pytest.raises(OSError, match="truncated"):
+            image.load()  # ...the pixels are not
+        serve(world, mocker, FaultConfig(rate=1.0, kinds=("slow",)))
+        start = time.monotonic()
+        assert requests.get(server.image_url(post, 0)).content == world.image(post.shortcode)
+        assert time.monotonic() - start >= 0.01
+
+
+def test_throttled_users_are_always_refused():
+    world = DemoWorld(["throttled_lens", "alpha_lens"], SMALL)
+    with requests_mock.Mocker() as mocker:
+        serve(world, mocker)
+        answers = [requests.get("https://www.instagram.com/throttled_lens/").status_code for _ in range(4)]
+        assert answers == [429, 401, 429, 401]
+        assert requests.get("https://www.instagram.com/alpha_lens/").status_code == 200

@@ -14,7 +14,7 @@ from imgrate.params import parse_params
 from imgrate.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("crawl", "export", "preprocess", "train", "evaluate")
+STAGES = ("crawl", "export", "preprocess", "train", "evaluate", "analyze")
 
 
 def _module_file(module: str) -> Path | None:
@@ -85,9 +85,30 @@ def test_deps_list_script_and_every_imported_module() -> None:
         )
 
 
+# evaluate's oracle recomputes the simulated world's true appeal: it reads these crawl keys
+ORACLE_PARAMS = ["crawl.source", "crawl.demo.seed", "crawl.demo.start", "crawl.demo.until",
+                 "crawl.demo.image_size", "crawl.demo.mean_interval_days"]
+
+
 def test_each_stage_tracks_its_own_params_section() -> None:
     for name, stage in _stages().items():
-        assert stage.get("params") == [name], name
+        extra = ORACLE_PARAMS if name == "evaluate" else []
+        assert stage.get("params") == [name, *extra], name
+
+
+def test_oracle_params_exist_and_match_what_the_oracle_reads() -> None:
+    import inspect
+
+    from imgrate import evaluate
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    source = inspect.getsource(evaluate.oracle_predictions)
+    for key in ORACLE_PARAMS:
+        section = params
+        for part in key.split("."):
+            section = section[part]  # KeyError: a tracked key that params.yaml lacks
+        if key.startswith("crawl.demo."):
+            assert f"d.{key.rsplit('.', 1)[1]}" in source, key
 
 
 def test_paths_agree_with_paths_module() -> None:
@@ -105,9 +126,19 @@ def test_paths_agree_with_paths_module() -> None:
     models = s["train"]["matrix"]["model"]
     assert _outs(s["train"]) == {"models/${item.model}.pt"}
     assert {rel(p.model(m)) for m in models} <= _deps(s["evaluate"])
-    for stage in ("crawl", "export", "preprocess", "evaluate"):
+    for stage in ("crawl", "export", "preprocess"):
         assert _outs(s[stage], "metrics") == {rel(p.stage_metrics(stage))}
+    assert _outs(s["evaluate"], "metrics") == {rel(p.stage_metrics("evaluate")), rel(p.leak_metrics)}
+    assert _outs(s["evaluate"]) == {rel(p.figures)}
+    assert _outs(s["evaluate"], "plots") == {rel(p.plots / "predictions"), rel(p.plots / "spearman_per_user")}
     assert rel(p.images_array(params.preprocess.size)).startswith(rel(p.dataset))
+    # analyze: figures of the data; reads tables, dataset and shards; nothing depends on it
+    assert {rel(p.raw), rel(p.tables), rel(p.dataset)} <= _deps(s["analyze"])
+    assert _outs(s["analyze"]) == {rel(p.data_report)}
+    assert _outs(s["analyze"], "plots") == {rel(p.data_figures)}
+    assert all(o["cache"] is False for o in s["analyze"]["outs"][0].values())
+    analyze_outs = {rel(p.data_report), rel(p.data_figures)}
+    assert not any(analyze_outs & _deps(stage) for stage in s.values())
 
 
 def test_metrics_and_plots_are_not_cached() -> None:
@@ -115,3 +146,15 @@ def test_metrics_and_plots_are_not_cached() -> None:
         for kind in ("metrics", "plots"):
             for entry in stage.get(kind, []):
                 assert isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False, (name, entry)
+
+
+def test_every_trained_model_has_a_learning_curve_plot() -> None:
+    """Top-level plots: train and validation loss of each model of train's matrix, together."""
+    p = Paths(ROOT)
+    plots = {next(iter(e)): next(iter(e.values())) for e in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
+    for model in _stages()["train"]["matrix"]["model"]:
+        plot = plots.get(f"learning_curves_{model}")
+        assert plot is not None, f"dvc.yaml: no top-level plot learning_curves_{model}"
+        curves = (p.live_dir(model) / "plots" / "metrics").relative_to(ROOT).as_posix()
+        assert plot["y"] == {f"{curves}/train_loss.tsv": "train_loss", f"{curves}/val_loss.tsv": "val_loss"}
+        assert plot["x"] == "step"

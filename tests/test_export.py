@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import lzma
-import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from imgrate.io import read_jsonl
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
 
-from conftest import TINY_USERS
+from conftest import TINY_USERS, mangle_first_post
 
 
 def _world(params) -> DemoWorld:
@@ -51,25 +48,6 @@ def test_tables_match_the_world(tiny_world) -> None:
         assert u["posts"] == len(world.posts(u["username"]))
 
 
-def _corrupt_copy(paths: Paths, dest: Path, mangle) -> Paths:
-    """A copy of the raw data whose first shard has one post's metadata replaced."""
-    out = Paths(dest)
-    shutil.copytree(paths.raw, out.raw)
-    shard = list_shards(out.shards)[0]
-    with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        pax = tar.pax_headers
-    victim = next(m.name for m, _ in members if m.name.endswith("_UTC.json.xz"))
-    shard.unlink()
-    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
-        for m, data in members:
-            if m.name == victim:
-                data = mangle(data)
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
-    return out
-
-
 @pytest.mark.parametrize(
     ("mangle", "reason"),
     [
@@ -79,7 +57,7 @@ def _corrupt_copy(paths: Paths, dest: Path, mangle) -> Paths:
 )
 def test_bad_member_is_skipped_and_counted_or_fails_when_strict(tiny_world, tmp_path: Path, mangle, reason) -> None:
     _, paths = tiny_world
-    bad = _corrupt_copy(paths, tmp_path, mangle)
+    bad = mangle_first_post(paths, tmp_path, mangle)
     m = run_stage(ExportParams(strict=False), bad)
     assert m["posts_skipped"] == 1 and reason in next(iter(m["skipped_reasons"]))
     assert m["posts"] == len(read_jsonl(paths.posts_table)) - 1

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,13 @@ import pytest
 from PIL import Image
 
 from imgrate.crawl.stage import run as crawl
-from imgrate.errors import ImageError
+from imgrate.errors import DataError, ImageError
 from imgrate.export import run_stage as export
 from imgrate.io import read_jsonl
 from imgrate.paths import Paths
-from imgrate.preprocess import assign_splits, balance, compute_targets, load_thumbnail, run_stage
+from imgrate.crawl.shards import read_member
+from imgrate.preprocess import (assign_splits, balance, compute_targets, duplicate_groups, load_thumbnail,
+                                run_stage)
 
 from conftest import TINY_USERS
 
@@ -63,6 +66,24 @@ def test_exif_orientation_is_applied() -> None:
     assert out[3, 20, 0] > 200 and out[36, 20, 2] > 200
 
 
+def test_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
+    a = np.full((20, 20), 32896, np.uint16)  # 128 * 257: mid gray
+    out = load_thumbnail(_encode(Image.fromarray(a), "PNG"), 8)
+    assert out.shape == (8, 8, 3) and np.all(np.abs(out.astype(int) - 128) <= 1)
+
+
+def test_draft_decoding_stays_close_to_a_full_decode() -> None:
+    """Draft mode (DCT scaling) + bilinear against a full decode + Lanczos: tiny differences."""
+    from imgrate.crawl.demo import DemoWorld, WorldConfig
+
+    world = DemoWorld(["quality_demo"], WorldConfig(seed=3, image_size=1080))
+    post = next(p for p in world.posts("quality_demo") if p.typename != "GraphVideo")
+    data = world.image(post.shortcode)
+    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((50, 50), Image.Resampling.LANCZOS))
+    mse = np.mean((load_thumbnail(data, 50).astype(float) - ref) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 35  # PSNR in dB (measured: ~48)
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image", None])
 def test_corrupt_and_truncated_images_raise_image_error(data) -> None:
     if data is None:
@@ -82,6 +103,22 @@ def test_targets_on_a_hand_built_table() -> None:
     z = compute_targets(likes, users, "log_zscore")
     for u in "ab":
         assert abs(z[users == u].mean()) < 1e-9 and abs(z[users == u].std() - 1) < 1e-9
+
+
+def test_target_edge_cases() -> None:
+    likes = np.array([0, 0, 7, 3, 3, 9, 5])
+    users = np.array(["zero", "zero", "one", "tie", "tie", "tie", "flat"])
+    # a user whose best post has 0 likes divides by 1, not 0
+    np.testing.assert_allclose(compute_targets(likes, users, "max_ratio"), [0, 0, 1, 1 / 3, 1 / 3, 1, 1])
+    # ties share their average rank; a user with one post sits in the middle
+    np.testing.assert_allclose(compute_targets(likes, users, "percentile"), [0.5, 0.5, 0.5, 0.25, 0.25, 1, 0.5])
+    # no spread (or one post): 0; else (log1p(likes) - mean) / population sd
+    z = compute_targets(likes, users, "log_zscore")
+    assert z[[0, 1, 2, 6]].tolist() == [0, 0, 0, 0]
+    lx = np.log1p([3, 3, 9])
+    np.testing.assert_allclose(z[3:6], (lx - lx.mean()) / lx.std())
+    with pytest.raises(DataError):
+        compute_targets(likes, users, "follower_ratio")  # needs followers
 
 
 def test_random_split_is_stable_and_near_8_1_1() -> None:
@@ -106,6 +143,18 @@ def test_temporal_and_user_splits() -> None:
     assert all(len(v) == 1 for v in per_user.values()) and len({x for v in per_user.values() for x in v}) == 3
 
 
+def test_identical_images_share_the_split_of_the_oldest_post() -> None:
+    rows = [{"shortcode": f"sc{i:03d}", "user": "u", "timestamp": i, "sha256": f"h{i}"} for i in range(200)]
+    rows.append({"shortcode": "repost", "user": "v", "timestamp": 500, "sha256": "h7"})  # h7 again
+    for split in ("random", "temporal", "user"):
+        s = assign_splits(rows, split, [0.8, 0.1, 0.1], seed=0)
+        assert s[-1] == s[7], split
+    assert duplicate_groups(rows) == [[7, 200]]
+    # the old post keeps the split it had before the repost appeared
+    assert assign_splits(rows, "random", [0.8, 0.1, 0.1], 0)[:200] == assign_splits(rows[:200], "random",
+                                                                                     [0.8, 0.1, 0.1], 0)
+
+
 def test_balance_caps_each_user_stably() -> None:
     rows = [{"shortcode": f"{u}{i}", "user": u} for u in "ab" for i in range(30)] + [{"shortcode": "c0", "user": "c"}]
     kept = balance(rows, 10, seed=0)
@@ -122,6 +171,74 @@ def test_dataset_outputs(tiny_world) -> None:
     assert {r["user"] for r in index} == set(TINY_USERS) and meta["n"] == len(index)
     for user in TINY_USERS:
         assert max(r["target"] for r in index if r["user"] == user) == pytest.approx(1.0)
+    metrics = json.loads(paths.stage_metrics("preprocess").read_text())
+    assert metrics["decoded"] + metrics["from_cache"] == metrics["posts"]
+    assert sum(metrics["splits"].values()) == metrics["kept"] == len(index)
+
+
+def test_first_image_of_sidecars_and_no_videos(tiny_world) -> None:
+    params, paths = tiny_world
+    posts = {p["shortcode"]: p for p in read_jsonl(paths.posts_table)}
+    index = read_jsonl(paths.dataset_index)
+    images = np.load(paths.images_array(50), mmap_mode="r")
+    assert any(p["typename"] == "GraphVideo" for p in posts.values())
+    assert all(posts[r["shortcode"]]["typename"] != "GraphVideo" for r in index)
+    sidecar = next(r for r in index if posts[r["shortcode"]]["typename"] == "GraphSidecar")
+    assert sidecar["member"].endswith("_UTC_1.jpg")
+    data = read_member(paths.shards / sidecar["shard"], sidecar["member"])
+    assert np.array_equal(images[sidecar["row"]], load_thumbnail(data, 50))
+
+
+def _rewrite_shard(shard: Path, replace: dict[str, bytes]) -> None:
+    """Test only: swap some members' bytes (real shards are never rewritten)."""
+    with tarfile.open(shard) as tar:
+        pax = dict(tar.pax_headers)
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
+        for info, data in members:
+            data = replace.get(info.name, data)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_odd_and_corrupt_images_inside_a_shard(tiny_world, tmp_path: Path) -> None:
+    """Through export and preprocess: a truncated JPEG is skipped and counted; PNG, CMYK,
+    grayscale and EXIF-rotated images are decoded as load_thumbnail decodes them."""
+    params, tiny = tiny_world
+    paths = Paths(tmp_path)
+    shutil.copytree(tiny.raw, paths.raw)
+    shard = paths.shards / "000001.tar"
+    with tarfile.open(shard) as tar:
+        jpgs = sorted(n for n in tar.getnames() if n.endswith(".jpg"))[:5]
+    full = _encode(_test_image(400, 400), "JPEG")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    odd = {
+        jpgs[0]: full[: len(full) // 3],  # truncated: the header parses, the pixels do not
+        jpgs[1]: _encode(_test_image(), "PNG"),
+        jpgs[2]: _encode(_test_image().convert("CMYK"), "JPEG"),
+        jpgs[3]: _encode(_test_image().convert("L"), "JPEG"),
+        jpgs[4]: _encode(_test_image(), "JPEG", exif=exif.tobytes()),
+    }
+    _rewrite_shard(shard, odd)
+    export(params.export, paths)
+    m = run_stage(params.preprocess, paths)
+    meta = json.loads(paths.dataset_meta.read_text())
+    assert m["skipped"] == 1 and m["decoded"] + m["from_cache"] == m["posts"]
+    assert [(s["shard"], s["member"]) for s in meta["skipped"]] == [("000001.tar", jpgs[0])]
+    assert "truncated" in meta["skipped"][0]["reason"] or "cannot decode" in meta["skipped"][0]["reason"]
+    index = {r["member"]: r for r in read_jsonl(paths.dataset_index)}
+    images = np.load(paths.images_array(50))
+    assert jpgs[0] not in index and m["kept"] == len(index) == m["posts"] - 1
+    for member in jpgs[1:]:
+        assert np.array_equal(images[index[member]["row"]], load_thumbnail(odd[member], 50)), member
+    again = run_stage(params.preprocess, paths)  # the failure is cached too
+    assert (again["decoded"], again["from_cache"], again["skipped"]) == (0, m["posts"], 1)
+    for npy in (paths.cache / "thumbs").glob("*.npy"):  # a damaged cache is rebuilt, not trusted
+        npy.unlink()
+    rebuilt = run_stage(params.preprocess, paths)
+    assert (rebuilt["decoded"], rebuilt["skipped"]) == (m["posts"], 1)
+    assert np.array_equal(np.load(paths.images_array(50)), images)
 
 
 def test_new_shard_decodes_only_new_images_and_keeps_splits(tmp_path: Path) -> None:
@@ -135,10 +252,14 @@ def test_new_shard_decodes_only_new_images_and_keeps_splits(tmp_path: Path) -> N
     export(params.export, paths)
     first = run_stage(params.preprocess, paths)
     old_split = {r["shortcode"]: r["split"] for r in read_jsonl(paths.dataset_index)}
+    cache_files = {f.name: f.stat().st_mtime_ns for f in (paths.cache / "thumbs").iterdir()}
     later = dataclasses.replace(params.crawl, demo=dataclasses.replace(params.crawl.demo, until="2025-03-20"))
     report = crawl(later, paths)
     export(params.export, paths)
     second = run_stage(params.preprocess, paths)
+    # the old shards' cache files were not rewritten (or even touched): only new ones appeared
+    after = {f.name: f.stat().st_mtime_ns for f in (paths.cache / "thumbs").iterdir()}
+    assert {k: after[k] for k in cache_files} == cache_files and len(after) > len(cache_files)
     assert report.new_posts > 0
     assert second["from_cache"] == first["decoded"]
     assert second["decoded"] == second["kept"] - first["kept"]  # only the new posts' images

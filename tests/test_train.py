@@ -1,15 +1,36 @@
-"""train: the paper's CNN exactly, learning on a tiny world, determinism on the CPU."""
+"""train: the paper's CNN exactly, the pretrained head, learning on a tiny world, determinism
+on the CPU, DistributedDataParallel under torchrun, resuming a killed run."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from conftest import ROOT, copy_world, tiny_params, write_params
 from imgrate.dataset import load_dataset
 from imgrate.models import PaperCNN, PaperCNNConfig, build_model, load_checkpoint
-from imgrate.train import fit, pick_device, run_stage, seed_everything
+from imgrate.train import (
+    FitConfig,
+    fit,
+    model_config,
+    pairwise_loss,
+    pick_device,
+    prepare_inputs,
+    run_key,
+    run_stage,
+    seed_everything,
+)
+
+CPU = torch.device("cpu")
 
 
 def test_paper_cnn_shapes_match_the_paper() -> None:
@@ -31,39 +52,235 @@ def test_paper_cnn_shapes_match_the_paper() -> None:
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
 
 
+def test_paper_cnn_fit_config_is_the_papers(tiny_world) -> None:
+    params, _ = tiny_world
+    cfg = FitConfig.for_model("paper_cnn", params.train)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.loss, cfg.patience) == (
+        params.train.epochs, params.train.batch_size, params.train.lr, "mse", None)
+    pre = FitConfig.for_model("pretrained", params.train)
+    assert (pre.epochs, pre.loss, pre.patience) == (params.train.pretrained.epochs, params.train.pretrained.loss,
+                                                    params.train.pretrained.patience)
+
+
 def test_device_is_picked_automatically() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type in (expected, "mps")
     assert pick_device("cpu").type == "cpu"
 
 
-def test_training_lowers_validation_loss_and_is_deterministic(tiny_world) -> None:
+def _fit_twice(name: str, params, paths, cfg: FitConfig):
+    data = load_dataset(paths)
+    config = model_config(name, params.train, data)
+    train, val = prepare_inputs(name, config, data, paths, params.train, CPU)
+    runs = []
+    for _ in range(2):
+        seed_everything(cfg.seed, CPU)
+        model = build_model(name, config)
+        history = fit(model, train, val, cfg, CPU)
+        runs.append(({k: v.clone() for k, v in model.state_dict().items()}, history))
+    return runs
+
+
+def test_paper_cnn_lowers_validation_loss_and_is_deterministic(tiny_world) -> None:
+    params, paths = tiny_world
+    cfg = dataclasses.replace(FitConfig.for_model("paper_cnn", params.train), epochs=4)
+    (w0, history), (w1, _) = _fit_twice("paper_cnn", params, paths, cfg)
+    assert history[-1].val_loss < history[0].val_loss or history[-1].train_loss < history[0].train_loss
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+
+
+@pytest.mark.parametrize("loss", ["mse", "pairwise"])
+def test_pretrained_head_learns_and_is_deterministic(tiny_world, tmp_path: Path, loss: str) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)  # the feature cache goes under tmp_path
+    cfg = dataclasses.replace(FitConfig.for_model("pretrained", params.train), epochs=3, patience=None, loss=loss)
+    (w0, history), (w1, _) = _fit_twice("pretrained", params, local, cfg)
+    assert history[-1].train_loss < history[0].train_loss
+    assert history[-1].val_loss < history[0].val_loss or loss == "pairwise"  # 3 val images: few pairs
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    cached = list((local.cache / "features").rglob("*.npz"))
+    assert len(cached) == len({r["shard"] for r in _posts(local)}), "one feature file per shard"
+
+
+def _posts(paths):
+    from imgrate.io import read_jsonl
+
+    return [p for p in read_jsonl(paths.posts_table) if p.get("member")]
+
+
+def test_pairwise_loss_is_ranknet_on_within_user_pairs() -> None:
+    pred = torch.tensor([2.0, 0.0, 5.0, 1.0])
+    y = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    users = torch.tensor([0, 0, 1, 2])
+    days = torch.tensor([0.0, 30.0, 0.0, 0.0])
+    # one valid pair: user 0, item 0 (y 1.0) above item 1 (y 0.0), score gap 2
+    expected = torch.nn.functional.softplus(torch.tensor(-2.0))
+    assert torch.isclose(pairwise_loss(pred, y, users, days), expected)
+    assert pairwise_loss(pred, y, users, days, window=7.0).item() == 0.0  # 30 days apart
+    no_pairs = pairwise_loss(pred.requires_grad_(), y, torch.arange(4), days)
+    no_pairs.backward()  # still attached to the graph (DDP needs a backward on every rank)
+    assert no_pairs.item() == 0.0
+
+
+def test_run_key_changes_with_params_and_data(tiny_world) -> None:
     params, paths = tiny_world
     data = load_dataset(paths)
-    tp = dataclasses.replace(params.train, epochs=4, lr=1e-3)
-    weights = []
-    for _ in range(2):
-        seed_everything(tp.seed, torch.device("cpu"))
-        model = build_model("paper_cnn")
-        history = fit(model, data, tp, torch.device("cpu"))
-        weights.append({k: v.clone() for k, v in model.state_dict().items()})
-    assert history[-1].val_loss < history[0].val_loss or history[-1].train_loss < history[0].train_loss
-    for k in weights[0]:
-        assert torch.equal(weights[0][k], weights[1][k]), k
+    config = model_config("paper_cnn", params.train, data)
+    train, val = prepare_inputs("paper_cnn", config, data, paths, params.train, CPU)
+    cfg = FitConfig.for_model("paper_cnn", params.train)
+    key = run_key("paper_cnn", config, cfg, train, val)
+    assert key == run_key("paper_cnn", config, cfg, train, val)
+    assert key != run_key("paper_cnn", config, dataclasses.replace(cfg, lr=cfg.lr / 2), train, val)
+    changed = dataclasses.replace(train, y=train.y + 0.01)
+    assert key != run_key("paper_cnn", config, cfg, changed, val)
 
 
-def test_stage_saves_model_with_config_and_curves(tiny_world, tmp_path) -> None:
-    import shutil
+@pytest.mark.parametrize("name", ["paper_cnn", "pretrained"])
+def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: Path, name: str) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    summary = run_stage(name, params, local)
+    model, ckpt = load_checkpoint(local.model(name))
+    assert ckpt["architecture"] == name
+    assert ckpt["train_params"]["epochs"] == params.train.epochs
+    assert ckpt["train_params"]["pretrained"]["input_size"] == params.train.pretrained.input_size
+    assert len(ckpt["history"]) == summary["epochs"]
+    for curve in ("train_loss", "val_loss"):
+        lines = (local.live_dir(name) / "plots" / "metrics" / f"{curve}.tsv").read_text().splitlines()
+        assert len(lines) == 1 + summary["epochs"], curve
+    assert not list((local.cache / "checkpoints").glob("*.pt")), "the checkpoint is removed once the model is saved"
+    if name == "paper_cnn":
+        assert ckpt["config"]["hidden"] == 500 and summary["epochs"] == params.train.epochs
+        assert model(torch.zeros(2, 3, 50, 50)).shape == (2,)
+    else:
+        assert ckpt["config"]["input_size"] == params.train.pretrained.input_size
+        assert summary["epochs"] <= params.train.pretrained.epochs
+        assert model(torch.zeros(2, 1280)).shape == (2,)
 
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def _project(tiny_world, dest: Path, **train: object) -> Path:
+    """A project folder (params.yaml + data) for running stages/train.py in a subprocess."""
+    _, paths = tiny_world
+    copy_world(paths, dest)
+    params = tiny_params()
+    params["train"].update(train)
+    write_params(dest, params)
+    return dest
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return {**env, "IMGRATE_ROOT": str(root), "IMGRATE_QUIET": "1", "OMP_NUM_THREADS": "1",
+            "COLUMNS": "200", "PYTHONPATH": str(ROOT)}
+
+
+def test_torchrun_ddp_matches_a_single_process_run(tiny_world, tmp_path: Path) -> None:
+    from imgrate.params import load_params
     from imgrate.paths import Paths
 
+    # a small learning rate keeps 3 epochs on 43 images smooth enough to compare: the runs
+    # differ only in dropout masks (drawn per rank) and the sampler's one padded duplicate
+    ddp = _project(tiny_world, tmp_path / "ddp", epochs=3, batch_size=16, lr=1e-4)
+    single = _project(tiny_world, tmp_path / "single", epochs=3, batch_size=16, lr=1e-4)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "stages" / "train.py"), "paper_cnn"],
+        cwd=ddp, env=_env(ddp), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x2" in proc.stderr and "gloo" in proc.stderr
+    assert sorted(p.name for p in (ddp / "models").iterdir()) == ["paper_cnn.pt"]  # rank 0 only
+    _, ckpt_ddp = load_checkpoint(ddp / "models" / "paper_cnn.pt")
+    assert ckpt_ddp["summary"]["world_size"] == 2 and len(ckpt_ddp["history"]) == 3
+    tsv = (ddp / "dvclive" / "paper_cnn" / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
+    assert len(tsv) == 1 + 3  # written once, not once per rank
+
+    os.environ.pop("WORLD_SIZE", None)
+    summary = run_stage("paper_cnn", load_params(single / "params.yaml"), Paths(single))
+    ddp_loss = ckpt_ddp["summary"]["val_loss"]
+    assert abs(ddp_loss - summary["val_loss"]) <= 0.3 * summary["val_loss"], (ddp_loss, summary["val_loss"])
+    _, ckpt_single = load_checkpoint(single / "models" / "paper_cnn.pt")
+    for a, b in zip(ckpt_ddp["history"], ckpt_single["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) <= 0.3 * b["train_loss"], (a, b)
+
+
+def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_world, tmp_path: Path) -> None:
+    from imgrate.params import load_params
+    from imgrate.paths import Paths
+
+    epochs = 8
+    project = _project(tiny_world, tmp_path / "killed", epochs=epochs)
+    cmd = [sys.executable, str(ROOT / "stages" / "train.py"), "paper_cnn"]
+    proc = subprocess.Popen(cmd, cwd=project, env=_env(project), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoints = project / ".imgrate-cache" / "checkpoints"
+    deadline = time.monotonic() + 120
+    while not list(checkpoints.glob("paper_cnn-*.pt")):
+        assert proc.poll() is None, "training ended before its first checkpoint was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (path,) = checkpoints.glob("paper_cnn-*.pt")
+    saved = torch.load(path, weights_only=True)
+    k = len(saved["history"])
+    assert 1 <= k < epochs and not (project / "models" / "paper_cnn.pt").exists()
+
+    done = subprocess.run(cmd, cwd=project, env=_env(project), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming from the checkpoint of epoch {k}/{epochs}" in done.stderr
+    assert f"epoch {k}/{epochs} train_loss" not in done.stderr  # not trained again
+    assert f"epoch {k + 1}/{epochs} train_loss" in done.stderr
+    _, ckpt = load_checkpoint(project / "models" / "paper_cnn.pt")
+    assert [e["epoch"] for e in ckpt["history"]] == list(range(1, epochs + 1))
+    carried = [(e["train_loss"], e["seconds"]) for e in ckpt["history"][:k]]
+    assert carried == [(e["train_loss"], e["seconds"]) for e in saved["history"]]  # not recomputed
+    assert not path.exists()
+
+    # the resumed model is exactly the one an uninterrupted run gives
+    fresh = _project(tiny_world, tmp_path / "fresh", epochs=epochs)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): the same float sums
+    try:
+        run_stage("paper_cnn", load_params(fresh / "params.yaml"), Paths(fresh))
+    finally:
+        torch.set_num_threads(threads)
+    _, ref = load_checkpoint(fresh / "models" / "paper_cnn.pt")
+    for name, value in ref["state_dict"].items():
+        assert torch.equal(value, ckpt["state_dict"][name]), name
+    assert np.allclose([e["val_loss"] for e in ref["history"]], [e["val_loss"] for e in ckpt["history"]])
+
+
+def test_a_checkpoint_of_other_params_or_data_is_never_resumed(tiny_world, tmp_path: Path) -> None:
+    from imgrate.train import Checkpointer
+
     params, paths = tiny_world
-    local = Paths(tmp_path)
-    shutil.copytree(paths.dataset, local.dataset)
-    summary = run_stage("paper_cnn", params, local)
-    model, ckpt = load_checkpoint(local.model("paper_cnn"))
-    assert ckpt["architecture"] == "paper_cnn" and ckpt["config"]["hidden"] == 500
-    assert ckpt["train_params"]["epochs"] == params.train.epochs == summary["epochs"]
-    assert (local.live_dir("paper_cnn") / "plots" / "metrics" / "train_loss.tsv").exists()
-    x = torch.from_numpy(np.zeros((2, 3, 50, 50), np.float32))
-    assert model(x).shape == (2,)
+    data = load_dataset(paths)
+    config = model_config("paper_cnn", params.train, data)
+    train, val = prepare_inputs("paper_cnn", config, data, paths, params.train, CPU)
+    cfg = dataclasses.replace(FitConfig.for_model("paper_cnn", params.train), epochs=3)
+
+    def checkpoint(c: FitConfig, t=train) -> Checkpointer:  # named as run_stage names it
+        return Checkpointer(tmp_path / f"paper_cnn-{run_key('paper_cnn', config, c, t, val)}.pt")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(e) -> None:
+        if e.epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        fit(build_model("paper_cnn", config), train, val, cfg, CPU, on_epoch=kill_at_2, checkpoint=checkpoint(cfg))
+    assert len(checkpoint(cfg).load()["history"]) == 2
+    assert checkpoint(dataclasses.replace(cfg, lr=cfg.lr * 2)).load() is None
+    assert checkpoint(cfg, dataclasses.replace(train, y=train.y * 0.5)).load() is None
+
+    seen: list[int] = []
+    history = fit(build_model("paper_cnn", config), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
+                  checkpoint=checkpoint(cfg))
+    assert [e.epoch for e in history] == [1, 2, 3] and seen == [1, 2, 3]  # 1-2 replayed to DVCLive, 3 trained

@@ -10,7 +10,9 @@ Two halves:
   4.16 calls when logged out: the start page, the profile pages with their embedded JSON,
   ``api/graphql`` (post metadata and further timeline pages) and a fake CDN. Any other URL
   is left unregistered, so requests-mock raises ``NoMockAddress`` and a missing endpoint
-  shows up at once.
+  shows up at once. With a :class:`FaultConfig` it misbehaves as Instagram does (429, 401
+  "Please wait", 5xx, resets, timeouts, truncated images, slow answers), and it always refuses
+  users named ``*throttled*``: the crawler's test bed.
 
 The hidden ground truth: each post's first image has an ``appeal`` made from what is visible
 in it (colourfulness, contrast, exposure, rule-of-thirds composition, sharpness, how close
@@ -41,6 +43,7 @@ import math
 import random
 import re
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
@@ -555,7 +558,11 @@ _GRAPHQL_RE = re.compile(r"^https://www\.instagram\.com/api/graphql/?(\?.*)?$")
 _CDN_RE = re.compile(r"^https://scontent\.demo\.invalid/(?P<kind>img|vid|pic)/(?P<user>[a-z0-9._]+)/"
                      r"(?P<file>[^/?]+)(\?.*)?$")
 _IMAGE_FILE_RE = re.compile(r"^(?P<code>[A-Za-z0-9_-]+)_(?P<index>\d+)\.jpg$")
-_FAULT_KINDS = ("500",)  # a later issue adds 429, 401, 5xx, reset, timeout, truncated image, slow
+FAULT_KINDS = ("429", "401", "500", "503", "reset", "timeout", "truncated", "slow")
+_FAULT_KINDS = FAULT_KINDS
+_CDN_KINDS = frozenset({"image", "profile_pic"})  # endpoints whose body can arrive truncated
+PLEASE_WAIT = "Please wait a few minutes before you try again."
+SLOW_SECONDS = 0.02  # real delay of a "slow" response: enough to show, too little to slow tests
 
 
 @dataclass(frozen=True)
@@ -563,7 +570,18 @@ class FaultConfig:
     """Faults the server injects: ``rate`` is the chance per request (0 = none).
 
     Decisions are drawn from ``random.Random(seed)`` in request order, so a single-threaded
-    crawl sees the same faults every run. Only ``"500"`` (Internal Server Error) exists yet.
+    crawl sees the same faults every run (change the seed between runs to see others). Kinds:
+
+    - ``429``: Too Many Requests; ``401``: Unauthorized, "Please wait a few minutes before you
+      try again." (Instagram's soft rate limit); ``500`` / ``503``: server errors;
+    - ``reset``: the callback raises ``requests.exceptions.ConnectionError`` (connection reset);
+      ``timeout``: it raises ``requests.exceptions.ReadTimeout``;
+    - ``truncated``: an image served with valid headers and a cut JPEG body (image and
+      profile-picture downloads only; other requests draw among the remaining kinds);
+    - ``slow``: served correctly after a real :data:`SLOW_SECONDS` delay.
+
+    Users whose name contains ``throttled`` are always refused (429 / 401 "Please wait"), whatever
+    the rate: the test bed for a user that stays rate limited.
     """
 
     rate: float = 0.0
@@ -592,11 +610,13 @@ class DemoServer:
     requests: int = 0
     requests_by_user: Counter[str] = field(default_factory=Counter)
     requests_by_kind: Counter[str] = field(default_factory=Counter)
+    faults_by_kind: Counter[str] = field(default_factory=Counter)
     log: list[tuple[str, str | None, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._fault_rng = random.Random(self.faults.seed)
+        self._throttle_count = 0
         self._page_ids = {self._page_id(name): name for name in self.world.usernames}
 
     def count(self, kind: str | None = None, username: str | None = None) -> int:
@@ -610,6 +630,7 @@ class DemoServer:
             self.requests = 0
             self.requests_by_user.clear()
             self.requests_by_kind.clear()
+            self.faults_by_kind.clear()
             self.log.clear()
 
     def register(self, mocker: requests_mock.Mocker) -> DemoServer:
@@ -632,20 +653,39 @@ class DemoServer:
             self.log.append((kind, username, request.method, request.url))
         log.debug("demo %s %s (%s)", request.method, request.url, kind)
 
-    def _fault(self, context: Any) -> bytes | None:
-        """A fault response for this request, or None to serve it normally."""
+    def _draw_fault(self, endpoint: str, username: str | None) -> str | None:
+        """The fault kind this request gets, or None to serve it normally."""
+        if username is not None and "throttled" in username:
+            with self._lock:
+                self._throttle_count += 1
+                kind = "429" if self._throttle_count % 2 else "401"
+                self.faults_by_kind[kind] += 1
+            return kind
         if self.faults.rate <= 0.0:
             return None
         with self._lock:
             if self._fault_rng.random() >= self.faults.rate:
                 return None
-            kind = self._fault_rng.choice(self.faults.kinds)
-        if kind == "500":
-            context.status_code = 500
-            context.reason = "Internal Server Error"
-            context.headers["Content-Type"] = "text/html; charset=utf-8"
-            return b"<html><body>500 Internal Server Error (demo fault)</body></html>"
-        raise AssertionError(kind)
+            kinds = [k for k in self.faults.kinds if k != "truncated" or endpoint in _CDN_KINDS]
+            if not kinds:
+                return None
+            kind = self._fault_rng.choice(kinds)
+            self.faults_by_kind[kind] += 1
+        return kind
+
+    def _fault(self, context: Any, endpoint: str = "", username: str | None = None) -> bytes | None:
+        """A fault response for this request, or None to serve it normally (maybe late).
+
+        Raises requests' own exceptions for ``reset`` and ``timeout``. A ``truncated`` draw is
+        answered here only for endpoints without an image body; :meth:`_cdn` cuts its images.
+        """
+        kind = self._draw_fault(endpoint, username)
+        if kind is None or kind == "truncated":
+            return None
+        if kind == "slow":
+            time.sleep(SLOW_SECONDS)
+            return None
+        return _fault_response(kind, context)
 
     # ---- URLs
 
@@ -670,7 +710,7 @@ class DemoServer:
     def _start_page(self, request: Any, context: Any) -> bytes:
         """www.instagram.com/: the tokens the web app sends with api/graphql, and a csrftoken cookie."""
         self._record("start", None, request)
-        if (body := self._fault(context)) is not None:
+        if (body := self._fault(context, "start")) is not None:
             return body
         context.headers["Content-Type"] = "text/html; charset=utf-8"
         context.headers["Set-Cookie"] = f"csrftoken={CSRF_TOKEN}; Path=/; Domain=.instagram.com; Secure"
@@ -687,7 +727,7 @@ class DemoServer:
         """www.instagram.com/<user>/: the profile and its first timeline page, embedded as JSON."""
         username = _PROFILE_RE.match(request.url)["user"].lower()
         self._record("profile", username, request)
-        if (body := self._fault(context)) is not None:
+        if (body := self._fault(context, "profile", username)) is not None:
             return body
         user = self.world.user(username)
         context.headers["Content-Type"] = "text/html; charset=utf-8"
@@ -761,7 +801,8 @@ class DemoServer:
         except DataError:
             post = None
         self._record("post", post.username if post else None, request)
-        if (body := self._fault(context)) is not None or (body := self._check_lsd(context, lsd)) is not None:
+        if ((body := self._fault(context, "post", post.username if post else None)) is not None
+                or (body := self._check_lsd(context, lsd)) is not None):
             return body
         items = []
         if post is not None and post.taken_at <= self.world.clock and not self.world.user(post.username).is_private:
@@ -772,7 +813,8 @@ class DemoServer:
     def _timeline_query(self, request: Any, context: Any, lsd: str, variables: dict[str, Any]) -> bytes:
         username = self._page_ids.get(str(variables.get("id", "")))
         self._record("timeline", username, request)
-        if (body := self._fault(context)) is not None or (body := self._check_lsd(context, lsd)) is not None:
+        if ((body := self._fault(context, "timeline", username)) is not None
+                or (body := self._check_lsd(context, lsd)) is not None):
             return body
         if username is None or not self.world.user(username).exists or self.world.user(username).is_private:
             return _json_error(context, 400, f"demo server: no public profile has page id {variables.get('id')!r}")
@@ -829,9 +871,13 @@ class DemoServer:
         """The fake CDN: post images, video stand-ins, profile pictures."""
         m = _CDN_RE.match(request.url)
         kind, username, filename = m["kind"], m["user"], m["file"]
-        self._record({"img": "image", "vid": "video", "pic": "profile_pic"}[kind], username, request)
-        if (body := self._fault(context)) is not None:
-            return body
+        endpoint = {"img": "image", "vid": "video", "pic": "profile_pic"}[kind]
+        self._record(endpoint, username, request)
+        fault = self._draw_fault(endpoint, username)
+        if fault == "slow":
+            time.sleep(SLOW_SECONDS)
+        elif fault is not None and fault != "truncated":
+            return _fault_response(fault, context)
         try:
             if kind == "pic":
                 user = self.world.user(username)
@@ -853,6 +899,8 @@ class DemoServer:
             context.reason = "Not Found"
             context.headers["Content-Type"] = "text/plain"
             return b"URL signature mismatch or object not found (demo CDN)"
+        if fault == "truncated":  # valid headers, a JPEG cut short: only decoding it shows
+            content = content[: max(len(content) * 3 // 4, 64)]
         context.headers["Content-Type"] = content_type
         context.headers["Last-Modified"] = formatdate(mtime, usegmt=True)
         context.headers["Content-Length"] = str(len(content))
@@ -880,6 +928,30 @@ def _bbox_block(query: str, data: dict[str, Any]) -> dict[str, Any]:
     result = {"__bbox": {"complete": True, "result": {"data": data, "extensions": {"is_final": True}}}}
     cache = ["RelayPrefetchedStreamCache", "next", [], [f"adp_{query}RelayPreloader_demo", result]]
     return {"require": [["ScheduledServerJS", "handle", None, [{"__bbox": {"require": [cache]}}]]]}
+
+
+def _fault_response(kind: str, context: Any) -> bytes:
+    """The response of an injected fault (or the exception requests would raise)."""
+    import requests
+
+    if kind == "reset":
+        raise requests.exceptions.ConnectionError(
+            "('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer')) (demo fault)")
+    if kind == "timeout":
+        raise requests.exceptions.ReadTimeout("Read timed out. (demo fault)")
+    if kind in ("429", "401"):
+        # What Instagram answers when it wants a client to slow down.
+        context.status_code = int(kind)
+        context.reason = "Too Many Requests" if kind == "429" else "Unauthorized"
+        context.headers["Content-Type"] = "application/json; charset=utf-8"
+        message = PLEASE_WAIT if kind == "401" else "rate limited (demo fault)"
+        return json.dumps({"message": message, "require_login": kind == "401", "status": "fail"}).encode()
+    if kind in ("500", "503"):
+        context.status_code = int(kind)
+        context.reason = "Internal Server Error" if kind == "500" else "Service Unavailable"
+        context.headers["Content-Type"] = "text/html; charset=utf-8"
+        return f"<html><body>{kind} {context.reason} (demo fault)</body></html>".encode()
+    raise AssertionError(kind)
 
 
 def _json_error(context: Any, status: int, message: str) -> bytes:

@@ -1,19 +1,44 @@
-"""Crawling with Instaloader's real code: one staging folder per run, one result per user.
+"""Crawling with Instaloader's real code: one work folder per user, one result per user.
 
 The same code crawls the real Instagram and the simulated one (imgrate.crawl.demo serves
 Instaloader's endpoints through requests-mock); only the transport differs.
+
+What imgrate adds to Instaloader 4.16 (pinned: the hooks below are its internals, and
+tests/test_crawl_faults.py checks that they still exist):
+
+- :class:`BudgetRateController` (Instaloader's ``rate_controller=`` seam): Instaloader's own
+  sliding-window throttle, plus a request budget per run, exponential backoff with jitter
+  when Instagram refuses (429, and 401 "Please wait a few minutes"), and a cap on the backoff
+  per user, after which the user is reported ``rate_limited`` and the crawl moves on.
+- :class:`CrawlContext` (replaces the loader's ``InstaloaderContext``): turns 401 "Please
+  wait" into a 429 so that ``get_json``'s retry loop backs off through ``handle_429``;
+  retries page loads, which Instaloader tries once; loads a user's profile page once per crawl
+  (``Profile.from_username`` and ``get_posts`` both load it); counts CDN downloads against the
+  budget; gives a downloaded image its final name only once it decodes fully, so a truncated
+  body is fetched again by ``download_pic``'s retry loop; counts retries; logs through
+  :mod:`logging` instead of printing.
+- ``raise_all_errors``: a post that fails aborts its user's crawl instead of being skipped
+  (Instaloader would log it and move on, and the stamp would then pass over it for good).
+  Instaloader saves its resume file; the next run continues where this one stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import instaloader
+import requests
 from instaloader.exceptions import (
+    AbortDownloadException,
     ConnectionException,
     InstaloaderException,
     LoginRequiredException,
@@ -23,9 +48,43 @@ from instaloader.exceptions import (
     TooManyRequestsException,
 )
 
+from imgrate.crawl.verify import file_problem
+from imgrate.errors import CrawlError
+
 log = logging.getLogger(__name__)
 
-Status = Literal["ok", "not_found", "private", "login_required", "rate_limited", "failed"]
+Status = Literal["ok", "not_found", "private", "login_required", "rate_limited", "failed", "skipped"]
+STATUSES: tuple[Status, ...] = ("ok", "not_found", "private", "login_required", "rate_limited", "failed", "skipped")
+RESUME_PREFIX = "iterator"  # Instaloader's resume files: <user>/iterator_<magic>.json.xz
+SESSION_ENV = "IMGRATE_INSTAGRAM_SESSION"  # path of an Instaloader session file
+SESSION_USER_ENV = "IMGRATE_INSTAGRAM_USER"  # the account the session belongs to
+_RETRY_NOTICE = "[retrying; skip with ^C]"  # how Instaloader's retry loops announce a retry
+_PLEASE_WAIT = re.compile(r"wait a few minutes", re.IGNORECASE)
+_REFUSAL_TEXT = re.compile(r"\b429\b|wait a few minutes", re.IGNORECASE)
+
+
+class PleaseWaitException(TooManyRequestsException):
+    """Instagram's 401 "Please wait a few minutes before you try again": a rate limit."""
+
+
+class BudgetExhausted(AbortDownloadException):
+    """The run's request budget is used up. Escapes Instaloader's handlers (a resume file is saved)."""
+
+
+class UserRateLimited(AbortDownloadException):
+    """Instagram keeps refusing one user's requests and the per-user backoff cap is reached."""
+
+
+@dataclass
+class UserStats:
+    """What crawling the current user has cost so far."""
+
+    requests: int = 0
+    retries: int = 0
+    refusals: int = 0  # 429 and 401 "Please wait" answers
+    wait_s: float = 0.0  # rate-control waits: throttle and backoff (simulated in the demo world)
+    backoff_s: float = 0.0  # the part of wait_s spent backing off after refusals
+    streak: int = 0  # refusals since the last success: drives the backoff
 
 
 @dataclass
@@ -38,15 +97,19 @@ class UserResult:
     new_posts: int = 0
     requests: int = 0
     retries: int = 0
+    refusals: int = 0
+    wait_s: float = 0.0
     seconds: float = 0.0
     files: list[Path] = field(default_factory=list)
+    stops_run: bool = False  # the budget is used up, or Instagram wants no more requests
 
 
 class CountingRateController(instaloader.RateController):
     """Instaloader's own rate control, counting the queries it lets through.
 
-    With ``simulated=True`` (the demo world) waits are added up instead of slept: the
-    simulated Instagram does not rate-limit, so real sleeping would only waste time.
+    With ``simulated=True`` (the demo world) waits are added up instead of slept, on a
+    virtual clock that the sliding windows read, so a simulated run reports the time the
+    real one would wait without spending it.
     """
 
     def __init__(self, context: instaloader.InstaloaderContext, simulated: bool = False) -> None:
@@ -54,36 +117,247 @@ class CountingRateController(instaloader.RateController):
         self.simulated = simulated
         self.queries = 0
         self.waited = 0.0
+        self._clock_offset = 0.0
+
+    def now(self) -> float:
+        """Monotonic seconds, plus every simulated wait so far."""
+        return time.monotonic() + self._clock_offset
 
     def sleep(self, secs: float) -> None:
         self.waited += secs
-        if not self.simulated:
+        if self.simulated:
+            self._clock_offset += secs
+        else:
             super().sleep(secs)
 
     def wait_before_query(self, query_type: str) -> None:
+        """Instaloader's ``RateController.wait_before_query``, on this controller's clock."""
         self.queries += 1
+        waittime = self.query_waittime(query_type, self.now(), False)
+        if waittime > 15:
+            log.info("Instaloader's throttle: waiting %.0f s before the next %s query", waittime, query_type)
+        if waittime > 0:
+            self.sleep(waittime)
+        self._query_timestamps.setdefault(query_type, []).append(self.now())
+
+
+class BudgetRateController(CountingRateController):
+    """A request budget per run, and exponential backoff with jitter when Instagram refuses.
+
+    Every HTTP request (pages, GraphQL queries, CDN downloads) counts against
+    ``max_requests``; the request that would exceed it raises :class:`BudgetExhausted`
+    instead. After a refusal (429, 401 "Please wait") the next try waits
+    ``min(backoff_max_s, backoff_base_s * 2 ** (n - 1))`` times a random factor in [0.5, 1]
+    (n = refusals since the last success). When a user's backoff would pass
+    ``max_wait_per_user_s``, :class:`UserRateLimited` ends that user's crawl.
+    """
+
+    def __init__(
+        self,
+        context: instaloader.InstaloaderContext,
+        *,
+        simulated: bool = False,
+        max_requests: int | None = None,
+        max_wait_per_user_s: float = 900.0,
+        backoff_base_s: float = 30.0,
+        backoff_max_s: float = 600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(context, simulated)
+        self.max_requests = max_requests
+        self.max_wait_per_user_s = max_wait_per_user_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.rng = rng or random.Random()
+        self.requests = 0  # every request of the run
+        self.retries = 0
+        self.user = UserStats()
+
+    def start_user(self) -> None:
+        """Start counting for the next user."""
+        self.user = UserStats()
+
+    def count_request(self, per_user: bool = True) -> None:
+        """Called before every request; raises :class:`BudgetExhausted` instead of passing the budget."""
+        if self.max_requests is not None and self.requests >= self.max_requests:
+            raise BudgetExhausted(f"request budget used up ({self.requests} requests, "
+                                  f"crawl.budget.max_requests = {self.max_requests})")
+        self.requests += 1
+        if per_user:
+            self.user.requests += 1
+
+    def wait_before_query(self, query_type: str, per_user: bool = True) -> None:
+        self.count_request(per_user)
         super().wait_before_query(query_type)
+
+    def sleep(self, secs: float) -> None:
+        self.user.wait_s += secs
+        super().sleep(secs)
+
+    def note_retry(self) -> None:
+        self.retries += 1
+        self.user.retries += 1
+
+    def note_refusal(self) -> None:
+        self.user.refusals += 1
+
+    def note_success(self) -> None:
+        self.user.streak = 0
+
+    def handle_429(self, query_type: str) -> None:
+        """Back off before retrying a refused request (Instaloader would wait out its window)."""
+        self.user.streak += 1
+        delay = min(self.backoff_max_s, self.backoff_base_s * 2 ** (self.user.streak - 1))
+        delay *= self.rng.uniform(0.5, 1.0)
+        if self.user.backoff_s + delay > self.max_wait_per_user_s:
+            raise UserRateLimited(
+                f"Instagram refused {self.user.refusals} requests (429 / 401 'Please wait'); backed off "
+                f"{self.user.backoff_s:.0f} s, and the next wait ({delay:.0f} s) would pass "
+                f"crawl.budget.max_wait_per_user_s = {self.max_wait_per_user_s:g} s"
+            )
+        log.info("Instagram refused a %s request (%d in a row): backing off %.0f s%s",
+                 query_type, self.user.streak, delay, " (simulated)" if self.simulated else "")
+        self.user.backoff_s += delay
+        self.sleep(delay)
+
+
+class CrawlContext(instaloader.InstaloaderContext):
+    """Instaloader's context with imgrate's hooks (see the module docstring)."""
+
+    _rate_controller: BudgetRateController
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pages: dict[str, str] = {}
+
+    @property
+    def controller(self) -> BudgetRateController:
+        return self._rate_controller
+
+    def start_user(self) -> None:
+        """Forget the previous user's pages and start counting for the next one."""
+        self._pages.clear()
+        self._rate_controller.start_user()
+
+    def error(self, msg: str, repeat_at_end: bool = True) -> None:
+        if msg.endswith(_RETRY_NOTICE):
+            self._rate_controller.note_retry()
+            log.debug("%s", msg)
+        else:
+            log.info("%s", msg)
+        if repeat_at_end:
+            self.error_log.append(msg)
+
+    def _refusal(self, resp: requests.Response) -> TooManyRequestsException | None:
+        """A 429, or a 401 "Please wait a few minutes", as the exception to retry after a backoff."""
+        if resp.status_code == 429:
+            error: TooManyRequestsException = TooManyRequestsException(self._response_error(resp))
+        elif resp.status_code == 401 and _PLEASE_WAIT.search(resp.text[:2000]):
+            error = PleaseWaitException(self._response_error(resp))
+        else:
+            return None
+        self._rate_controller.note_refusal()
+        return error
+
+    def _raise_for_status(self, resp: requests.Response) -> None:
+        if (refusal := self._refusal(resp)) is not None:
+            raise refusal
+        super()._raise_for_status(resp)
+        self._rate_controller.note_success()
+
+    def _get_page(self, session: requests.Session, path: str) -> str:
+        """Instaloader 4.16's ``_get_page``, retried like ``get_json`` and cached per user."""
+        if path and path in self._pages:
+            return self._pages[path]
+        url = f"https://www.instagram.com/{path}"
+        # Instagram only embeds the data when the request looks like a browser's page navigation.
+        headers = {"Accept": "text/html", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate",
+                   "Sec-Fetch-Site": "none"}
+        pending: ConnectionException | None = None
+        for attempt in range(1, self.max_connection_attempts + 1):
+            if isinstance(pending, TooManyRequestsException):
+                self._rate_controller.handle_429("other")
+            self.do_sleep()
+            # the start page serves the whole run, not the user being crawled
+            self._rate_controller.wait_before_query("other", per_user=bool(path))
+            try:
+                resp = session.get(url, headers=headers, allow_redirects=False)
+            except requests.exceptions.RequestException as err:
+                pending = ConnectionException(f"Page request to {url}: {err}")
+            else:
+                self._raise_if_login_redirect(resp)
+                if resp.status_code == 404:
+                    raise QueryReturnedNotFoundException(self._response_error(resp))
+                if (refusal := self._refusal(resp)) is not None:
+                    pending = refusal
+                elif resp.status_code != 200:
+                    pending = ConnectionException(self._response_error(resp))
+                else:
+                    self._rate_controller.note_success()
+                    if path:
+                        self._pages[path] = resp.text
+                    return resp.text
+            if attempt == self.max_connection_attempts:
+                raise pending
+            self.error(f"Page request to {url}: {pending} {_RETRY_NOTICE}", repeat_at_end=False)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_raw(self, url: str) -> requests.Response:
+        self._rate_controller.count_request()
+        return super().get_raw(url)
+
+    def head(self, url: str, allow_redirects: bool = False) -> requests.Response:
+        self._rate_controller.count_request()
+        return super().head(url, allow_redirects=allow_redirects)
+
+    def _raise_for_download_status(self, resp: requests.Response) -> None:
+        if (refusal := self._refusal(resp)) is not None:
+            # download_pic's retry loop does not back off by itself: do it before it tries again
+            self._rate_controller.handle_429("download")
+            raise refusal
+        super()._raise_for_download_status(resp)
+        self._rate_controller.note_success()
+
+    def write_raw(self, resp: bytes | requests.Response, filename: str) -> None:
+        """Instaloader's ``write_raw``, renaming the file into place only once it decodes fully."""
+        temp = filename + ".temp"
+        with open(temp, "wb") as fh:
+            if isinstance(resp, requests.Response):
+                shutil.copyfileobj(resp.raw, fh)
+            else:
+                fh.write(resp)
+        problem = file_problem(filename, Path(temp).read_bytes())
+        if problem is not None:
+            os.unlink(temp)
+            # a ConnectionException: download_pic's retry loop fetches it again
+            raise ConnectionException(f"{os.path.basename(filename)}: {problem}")
+        os.replace(temp, filename)
 
 
 def make_loader(
-    staging: Path, *, sleep: bool, video_thumbnails: bool, simulated: bool = False
-) -> tuple[instaloader.Instaloader, CountingRateController]:
-    """An Instaloader that writes Instaloader's usual layout under ``staging/<user>/``.
+    work: Path,
+    *,
+    sleep: bool,
+    video_thumbnails: bool,
+    simulated: bool = False,
+    max_attempts: int = 3,
+    max_requests: int | None = None,
+    max_wait_per_user_s: float = 900.0,
+    backoff_base_s: float = 30.0,
+    backoff_max_s: float = 600.0,
+    rng: random.Random | None = None,
+) -> tuple[instaloader.Instaloader, BudgetRateController]:
+    """An Instaloader that writes Instaloader's usual layout under ``work/<user>/``.
 
     Only what the paper used is downloaded: the first image of a sidecar (``slide="1"``,
     saved as ``_1.jpg``), no videos (their thumbnails only when asked), no comments, no
-    caption text files; metadata as ``.json.xz``. Returns the loader and its rate controller.
+    caption text files; metadata as ``.json.xz``. Resume files are on. Returns the loader
+    and its rate controller.
     """
-    controllers: list[CountingRateController] = []
-
-    def rate_controller(ctx: instaloader.InstaloaderContext) -> CountingRateController:
-        controllers.append(CountingRateController(ctx, simulated))
-        return controllers[-1]
-
     loader = instaloader.Instaloader(
         sleep=sleep,
         quiet=True,
-        dirname_pattern=str(staging / "{target}"),
+        dirname_pattern=str(work / "{target}"),
         filename_pattern="{date_utc}_UTC",
         download_pictures=True,
         download_videos=False,
@@ -93,32 +367,54 @@ def make_loader(
         save_metadata=True,
         compress_json=True,
         post_metadata_txt_pattern="",
-        max_connection_attempts=3,
+        max_connection_attempts=max_attempts,
         request_timeout=60.0,
         slide="1",
-        resume_prefix=None,
-        rate_controller=rate_controller,
+        resume_prefix=RESUME_PREFIX,
     )
-    return loader, controllers[0]
+
+    def rate_controller(ctx: instaloader.InstaloaderContext) -> BudgetRateController:
+        return BudgetRateController(ctx, simulated=simulated, max_requests=max_requests,
+                                    max_wait_per_user_s=max_wait_per_user_s, backoff_base_s=backoff_base_s,
+                                    backoff_max_s=backoff_max_s, rng=rng)
+
+    # Instaloader takes no context class: replace the context it made, before any request.
+    plain = loader.context
+    loader.context = CrawlContext(
+        sleep=plain.sleep, quiet=plain.quiet, user_agent=plain.user_agent,
+        max_connection_attempts=plain.max_connection_attempts, request_timeout=plain.request_timeout,
+        rate_controller=rate_controller, fatal_status_codes=plain.fatal_status_codes,
+        iphone_support=plain.iphone_support,
+    )
+    plain.close()
+    # A post that fails must abort its user's crawl (with a resume file), not be skipped.
+    loader.context.raise_all_errors = True
+    return loader, loader.context.controller
 
 
 def crawl_user(
     loader: instaloader.Instaloader,
     username: str,
     stamps: instaloader.LatestStamps,
-    staging: Path,
+    work: Path,
     max_posts: int | None,
 ) -> UserResult:
-    """Download the posts of ``username`` newer than its stamp into ``staging/<username>``.
+    """Download the posts of ``username`` newer than its stamp into ``work/<username>``.
 
     Never raises for a per-user problem: the result's status and reason say what happened.
-    A user whose crawl did not finish keeps no files, so a later run fetches them again.
+    Only a crawl with status ``ok`` finished; an unfinished one leaves its files and
+    Instaloader's resume file in the work folder, and the stamp where it was, so the next run
+    continues (or, without a resume file, walks the same posts again, skipping the images
+    already there).
     """
+    context = loader.context
+    assert isinstance(context, CrawlContext), "make the loader with make_loader()"
+    context.start_user()
     result = UserResult(username)
     start = time.monotonic()
-    user_dir = staging / username
+    profile: instaloader.Profile | None = None
     try:
-        profile = instaloader.Profile.from_username(loader.context, username)
+        profile = instaloader.Profile.from_username(context, username)
         loader.download_profiles(
             {profile},
             profile_pic=False,
@@ -127,25 +423,147 @@ def crawl_user(
             raise_errors=True,
             max_count=max_posts,
         )
+    except BudgetExhausted as err:
+        result.status, result.stops_run = "skipped", True
+        result.reason = f"{err}; this user's crawl continues in the next run"
+    except UserRateLimited as err:
+        result.status, result.reason = "rate_limited", str(err)
+    except AbortDownloadException as err:  # checkpoint / challenge / feedback_required, or logged out
+        result.status, result.reason = _abort_reason(err)
+        result.stops_run = True
     except ProfileNotExistsException:
         result.status, result.reason = "not_found", "profile does not exist"
     except (LoginRequiredException, PrivateProfileNotFollowedException) as err:
-        private = isinstance(err, PrivateProfileNotFollowedException) or "Login required" in str(err)
+        private = isinstance(err, PrivateProfileNotFollowedException) or (profile is not None and profile.is_private)
         result.status = "private" if private else "login_required"
-        result.reason = "private profile: log in as a follower to crawl it" if private else str(err)
-    except TooManyRequestsException as err:
-        result.status, result.reason = "rate_limited", _short(err)
-    except QueryReturnedNotFoundException as err:
-        result.status, result.reason = "not_found", _short(err)
+        result.reason = ("private profile: log in as a follower to crawl it" if private
+                         else f"{_short(err)} (log in: imgrate login <account>)")
     except (ConnectionException, InstaloaderException, OSError) as err:
-        result.status, result.reason = "failed", f"{type(err).__name__}: {_short(err)}"
+        if _refused(err):
+            result.status = "rate_limited"
+            result.reason = (f"Instagram kept refusing (429 / 401 'Please wait'), {context.controller.user.refusals} "
+                             f"times: {_short(err)}")
+        else:
+            result.status, result.reason = "failed", f"{type(err).__name__}: {_short(err)}"
+    stats = context.controller.user
+    result.requests, result.retries, result.refusals, result.wait_s = (
+        stats.requests, stats.retries, stats.refusals, stats.wait_s)
     result.seconds = time.monotonic() - start
-    if result.status == "ok":
-        result.files = sorted(p for p in user_dir.rglob("*") if p.is_file()) if user_dir.is_dir() else []
+    user_dir = work / username
+    if result.status == "ok" and user_dir.is_dir():
+        result.files = sorted(p for p in user_dir.rglob("*") if p.is_file())
     return result
+
+
+def _refused(err: BaseException) -> bool:
+    """Whether a failure came from Instagram refusing (429 / 401 "Please wait"), through any wrapping."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, TooManyRequestsException) or _REFUSAL_TEXT.search(str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _abort_reason(err: AbortDownloadException) -> tuple[Status, str]:
+    text = _short(err)
+    if "checkpoint_required" in text or "challenge_required" in text:
+        return "login_required", (f"Instagram wants the account confirmed ({text}): confirm it in a browser, "
+                                  "then log in again (imgrate login); the crawl stopped")
+    if "feedback_required" in text:
+        return "rate_limited", f"soft ban, feedback_required ({text}): pause the crawl for a day; it stopped"
+    if "logged out" in text.lower() or "login" in text.lower():
+        return "login_required", f"{text}; the crawl stopped"
+    return "failed", f"{type(err).__name__}: {text}; the crawl stopped"
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
     """An exception's message on one line, cut to ``limit`` characters."""
     text = " ".join(str(err).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------
+# Sessions: the cookies of a logged-in account, always outside the project
+
+
+def config_dir() -> Path:
+    """Where ``imgrate login`` keeps sessions: ``$XDG_CONFIG_HOME/imgrate`` or ``~/.config/imgrate``."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "imgrate"
+
+
+def default_session_file(user: str) -> Path:
+    return config_dir() / f"session-{user}"
+
+
+def _refuse_inside(path: Path, project_root: Path) -> None:
+    if path.resolve().is_relative_to(project_root.resolve()):
+        raise CrawlError("a session file holds your login cookies: keep it outside the project "
+                         "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
+
+
+def session_from_env(project_root: Path) -> tuple[str, Path] | None:
+    """The (account, session file) named by the environment, or None to crawl anonymously.
+
+    ``IMGRATE_INSTAGRAM_USER`` alone uses the file ``imgrate login`` saved; with
+    ``IMGRATE_INSTAGRAM_SESSION`` the file is given. Messages never show a file's content.
+    """
+    user = os.environ.get(SESSION_USER_ENV, "").strip().lower()
+    given = os.environ.get(SESSION_ENV, "").strip()
+    if not user and not given:
+        return None
+    if not user:
+        raise CrawlError(f"{SESSION_ENV} is set but {SESSION_USER_ENV} (the account it belongs to) is not")
+    path = Path(given).expanduser() if given else default_session_file(user)
+    if not path.is_file():
+        where = f"the file named by {SESSION_ENV}" if given else str(path)
+        raise CrawlError(f"no Instagram session for {user} in {where}: run `imgrate login {user}`")
+    _refuse_inside(path, project_root)
+    if path.stat().st_mode & 0o077:
+        log.warning("the session file for %s is readable by others: chmod 600 it", user)
+    return user, path
+
+
+def load_session(loader: instaloader.Instaloader, user: str, path: Path) -> None:
+    """Log ``loader`` in with a saved session (no request is made)."""
+    try:
+        with open(path, "rb") as fh:
+            loader.context.load_session_from_file(user, fh)
+    except Exception as err:  # noqa: BLE001 - unpickling can raise anything; never echo the content
+        raise CrawlError(f"cannot load the Instagram session of {user} ({type(err).__name__}); "
+                         f"run `imgrate login {user}` again") from None
+
+
+def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path) -> Path:
+    """Write the loader's session to ``path`` (mode 0600, folder 0700), atomically."""
+    _refuse_inside(path, project_root)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            loader.context.save_session_to_file(fh)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def interactive_login(user: str, path: Path | None, project_root: Path) -> Path:
+    """Ask for the password (and a 2FA code) on the terminal, log in, save the session."""
+    user = user.strip().lstrip("@").lower()
+    path = path.expanduser() if path is not None else default_session_file(user)
+    _refuse_inside(path, project_root)  # before asking for a password
+    loader = instaloader.Instaloader(quiet=False)
+    try:
+        loader.interactive_login(user)
+    except InstaloaderException as err:
+        text = _short(err)
+        hint = ""
+        if "checkpoint" in text.lower() or "challenge" in text.lower():
+            hint = (" Instagram wants this login confirmed: open instagram.com in a browser, log in and confirm it, "
+                    "then run `imgrate login` again (or import the browser's cookies: "
+                    f"`instaloader --load-cookies firefox --sessionfile {path}`).")
+        raise CrawlError(f"login as {user} failed: {text}.{hint}") from None
+    return save_session(loader, path, project_root)

@@ -96,6 +96,27 @@ def member_names(shard: Path) -> list[str]:
         return [m.name for m in tar.getmembers() if m.isfile()]
 
 
+def member_names_cached(shard: Path, cache_dir: Path) -> list[str]:
+    """:func:`member_names` through a cache keyed by the shard's name and size.
+
+    Shards are never rewritten, so a crawl need not re-read every shard's headers to learn
+    what is already stored (4.8 s at the paper's 71k posts without the cache).
+    """
+    import json
+
+    cache = cache_dir / f"{shard.name}.{shard.stat().st_size}.json"
+    if cache.exists():
+        try:
+            return json.loads(cache.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is rebuilt below
+    names = member_names(shard)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp:
+        tmp.write_text(json.dumps(names), encoding="utf-8")
+    return names
+
+
 def iter_members(shard: Path, names: set[str] | None = None) -> Iterator[tuple[str, bytes]]:
     """Yield ``(name, bytes)`` for the files of a shard (only ``names`` when given), in order."""
     with open_shard(shard) as tar:

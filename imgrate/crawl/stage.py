@@ -1,20 +1,34 @@
 """The crawl stage: users.txt -> new tar shards in data/raw + metrics/crawl.json.
 
-Incremental through Instaloader's own ``latest-stamps.ini``: only posts newer than a
-user's stamp are fetched. Files are staged in a scratch folder, packed into new shards
-(temporary name, then rename), and only then is the stamps file replaced, so a killed
-crawl loses at most the work since its last shard and never leaves a partial shard. A
-post already in a shard (a crawl killed between the shard and the stamps) is not stored
-twice. A crawl that finds nothing new writes nothing: ``data/raw`` stays byte-identical.
+Incremental through Instaloader's own latest-stamps: only posts newer than a user's stamp
+are fetched. Each user is crawled into its own work folder (``.imgrate-cache/crawl/<user>``,
+outside data/raw). Only when a user's crawl finishes are its files checked (every image and
+metadata file must decode), packed into new shards (temporary name, then rename), and then
+its stamp committed and its work folder removed. So:
+
+- a user whose crawl stops (faults, rate limits, the request budget, kill -9) keeps its
+  files and Instaloader's resume file in its work folder, and its stamp does not move: the
+  next run continues where it stopped (resume file) or walks the same posts again and finds
+  the images already there (after a kill);
+- a post already in a shard (a run killed between a shard and the stamps) is not stored
+  twice; no partial shard is ever visible;
+- a crawl that finds nothing new writes nothing: data/raw stays byte-identical.
+
+``--part I/N`` crawls a deterministic 1/N of the users, writes shards named
+``partIofN-NNNNNN.tar`` and its own ``latest-stamps.partIofN.ini``: the data/raw folders of N
+crawlers merge by union, and readers take each user's newest stamp over all stamps files.
 """
 
 from __future__ import annotations
 
 import configparser
 import datetime as dt
-import io
+import fcntl
+import json
 import logging
 import os
+import random
+import re
 import shutil
 import tempfile
 import time
@@ -26,9 +40,29 @@ from typing import Any
 
 import instaloader
 
-from imgrate.crawl.instagram import UserResult, crawl_user, make_loader
-from imgrate.crawl.shards import StagedFile, list_shards, member_names, next_shard_path, post_key, write_shard
-from imgrate.crawl.users import read_users
+from imgrate.crawl.instagram import (
+    RESUME_PREFIX,
+    SESSION_ENV,
+    SESSION_USER_ENV,
+    STATUSES,
+    BudgetRateController,
+    UserResult,
+    crawl_user,
+    load_session,
+    make_loader,
+    session_from_env,
+)
+from imgrate.crawl.shards import (
+    StagedFile,
+    list_shards,
+    member_names_cached,
+    next_shard_path,
+    post_key,
+    write_shard,
+)
+from imgrate.crawl.stamps import merged_stamps, part_tag, post_timestamp, read_stamps, render
+from imgrate.crawl.users import read_users, select_part
+from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
 from imgrate.io import atomic_open, write_json
 from imgrate.params import CrawlParams
@@ -37,8 +71,13 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-SESSION_ENV = "IMGRATE_INSTAGRAM_SESSION"  # path of an Instaloader session file
-SESSION_USER_ENV = "IMGRATE_INSTAGRAM_USER"  # the account the session belongs to
+__all__ = ["SESSION_ENV", "SESSION_USER_ENV", "CrawlReport", "run", "run_stage"]
+
+# Files of Instaloader's layout that go into shards; anything else in a work folder (resume
+# files, .temp downloads) stays out.
+_POST_FILE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC(?:_\d+)?\.(?:jpg|jpeg|png|webp|json\.xz)$")
+# Names in the work root that no username can take ("-" is not allowed in usernames).
+_LOCK_NAME = "run-lock"
 
 
 @dataclass
@@ -50,19 +89,24 @@ class CrawlReport:
     users: list[UserResult] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    part: str | None = None
+    max_requests: int | None = None
+    requests: int = 0  # every request of the run, the start page included
+    simulated: bool = False  # waits were added up, not slept (the demo world)
 
     @property
     def new_posts(self) -> int:
         return sum(u.new_posts for u in self.users)
 
     def to_metrics(self) -> dict[str, Any]:
-        statuses = ("ok", "not_found", "private", "login_required", "rate_limited", "failed")
-        totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in statuses}
+        totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in STATUSES}
         totals.update(
             users=len(self.users),
             new_posts=self.new_posts,
-            requests=sum(u.requests for u in self.users),
+            requests=self.requests,
             retries=sum(u.retries for u in self.users),
+            refusals=sum(u.refusals for u in self.users),
+            wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
             seconds=round(self.seconds, 3),
         )
@@ -73,13 +117,18 @@ class CrawlReport:
                 "new_posts": u.new_posts,
                 "requests": u.requests,
                 "retries": u.retries,
+                "refusals": u.refusals,
+                "wait_s": round(u.wait_s, 3),
                 "seconds": round(u.seconds, 3),
             }
             for u in self.users
         }
         return {
             "source": self.source,
+            "part": self.part,
             "crawled_at": self.crawled_at.isoformat(),
+            "waits_simulated": self.simulated,
+            "budget": {"max_requests": self.max_requests, "requests": self.requests},
             "shards_written": self.shards,
             "totals": totals,
             "users": users,
@@ -89,74 +138,62 @@ class CrawlReport:
 @dataclass
 class _Source:
     loader: instaloader.Instaloader
+    controller: BudgetRateController
     crawled_at: dt.datetime
-    requests_of: Any  # Callable[[str], int]: requests made so far for a user
+    simulated: bool
 
 
 @contextmanager
-def open_source(params: CrawlParams, users: list[str], staging: Path) -> Iterator[_Source]:
-    """An Instaloader wired to the configured source."""
+def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator[_Source]:
+    """An Instaloader wired to the configured source, writing into ``paths.crawl_work``."""
+    b = params.budget
+    loader_kw: dict[str, Any] = dict(
+        video_thumbnails=params.video_thumbnails, max_attempts=params.max_attempts,
+        max_requests=b.max_requests, max_wait_per_user_s=b.max_wait_per_user_s,
+        backoff_base_s=b.backoff_base_s, backoff_max_s=b.backoff_max_s,
+    )
     if params.source == "demo":
         import requests_mock
 
-        from imgrate.crawl.demo import DemoWorld, WorldConfig, serve
+        from imgrate.crawl.demo import DemoWorld, FaultConfig, WorldConfig, serve
 
         d = params.demo
         world = DemoWorld(
             users,
-            WorldConfig(
-                seed=d.seed,
-                start=d.start,
-                until=d.until,
-                image_size=d.image_size,
-                mean_interval_days=d.mean_interval_days,
-            ),
+            WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
+                        mean_interval_days=d.mean_interval_days),
         )
-        loader, _ = make_loader(staging, sleep=False, video_thumbnails=params.video_thumbnails, simulated=True)
+        faults = FaultConfig(rate=d.faults.rate, kinds=tuple(d.faults.kinds), seed=d.faults.seed)
+        loader, controller = make_loader(paths.crawl_work, sleep=False, simulated=True,
+                                         rng=random.Random(d.faults.seed), **loader_kw)
         with requests_mock.Mocker() as mocker:
-            server = serve(world, mocker)
+            serve(world, mocker, faults)
             # requests-mock does not store Set-Cookie; without it Instaloader re-fetches the
             # start page before every GraphQL call.
             loader.context._session.cookies.set("csrftoken", "demo-csrf")
             clock = dt.datetime.fromtimestamp(world.config.until_ts, dt.timezone.utc)
-            yield _Source(loader, clock, lambda u: server.requests_by_user.get(u, 0))
+            yield _Source(loader, controller, clock, simulated=True)
         return
 
-    loader, rate = make_loader(staging, sleep=True, video_thumbnails=params.video_thumbnails)
-    session_file = os.environ.get(SESSION_ENV)
-    if session_file:
-        session_user = os.environ.get(SESSION_USER_ENV)
-        if not session_user:
-            raise CrawlError(f"{SESSION_ENV} is set but {SESSION_USER_ENV} (the account it belongs to) is not")
-        try:
-            loader.load_session_from_file(session_user, session_file)
-        except (OSError, instaloader.InstaloaderException) as err:
-            # The message names the variable, never the file's content.
-            raise CrawlError(f"cannot load the Instagram session named by {SESSION_ENV}: {type(err).__name__}") from None
-    yield _Source(loader, dt.datetime.now(dt.timezone.utc), lambda _user: rate.queries)
-
-
-def _read_stamps(path: Path) -> configparser.ConfigParser:
-    cp = configparser.ConfigParser(interpolation=None)
-    if path.exists():
-        cp.read(path, encoding="utf-8")
-    return cp
-
-
-def _render(cp: configparser.ConfigParser) -> str:
-    buf = io.StringIO()
-    cp.write(buf)
-    return buf.getvalue()
+    loader, controller = make_loader(paths.crawl_work, sleep=True, **loader_kw)
+    session = session_from_env(paths.root)
+    if session is not None:
+        load_session(loader, *session)
+        log.info("crawling logged in as %s", session[0])
+    else:
+        log.info("crawling anonymously (set %s to log in)", SESSION_USER_ENV)
+    yield _Source(loader, controller, dt.datetime.now(dt.timezone.utc), simulated=False)
 
 
 class _ShardWriter:
     """Collects finished users' files and writes them as shards of ``shard_size`` posts."""
 
-    def __init__(self, paths: Paths, shard_size: int, crawled_at: dt.datetime, source: str) -> None:
+    def __init__(self, paths: Paths, shard_size: int, meta: dict[str, str], mtime: int, prefix: str | None) -> None:
         self.paths = paths
         self.shard_size = shard_size
-        self.crawled_at = crawled_at
-        self.source = source
+        self.meta = meta
+        self.mtime = mtime
+        self.prefix = prefix
         self.pending: list[tuple[str, list[StagedFile]]] = []  # (user, files of one post or profile)
         self.written: list[str] = []
 
@@ -164,12 +201,12 @@ class _ShardWriter:
     def pending_posts(self) -> int:
         return sum(1 for _, group in self.pending if post_key(group[0].arcname))
 
-    def add(self, user: str, groups: list[list[StagedFile]]) -> None:
-        self.pending.extend((user, g) for g in groups)
-
     @property
     def pending_users(self) -> set[str]:
         return {user for user, _ in self.pending}
+
+    def add(self, user: str, groups: list[list[StagedFile]]) -> None:
+        self.pending.extend((user, g) for g in groups)
 
     def flush(self, final: bool) -> None:
         """Write every full shard, and the rest too when ``final``."""
@@ -184,105 +221,237 @@ class _ShardWriter:
                 take += 1
             batch, self.pending = self.pending[:take], self.pending[take:]
             files = [f for _, group in batch for f in group]
-            dest = next_shard_path(self.paths.shards)
-            meta = {"crawled_at": self.crawled_at.isoformat(), "source": self.source,
-                    "instaloader": instaloader.__version__, "posts": str(posts)}
-            write_shard(dest, files, meta, self.paths.tmp, int(self.crawled_at.timestamp()))
+            dest = next_shard_path(self.paths.shards, self.prefix)
+            write_shard(dest, files, {**self.meta, "posts": str(posts)}, self.paths.tmp, self.mtime)
             log.info("wrote shard %s (%d posts)", dest.name, posts)
             self.written.append(dest.name)
 
 
-def _group_files(user: str, files: list[Path], user_dir: Path, known: set[str]) -> list[list[StagedFile]]:
-    """Files of one user grouped per post (profile file last), minus posts already stored."""
+def _group_files(
+    user: str, files: list[Path], user_dir: Path, known: set[str]
+) -> tuple[list[list[StagedFile]], list[tuple[Path, str]]]:
+    """A user's new files grouped per post (profile file last), and the files that do not decode.
+
+    Posts already stored in a shard are left out; a post counts only with its metadata (a
+    stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
+    """
     groups: dict[str, list[StagedFile]] = {}
     profile: list[StagedFile] = []
+    bad: list[tuple[Path, str]] = []
+    profile_re = re.compile(rf"^{re.escape(user)}_\d+\.json\.xz$")
     for path in files:
-        arcname = f"{user}/{path.relative_to(user_dir).as_posix()}"
+        rel = path.relative_to(user_dir).as_posix()
+        arcname = f"{user}/{rel}"
         key = post_key(arcname)
-        if key is None:
-            profile.append(StagedFile(arcname, path))
-        elif arcname not in known:
-            groups.setdefault(key, []).append(StagedFile(arcname, path))
-    # a post counts only with its metadata; a stray image without it is dropped
+        if key is None and profile_re.match(rel):
+            target = profile
+        elif key is not None and _POST_FILE_RE.match(rel) and arcname not in known:
+            target = groups.setdefault(key, [])
+        else:
+            continue
+        if (problem := file_problem(rel, path.read_bytes())) is not None:
+            bad.append((path, problem))
+            continue
+        target.append(StagedFile(arcname, path))
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
              if any(f.arcname.endswith(".json.xz") for f in g)]
     if posts and profile:
         posts.append(profile)
-    return posts
+    return posts, bad
 
 
-def run(params: CrawlParams, paths: Paths, users: list[str] | None = None) -> CrawlReport:
-    """Crawl every user (``users``, else the users file) for posts newer than its stamp."""
+def _same_section(a: configparser.ConfigParser, b: configparser.ConfigParser, user: str) -> bool:
+    return (a.has_section(user) and b.has_section(user) and dict(a.items(user)) == dict(b.items(user))) or (
+        not a.has_section(user) and not b.has_section(user))
+
+
+def _write_stamps(path: Path, stamps: configparser.ConfigParser, tmp: Path) -> None:
+    """Replace a stamps file atomically, only when what it says changes."""
+    current = read_stamps(path)
+    if {s: dict(current.items(s)) for s in current.sections()} == {s: dict(stamps.items(s)) for s in stamps.sections()}:
+        return
+    with atomic_open(path, tmp_dir=tmp) as fh:
+        fh.write(render(stamps))
+
+
+@contextmanager
+def _crawl_lock(paths: Paths) -> Iterator[None]:
+    """One crawl at a time per project folder (the OS drops the lock when a crawl is killed)."""
+    paths.crawl_work.mkdir(parents=True, exist_ok=True)
+    with open(paths.crawl_work / _LOCK_NAME, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CrawlError("another crawl is running in this project folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clean_stale(paths: Paths) -> None:
+    """Scratch files of crawls that were killed (run under the crawl lock)."""
+    stale = re.compile(r"^(crawl-.*|\.(?:[a-z0-9-]+-)?\d{6}\.tar\..*\.tmp"
+                       r"|\.latest-stamps(?:\.[a-z0-9]+)?\.ini\..*\.tmp|\.visits-[a-z0-9]+\.json\..*\.tmp)$")
+    if not paths.tmp.is_dir():
+        return
+    for p in paths.tmp.iterdir():
+        if stale.match(p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _visits_file(paths: Paths, tag: str | None) -> Path:
+    return paths.crawl_work / f"visits-{tag or 'all'}.json"
+
+
+class _Committer:
+    """Moves the stamps of users whose files are all in shards into this crawl's stamps file."""
+
+    def __init__(self, paths: Paths, own: Path, staged: Path, seen: configparser.ConfigParser) -> None:
+        self.paths = paths
+        self.own = own  # latest-stamps.ini, or latest-stamps.partIofN.ini
+        self.committed = read_stamps(own)
+        self.staged = staged  # the stamps file Instaloader updates during this run
+        self.seen = seen  # every stamps file at the start of the run, merged
+        self.done: set[str] = set()
+
+    def commit(self, users: set[str]) -> None:
+        """Write the stamps of ``users`` (only what changed), then drop their work folders."""
+        users = users - self.done
+        if not users:
+            return
+        staged = read_stamps(self.staged)
+        for user in sorted(users):
+            if _same_section(staged, self.seen, user) or not staged.has_section(user):
+                continue
+            old, new = post_timestamp(self.seen, user), post_timestamp(staged, user)
+            if old is not None and (new is None or new < old):
+                continue  # a stamp never moves back (a stale resume file from another part)
+            if self.committed.has_section(user):
+                self.committed.remove_section(user)
+            self.committed.add_section(user)
+            for key, value in staged.items(user):
+                self.committed.set(user, key, value)
+        _write_stamps(self.own, self.committed, self.paths.tmp)
+        for user in users:
+            shutil.rmtree(self.paths.crawl_work / user, ignore_errors=True)
+        self.done |= users
+
+
+def _crawl_order(users: list[str], paths: Paths, visits: dict[str, int]) -> list[str]:
+    """Unfinished users first, then the least recently visited: no user starves under a budget."""
+    def key(item: tuple[int, str]) -> tuple[int, int, int]:
+        index, user = item
+        unfinished = (paths.crawl_work / user).is_dir()
+        return (0 if unfinished else 1, visits.get(user, -1), index)
+
+    return [user for _, user in sorted(enumerate(users), key=key)]
+
+
+def run(
+    params: CrawlParams, paths: Paths, users: list[str] | None = None, part: tuple[int, int] | None = None
+) -> CrawlReport:
+    """Crawl every user (``users``, else the users file; its ``part`` I/N if given) for new posts."""
     os.environ["TZ"] = "UTC"  # Instaloader's stamps use local time; keep them machine-independent
     time.tzset()
     if users is None:
         users = read_users(paths.root / params.users_file)
+    if part is not None:
+        users = select_part(users, *part)
+        if not users:
+            log.warning("part %d/%d of the users file names no user", *part)
+    tag = part_tag(part)
+    own_stamps = paths.part_stamps(tag) if tag else paths.stamps
     paths.shards.mkdir(parents=True, exist_ok=True)
     paths.tmp.mkdir(parents=True, exist_ok=True)
-    known = {name for shard in list_shards(paths.shards) for name in member_names(shard)}
-    old_stamps_text = paths.stamps.read_text(encoding="utf-8") if paths.stamps.exists() else None
-    committed = _read_stamps(paths.stamps)
     start = time.monotonic()
-    run_dir = Path(tempfile.mkdtemp(prefix="crawl-", dir=paths.tmp))
-    try:
-        staging = run_dir / "staging"
-        staged_stamps = run_dir / "latest-stamps.ini"
-        if paths.stamps.exists():
-            shutil.copyfile(paths.stamps, staged_stamps)
-        stamps = instaloader.LatestStamps(str(staged_stamps))
-        with open_source(params, users, staging) as source:
-            report = CrawlReport(params.source, source.crawled_at)
-            writer = _ShardWriter(paths, params.shard_size, source.crawled_at, params.source)
-            finished: list[str] = []
-
-            def commit(done: set[str]) -> None:
-                staged = _read_stamps(staged_stamps)
-                for user in done:
-                    if staged.has_section(user):
-                        if not committed.has_section(user):
-                            committed.add_section(user)
-                        for key, value in staged.items(user):
-                            committed.set(user, key, value)
-                _write_stamps(paths, committed, old_stamps_text)
-
-            for user in track(users, "crawl"):
-                before = source.requests_of(user)
-                result = crawl_user(source.loader, user, stamps, staging, params.max_posts)
-                result.requests = source.requests_of(user) - before
-                report.users.append(result)
-                if result.status != "ok":
-                    log.warning("%s: %s (%s)", user, result.status, result.reason)
-                    if params.strict:
-                        raise CrawlError(f"user {user}: {result.status}: {result.reason}")
-                    continue
-                groups = _group_files(user, result.files, staging / user, known)
-                result.new_posts = sum(1 for g in groups if post_key(g[0].arcname))
-                if result.new_posts:
-                    writer.add(user, groups)
-                finished.append(user)
-                writer.flush(final=False)
-                commit(set(finished) - writer.pending_users)
-            writer.flush(final=True)
-            commit(set(finished))
-            report.shards = writer.written
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    with _crawl_lock(paths):
+        _clean_stale(paths)
+        known = {name for shard in list_shards(paths.shards)
+                 for name in member_names_cached(shard, paths.cache / "members")}
+        seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
+        visits_path = _visits_file(paths, tag)
+        visits: dict[str, int] = json.loads(visits_path.read_text()) if visits_path.exists() else {}
+        run_no = max(visits.values(), default=0) + 1
+        run_dir = Path(tempfile.mkdtemp(prefix="crawl-", dir=paths.tmp))
+        try:
+            staged_stamps = run_dir / "latest-stamps.ini"
+            staged_stamps.write_text(render(seen), encoding="utf-8")
+            stamps = instaloader.LatestStamps(str(staged_stamps))
+            with open_source(params, users, paths) as source:
+                report = CrawlReport(params.source, source.crawled_at, part=tag,
+                                     max_requests=params.budget.max_requests, simulated=source.simulated)
+                meta = {"crawled_at": source.crawled_at.isoformat(), "source": params.source,
+                        "instaloader": instaloader.__version__}
+                if tag:
+                    meta["part"] = tag
+                writer = _ShardWriter(paths, params.shard_size, meta, int(source.crawled_at.timestamp()), tag)
+                finished: list[str] = []
+                committer = _Committer(paths, own_stamps, staged_stamps, seen)
+                stopped: str | None = None
+                limited_in_a_row = 0
+                try:
+                    for user in track(_crawl_order(users, paths, visits), "crawl"):
+                        if stopped is not None:
+                            report.users.append(UserResult(user, "skipped", f"not attempted: {stopped}"))
+                            continue
+                        result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts)
+                        visits[user] = run_no
+                        report.users.append(result)
+                        if result.stops_run:
+                            stopped = (result.reason or result.status).split(";")[0]
+                        limited_in_a_row = limited_in_a_row + 1 if result.status == "rate_limited" else 0
+                        if limited_in_a_row == params.budget.stop_after_rate_limited:
+                            stopped = (f"{limited_in_a_row} users in a row were rate limited: Instagram is "
+                                       "limiting this session or address, not these users")
+                        if result.status == "ok":
+                            _take(result, paths, known, writer, finished)  # fails it if a file is bad
+                        if result.status != "ok":
+                            log.warning("%s: %s (%s)", user, result.status, result.reason)
+                            if result.status in ("not_found", "private"):  # nothing worth keeping
+                                shutil.rmtree(paths.crawl_work / user, ignore_errors=True)
+                            if params.strict and result.status != "skipped":
+                                raise CrawlError(f"user {user}: {result.status}: {result.reason}")
+                            continue
+                        writer.flush(final=False)
+                        committer.commit(set(finished) - writer.pending_users)
+                    writer.flush(final=True)
+                    committer.commit(set(finished))
+                finally:
+                    report.requests = source.controller.requests
+                    report.shards = writer.written
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            with atomic_open(visits_path, tmp_dir=paths.tmp) as fh:
+                json.dump(visits, fh, sort_keys=True)
     report.seconds = time.monotonic() - start
     return report
 
 
-def _write_stamps(paths: Paths, stamps: configparser.ConfigParser, old_text: str | None) -> None:
-    """Replace the stamps file atomically, only when its content changes."""
-    text = _render(stamps)
-    current = paths.stamps.read_text(encoding="utf-8") if paths.stamps.exists() else old_text
-    if text == current or (current is None and not stamps.sections()):
+def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWriter, finished: list[str]) -> None:
+    """Queue a finished user's new posts for the shards, or fail it when a file does not decode."""
+    user_dir = paths.crawl_work / result.username
+    groups, bad = _group_files(result.username, result.files, user_dir, known)
+    if bad:
+        for path, _ in bad:
+            path.unlink(missing_ok=True)
+        for resume in user_dir.glob(f"{RESUME_PREFIX}_*.json.xz"):  # walk all posts again next run
+            resume.unlink()
+        result.status = "failed"
+        result.reason = (f"{len(bad)} downloaded file(s) did not decode ({bad[0][0].name}: {bad[0][1]}); "
+                         "removed, fetched again next run")
         return
-    with atomic_open(paths.stamps, tmp_dir=paths.tmp) as fh:
-        fh.write(text)
+    result.new_posts = sum(1 for g in groups if post_key(g[0].arcname))
+    if groups:
+        writer.add(result.username, groups)
+    finished.append(result.username)
 
 
-def run_stage(params: CrawlParams, paths: Paths) -> CrawlReport:
+def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
     """The DVC stage: crawl, then write metrics/crawl.json."""
-    report = run(params, paths)
+    report = run(params, paths, part=part)
     write_json(paths.stage_metrics("crawl"), report.to_metrics())
     return report

@@ -58,3 +58,14 @@ def select_part(users: list[str], part: int, parts: int) -> list[str]:
         u for u in users
         if int.from_bytes(hashlib.blake2b(u.encode(), digest_size=8).digest(), "big") % parts == part - 1
     ]
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> ``(2, 4)``: which part of the users one crawler takes (``imgrate crawl --part``)."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if m is None:
+        raise UsersFileError(f"--part {text!r}: expected I/N, e.g. 2/4")
+    part, parts = int(m[1]), int(m[2])
+    if parts < 1 or not 1 <= part <= parts:
+        raise UsersFileError(f"--part {text}: expected 1 <= I <= N")
+    return part, parts

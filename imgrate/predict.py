@@ -1,0 +1,124 @@
+"""Scoring photos with a trained model file: image files (``imgrate predict``/``rank``) and
+dataset rows (the evaluate stage).
+
+A :class:`Scorer` turns a model file into ``images -> scores`` whatever its architecture:
+``paper_cnn`` sees the image resized to its dataset size, ``pretrained`` sees it at its
+input size through the frozen backbone, then its head.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgrate.dataset import Dataset, to_tensor_batch
+from imgrate.errors import DataError, ImageError
+from imgrate.models import load_checkpoint
+from imgrate.paths import Paths
+from imgrate.preprocess import load_thumbnail
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    file: str
+    score: float
+
+
+class Scorer:
+    """A trained model file, ready to score uint8 RGB images of any size."""
+
+    def __init__(self, model_file: Path, device: torch.device | None = None, batch_size: int = 64) -> None:
+        self.path = model_file
+        self.device = device or torch.device("cpu")
+        self.batch_size = batch_size
+        self.model, self.ckpt = load_checkpoint(model_file, self.device)
+        self.architecture: str = self.ckpt["architecture"]
+        self.pretrained = self.architecture == "pretrained"
+        config = self.ckpt["config"]
+        self.input_size = int(config["input_size"] if self.pretrained else self.ckpt["preprocess"]["size"])
+        self._backbone = None
+
+    def _features(self, images: np.ndarray) -> np.ndarray:
+        from imgrate.features import embed, load_backbone
+
+        if self._backbone is None:
+            self._backbone = load_backbone(self.ckpt["config"]["backbone"], self.input_size).to(self.device)
+        return embed(self._backbone, images, self.device)
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+    def score_images(self, images: np.ndarray) -> np.ndarray:
+        """Scores of uint8 N x S x S x 3 images at :attr:`input_size`; higher = more popular."""
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = images[i : i + self.batch_size]
+            out.append(self._head(self._features(batch) if self.pretrained else to_tensor_batch(batch)))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def score_files(self, files: Sequence[Path]) -> tuple[list[Scored], list[dict[str, str]]]:
+        """(scored files best first, errors): a file that is not a readable image is reported
+        in the errors, the others are still scored."""
+        names, arrays, errors = [], [], []
+        for path in files:
+            try:
+                arrays.append(read_image(path, self.input_size))
+                names.append(str(path))
+            except ImageError as err:
+                errors.append({"file": str(path), "error": str(err)})
+        scores = self.score_images(np.stack(arrays)) if arrays else np.zeros(0)
+        ranked = sorted((Scored(f, float(s)) for f, s in zip(names, scores)), key=lambda r: (-r.score, r.file))
+        return ranked, errors
+
+    def score_rows(self, data: Dataset, paths: Paths, rows: np.ndarray) -> np.ndarray:
+        """Scores of dataset rows: pixels of the dataset, or cached backbone features of the
+        same posts decoded from the shards at the model's input size."""
+        if not self.pretrained:
+            if self.input_size != int(data.meta["size"]):
+                raise DataError(f"{self.path.name} was trained on {self.input_size}px images but the dataset "
+                                f"has {data.meta['size']}px")
+            return np.concatenate([self._head(to_tensor_batch(data.images[rows[i : i + 512]]))
+                                   for i in range(0, len(rows), 512)]) if len(rows) else np.zeros(0, np.float32)
+        from imgrate.features import FeatureCache, image_refs
+
+        refs = image_refs(data, paths)
+        cache = FeatureCache(paths, self.ckpt["config"]["backbone"], self.input_size)
+        features = cache.features([refs[i] for i in rows], self.device, self.batch_size)
+        return self._head(features)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": str(self.path), "architecture": self.architecture, "input_size": self.input_size}
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """A photo file of any format and size Pillow reads, as uint8 ``size`` x ``size`` x 3,
+    with an :class:`ImageError` that says in words what is wrong with it."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    try:
+        return load_thumbnail(data, size)
+    except ImageError as err:
+        if isinstance(err.__cause__, UnidentifiedImageError):
+            raise ImageError(f"{path}: not a readable image (no image format Pillow knows)") from None
+        raise ImageError(f"{path}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """Every regular, non-hidden file in ``folder`` (the scorer decides which are images)."""
+    if not folder.is_dir():
+        raise ImageError(f"{folder}: not a folder")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))

@@ -1,0 +1,418 @@
+"""The crawler against a hostile simulated Instagram: faults, rate limits, budgets, kill -9,
+sessions, parts. The guarantee everywhere: the stored posts converge to exactly the world's
+posts, none missing, none twice, every image decodes, and `imgrate verify` passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import lzma
+import os
+import pickle
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import instaloader
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import imgrate.crawl.demo as demo
+from imgrate.cli import app
+from imgrate.crawl import instagram
+from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.crawl.shards import SHARD_RE, iter_members, list_shards
+from imgrate.crawl.stage import run, run_stage
+from imgrate.crawl.stamps import merged_stamps, post_timestamp
+from imgrate.crawl.users import select_part
+from imgrate.crawl.verify import verify_raw
+from imgrate.errors import CrawlError
+from imgrate.params import FAULT_KINDS, BudgetParams, CrawlParams, DemoParams, FaultParams
+from imgrate.paths import Paths
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo", "delta_light_demo"]
+
+
+def crawl_params(until: str = "2025-03-01", *, rate: float = 0.0, seed: int = 0,
+                 kinds: tuple[str, ...] = FAULT_KINDS, **kw) -> CrawlParams:
+    faults = FaultParams(rate=rate, kinds=list(kinds), seed=seed)
+    demo_params = DemoParams(seed=7, start="2025-01-01", until=until, image_size=32, mean_interval_days=3.0,
+                             faults=faults)
+    return CrawlParams(demo=demo_params, shard_size=kw.pop("shard_size", 6), **kw)
+
+
+def world_codes(params: CrawlParams, users: list[str]) -> set[str]:
+    d = params.demo
+    world = DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
+                                         mean_interval_days=d.mean_interval_days))
+    return {p.shortcode for u in users for p in world.posts(u)}
+
+
+def stored_codes(paths: Paths) -> list[str]:
+    """Shortcodes of every post metadata member of every shard (a post stored twice shows twice)."""
+    codes = []
+    for shard in list_shards(paths.shards):
+        for name, data in iter_members(shard):
+            if name.endswith("_UTC.json.xz"):
+                codes.append(json.loads(lzma.decompress(data))["node"]["shortcode"])
+    return codes
+
+
+def assert_exactly_the_world(paths: Paths, params: CrawlParams, users: list[str]) -> None:
+    codes = stored_codes(paths)
+    assert len(codes) == len(set(codes)), "a post is stored twice"
+    expected = world_codes(params, users)
+    assert set(codes) == expected, f"missing {len(expected - set(codes))}, extra {len(set(codes) - expected)}"
+    report = verify_raw(paths)
+    assert report.ok, report.problems[:5]
+    assert report.posts == len(expected)
+
+
+def crawl_until_done(params_of_run, paths: Paths, users: list[str], max_runs: int = 25) -> list:
+    """Run the crawl (a new fault seed per run) until a run ends with every crawlable user ok."""
+    reports = []
+    for i in range(max_runs):
+        report = run(params_of_run(i), paths, users)
+        reports.append(report)
+        if all(u.status in ("ok", "private", "not_found") for u in report.users):
+            return reports
+    raise AssertionError(f"no convergence in {max_runs} runs: {reports[-1].to_metrics()['users']}")
+
+
+@pytest.fixture
+def servers(monkeypatch: pytest.MonkeyPatch) -> list[demo.DemoServer]:
+    """Every DemoServer the crawls start (to count what the simulated Instagram saw)."""
+    started: list[demo.DemoServer] = []
+    serve = demo.serve
+
+    def spy(*args, **kwargs):
+        started.append(serve(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(demo, "serve", spy)
+    return started
+
+
+# ---- Instaloader internals the crawler hooks into (pinned 4.16)
+
+
+def test_the_instaloader_internals_we_hook_still_exist() -> None:
+    assert instaloader.__version__ == "4.16"
+    ctx = instaloader.InstaloaderContext
+    for name in ("_get_page", "_raise_for_status", "_raise_for_download_status", "_response_error",
+                 "_raise_if_login_redirect", "get_raw", "head", "write_raw", "error", "do_sleep"):
+        assert callable(getattr(ctx, name, None)), name
+    for name in ("handle_429", "wait_before_query", "query_waittime", "sleep"):
+        assert callable(getattr(instaloader.RateController, name, None)), name
+    loader, controller = instagram.make_loader(Path("/nonexistent"), sleep=False, video_thumbnails=False)
+    assert isinstance(loader.context, instagram.CrawlContext) and loader.context.raise_all_errors
+    assert loader.resume_prefix == instagram.RESUME_PREFIX and controller is loader.context.controller
+
+
+# ---- faults
+
+
+def test_twenty_percent_faults_of_every_kind_converge_to_exactly_the_world(
+        tmp_path: Path, servers: list[demo.DemoServer]) -> None:
+    paths = Paths(tmp_path)
+    # two tries per request, so that faults do abort users' crawls and later runs must finish them
+    reports = crawl_until_done(lambda i: crawl_params(rate=0.2, seed=100 + i, max_attempts=2), paths, USERS)
+    assert_exactly_the_world(paths, crawl_params(), USERS)
+    injected = sum((s.faults_by_kind for s in servers), start=type(servers[0].faults_by_kind)())
+    assert set(injected) == set(FAULT_KINDS), injected
+    assert len(reports) > 1, "the faults never aborted a user: the test shows nothing"
+    assert any(u.status == "failed" for r in reports for u in r.users)
+    assert sum(u.retries for r in reports for u in r.users) > 0
+    # what the server saw is what the crawler counted (all requests, the start page included)
+    assert [s.requests for s in servers] == [r.requests for r in reports]
+    # refused requests were backed off, on a simulated clock
+    waits = [u.wait_s for r in reports for u in r.users]
+    assert sum(waits) > 0 and all(r.simulated for r in reports)
+
+
+def test_truncated_images_are_fetched_again(tmp_path: Path, servers: list[demo.DemoServer]) -> None:
+    paths = Paths(tmp_path)
+    crawl_until_done(lambda i: crawl_params(rate=0.4, seed=i, kinds=("truncated",)), paths, USERS[:2])
+    assert sum(s.faults_by_kind["truncated"] for s in servers) > 3
+    assert_exactly_the_world(paths, crawl_params(), USERS[:2])  # verify decodes every image
+
+
+def test_private_missing_and_rate_limited_users_are_reported_and_the_rest_crawled(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    users = ["alpha_lens_demo", "quiet_private_lens", "ghost_of_nobody", "throttled_lens_demo",
+             "bravo_frames_demo", "missing_person_x", "throttled_twice_demo"]
+    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
+    # throttled_twice_demo: a cap on the backoff below what five tries would wait
+    params = crawl_params(budget=BudgetParams(max_wait_per_user_s=100.0, backoff_base_s=30.0))
+    run_stage(params, paths)
+    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    status = {u: m["status"] for u, m in metrics["users"].items()}
+    assert status == {"alpha_lens_demo": "ok", "bravo_frames_demo": "ok", "quiet_private_lens": "private",
+                      "ghost_of_nobody": "not_found", "missing_person_x": "not_found",
+                      "throttled_lens_demo": "rate_limited", "throttled_twice_demo": "rate_limited"}
+    for user in ("quiet_private_lens", "ghost_of_nobody", "throttled_lens_demo"):
+        assert metrics["users"][user]["reason"], user
+    throttled = metrics["users"]["throttled_lens_demo"]
+    assert "max_wait_per_user_s" in throttled["reason"] and 0 < throttled["wait_s"] <= 100.0
+    assert throttled["refusals"] >= 2 and throttled["retries"] >= 1
+    t = metrics["totals"]
+    assert (t["ok"], t["private"], t["not_found"], t["rate_limited"]) == (2, 1, 2, 2)
+    assert t["wait_s"] >= throttled["wait_s"] and metrics["waits_simulated"] is True
+    assert_exactly_the_world(paths, params, ["alpha_lens_demo", "bravo_frames_demo"])
+    # with five tries and no cap in reach, the retries run out first: still rate_limited; and
+    # when users keep being refused one after another, it is the crawler that is limited: stop
+    users = ["throttled_a", "throttled_b", "alpha_lens_demo", "throttled_c", "throttled_d", "throttled_e",
+             "bravo_frames_demo"]
+    report = run(crawl_params(), Paths(tmp_path / "b"), users)
+    status = [u.status for u in report.users]
+    assert status == ["rate_limited"] * 2 + ["ok"] + ["rate_limited"] * 3 + ["skipped"], status
+    assert report.users[0].refusals == 5 and "in a row" in report.users[-1].reason
+
+
+def test_a_rerun_with_nothing_new_makes_a_constant_number_of_requests_per_user(
+        tmp_path: Path, servers: list[demo.DemoServer]) -> None:
+    paths = Paths(tmp_path)
+    run(crawl_params(), paths, USERS)
+    report = run(crawl_params(), paths, USERS)
+    per_user = {u.username: u.requests for u in report.users}
+    # one profile page (loaded once, not twice) + the metadata of the first 4 posts (3 may be pinned)
+    assert max(per_user.values()) <= 5, per_user
+    assert report.new_posts == 0 and servers[-1].requests == report.requests == sum(per_user.values()) + 1
+    print(f"\nno-op rerun: {per_user} requests per user, +1 start page")
+
+
+def test_request_budget_is_never_exceeded_and_an_aborted_user_resumes(
+        tmp_path: Path, servers: list[demo.DemoServer]) -> None:
+    paths = Paths(tmp_path)
+    users = USERS[:2]
+    full = run(crawl_params(until="2025-02-15"), Paths(tmp_path / "unlimited"), users)
+    budget = 20
+    assert full.requests > 2 * budget
+    reports = []
+    # the clock moves between the aborted run and the resumed ones (Instaloader issue #1701)
+    for i, until in enumerate(["2025-02-15", "2025-02-25", "2025-02-25", "2025-02-25", "2025-02-25"]):
+        reports.append(run(crawl_params(until=until, budget=BudgetParams(max_requests=budget)), paths, users))
+        assert reports[-1].requests <= budget and servers[-1].requests <= budget
+        if i and all(u.status == "ok" and u.new_posts == 0 for u in reports[-1].users):
+            break
+    assert reports[0].requests == budget  # the whole budget was used
+    first = reports[0].users[0]
+    assert first.status == "skipped" and "budget" in first.reason
+    # Instaloader's resume file let the next run continue mid-timeline instead of starting over
+    # (it sees none of the posts published in between: those come in the run after)
+    n_posts = len(world_codes(crawl_params(until="2025-02-15"), [first.username]))
+    assert 0 < servers[2].count("post", first.username) < n_posts - first.requests // 2
+    params = crawl_params(until="2025-02-25")
+    assert_exactly_the_world(paths, params, users)
+    # resumed, not restarted: the budgeted runs together cost little more than one unlimited crawl
+    later = run(crawl_params(until="2025-02-25"), Paths(tmp_path / "unlimited"), users).requests
+    spent = sum(r.requests for r in reports[:-1])
+    assert spent <= full.requests + later + 12 * len(reports), (spent, full.requests, later)
+    # every stamp is the newest post of its user, so the next run asks for nothing old
+    d = params.demo
+    world = DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
+                                         mean_interval_days=d.mean_interval_days))
+    stamps = merged_stamps(paths.raw)
+    for user in users:
+        assert post_timestamp(stamps, user).timestamp() == world.posts(user)[0].taken_at
+
+
+# ---- kill -9
+
+
+def _project(tmp_path: Path, users: list[str], rate: float, seed: int) -> Path:
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["crawl"].update(shard_size=4, max_attempts=3)
+    params["crawl"]["demo"].update(seed=7, start="2025-01-01", until="2025-03-20", image_size=32,
+                                   mean_interval_days=2.0, faults={"rate": rate, "kinds": list(FAULT_KINDS),
+                                                                    "seed": seed})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (project / "users.txt").write_text("\n".join(users) + "\n")
+    return project
+
+
+def _started(project: Path) -> bool:
+    work = project / ".imgrate-cache" / "crawl"
+    return work.is_dir() and any(p.is_dir() and any(p.iterdir()) for p in work.iterdir())
+
+
+def _assert_consistent(paths: Paths) -> None:
+    """What a crawl killed at any moment leaves: complete shards only, nothing twice, stamps not ahead."""
+    for p in paths.shards.iterdir():
+        assert SHARD_RE.match(p.name), f"partial shard visible: {p.name}"
+        with tarfile.open(p) as tar:
+            assert all(tar.extractfile(m).read() is not None for m in tar.getmembers() if m.isfile())
+    report = verify_raw(paths)
+    assert report.ok, report.problems[:5]
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, trial: int) -> None:
+    rng = random.Random(trial)
+    project = _project(tmp_path, USERS, rate=0.1, seed=trial)
+    paths = Paths(project)
+    env = {**os.environ, "IMGRATE_QUIET": "1"}
+    env.pop("IMGRATE_ROOT", None)
+    killed: list[bool] = []
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "crawl.py")], cwd=project, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and not _started(project) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.8))
+        proc.send_signal(signal.SIGKILL)
+        killed.append(proc.wait() == -signal.SIGKILL)
+        if paths.shards.exists():
+            _assert_consistent(paths)
+    assert killed[0], "the crawl ended before the kill: the world is too small to show anything"
+    params = dataclasses.replace(crawl_params(until="2025-03-20", shard_size=4), max_attempts=3)
+    params = dataclasses.replace(params, demo=dataclasses.replace(params.demo, mean_interval_days=2.0))
+    crawl_until_done(lambda i: dataclasses.replace(
+        params, demo=dataclasses.replace(params.demo, faults=FaultParams(rate=0.1, seed=50 + i))), paths, USERS)
+    assert_exactly_the_world(paths, params, USERS)
+
+
+def test_a_failing_shard_write_leaves_no_partial_shard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path)
+    calls = {"n": 0}
+    addfile = tarfile.TarFile.addfile
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk full (test)")
+        return addfile(self, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", failing)
+    with pytest.raises(OSError, match="disk full"):
+        run(crawl_params(), paths, USERS[:1])
+    assert list_shards(paths.shards) == [] and not any(paths.shards.iterdir())
+    assert not paths.stamps.exists()
+    monkeypatch.undo()
+    run(crawl_params(), paths, USERS[:1])  # the work folder is still there: nothing is fetched twice
+    assert_exactly_the_world(paths, crawl_params(), USERS[:1])
+
+
+# ---- parts
+
+
+def test_parts_merge_by_union_into_what_one_full_crawl_gives(tmp_path: Path) -> None:
+    params = crawl_params(until="2025-02-05")
+    users = USERS + ["echo_pixel_demo", "india_grain_demo", "juliet_tone_demo"]
+    parts = [select_part(users, i, 3) for i in (1, 2, 3)]
+    assert sorted(u for p in parts for u in p) == sorted(users) and all(parts)
+    full = Paths(tmp_path / "full")
+    run(params, full, users)
+    union = Paths(tmp_path / "union")
+    union.raw.mkdir(parents=True)
+    for i in (1, 2, 3):
+        machine = Paths(tmp_path / f"machine{i}")
+        run(params, machine, users, part=(i, 3))
+        assert all(p.name.startswith(f"part{i}of3-") for p in list_shards(machine.shards))
+        shutil.copytree(machine.raw, union.raw, dirs_exist_ok=True)  # a union: no name is written twice
+    assert sorted(p.name for p in union.raw.iterdir()) == [
+        "latest-stamps.part1of3.ini", "latest-stamps.part2of3.ini", "latest-stamps.part3of3.ini", "shards"]
+    assert sorted(stored_codes(union)) == sorted(stored_codes(full))
+    assert_exactly_the_world(union, params, users)
+    merged, single = merged_stamps(union.raw), merged_stamps(full.raw)
+    assert {u: dict(merged.items(u)) for u in merged.sections()} == {u: dict(single.items(u)) for u in single.sections()}
+    # later crawls of the merged folder, full or by part, find nothing new and change nothing
+    before = {p: p.read_bytes() for p in union.raw.rglob("*") if p.is_file()}
+    assert run(params, union, users).new_posts == 0
+    assert run(params, union, users, part=(2, 3)).new_posts == 0
+    assert {p: p.read_bytes() for p in union.raw.rglob("*") if p.is_file()} == before
+
+
+# ---- verify
+
+
+def test_verify_passes_a_good_crawl_and_names_every_kind_of_damage(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = Paths(tmp_path)
+    run(crawl_params(), paths, USERS[:2])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMGRATE_ROOT", raising=False)
+    runner = CliRunner()
+    assert runner.invoke(app, ["verify"]).exit_code == 0
+    shards = list_shards(paths.shards)
+    # a post stored twice (a shard copied under another name), a stray partial file, a stamp ahead
+    shutil.copy(shards[0], paths.shards / "part1of2-000001.tar")
+    (paths.shards / ".000009.tar.abc.tmp").write_bytes(b"partial")
+    text = paths.stamps.read_text().replace("2025-", "2030-", 1)
+    paths.stamps.write_text(text)
+    # a shard whose image is cut short
+    bad = paths.shards / "000099.tar"
+    with tarfile.open(shards[0]) as src, tarfile.open(bad, "w", format=tarfile.PAX_FORMAT) as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read()
+            if m.name.endswith(".jpg"):
+                data = data[: len(data) // 2]
+                m.size = len(data)
+            dst.addfile(m, __import__("io").BytesIO(data))
+    result = runner.invoke(app, ["verify", "--json"])
+    assert result.exit_code == 1
+    kinds = {p["kind"] for p in json.loads(result.stdout)["problems"]}
+    assert {"duplicate", "stray_file", "stamp", "bad_file"} <= kinds
+    (paths.shards / "000100.tar").write_bytes(b"not a tar at all" * 100)
+    assert "unreadable_shard" in {p.kind for p in verify_raw(paths).problems}
+
+
+# ---- sessions
+
+
+def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    project, home = tmp_path / "project", tmp_path / "home"
+    project.mkdir()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.delenv(instagram.SESSION_ENV, raising=False)
+    monkeypatch.delenv(instagram.SESSION_USER_ENV, raising=False)
+    assert instagram.session_from_env(project) is None  # anonymous
+    monkeypatch.setenv(instagram.SESSION_USER_ENV, "me_the_crawler")
+    with pytest.raises(CrawlError, match="imgrate login me_the_crawler"):
+        instagram.session_from_env(project)
+
+    # imgrate login: interactive login (mocked), session saved 0600 under ~/.config/imgrate
+    def fake_login(self, user):
+        self.context._session.cookies.set("sessionid", "SECRET-COOKIE-123")
+        self.context._session.cookies.set("csrftoken", "csrf")
+        self.context.username = user
+
+    monkeypatch.setattr(instaloader.Instaloader, "interactive_login", fake_login)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("IMGRATE_ROOT", raising=False)
+    result = CliRunner().invoke(app, ["login", "Me_The_Crawler"])
+    assert result.exit_code == 0, result.output
+    saved = home / "imgrate" / "session-me_the_crawler"
+    assert saved.stat().st_mode & 0o777 == 0o600 and (home / "imgrate").stat().st_mode & 0o077 == 0
+    assert "SECRET" not in result.output
+    user, path = instagram.session_from_env(project)
+    loader, _ = instagram.make_loader(tmp_path / "work", sleep=False, video_thumbnails=False)
+    instagram.load_session(loader, user, path)
+    assert loader.context.is_logged_in and loader.context._session.cookies.get("sessionid") == "SECRET-COOKIE-123"
+
+    # never inside the project, neither saved nor loaded
+    result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "data" / "s")])
+    assert result.exit_code == 2 and not (project / "data").exists()
+    inside = project / "session"
+    shutil.copy(saved, inside)
+    monkeypatch.setenv(instagram.SESSION_ENV, str(inside))
+    with pytest.raises(CrawlError, match="outside the project"):
+        instagram.session_from_env(project)
+
+    # a corrupt session file: the error names the account, never the content
+    broken = tmp_path / "broken"
+    broken.write_bytes(pickle.dumps({"sessionid": "SECRET-COOKIE-123"})[:-3])
+    with pytest.raises(CrawlError) as err:
+        instagram.load_session(loader, "me_the_crawler", broken)
+    assert "SECRET" not in str(err.value) and "me_the_crawler" in str(err.value)

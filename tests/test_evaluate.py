@@ -1,0 +1,308 @@
+"""The evaluate stage: every model and baseline, the leak probes, the oracle, plots; and (slow)
+the DVC side: plots show, push/clone/pull, metrics diff and experiments on a tiny world."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgrate import metrics
+from imgrate.dataset import Dataset, load_dataset
+from imgrate.evaluate import (
+    BASELINES,
+    all_predictions,
+    oracle_predictions,
+    run_stage,
+    score,
+    shuffle_within_users,
+)
+from imgrate.io import write_json, write_jsonl
+from imgrate.params import EvaluateParams
+from imgrate.paths import Paths
+
+METRIC_KEYS = {
+    "mse", "mae", "ranking_accuracy_mixed", "ranking_accuracy_within", "spearman_within",
+    "kendall_within", "pairwise_within", "ndcg10_within", "spearman_global",
+    "spearman_within_ci", "pairwise_within_ci", "n_test", "n_users",
+}  # fmt: skip
+PIXEL_BASELINES = ["random", "user_mean", "linear_regression", "ridge_pixels"]
+FIGURES = ["predicted_vs_actual.png", "spearman_per_user.png", "learning_curves.png", "ranking_accuracy.png"]
+
+
+# ------------------------------------------------------------------- a synthetic world
+
+
+def write_synthetic_dataset(root: Path, n_users: int = 8, size: int = 24, seed: int = 3) -> np.ndarray:
+    """data/dataset/ as the preprocess stage writes it, for users who differ in level and spread.
+
+    Each photo is a flat colour whose brightness is its appeal (plus pixel noise);
+    target = user mean + user spread * (0.8 * appeal + 0.6 * noise). Splits 60/10/30 (a
+    large test split, for statistics). Returns the appeal of every row.
+    """
+    rng = np.random.default_rng(seed)
+    images, index, appeal = [], [], []
+    for u in range(n_users):
+        mu, sd = rng.uniform(0.15, 0.7), rng.uniform(0.03, 0.2)
+        for i in range(int(rng.integers(70, 110))):
+            a = float(rng.normal())
+            level = np.clip(128 + 40 * a, 0, 255)
+            img = np.clip(level + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+            split = "train" if i % 10 < 6 else "val" if i % 10 == 6 else "test"
+            row = len(index)
+            index.append({"row": row, "shortcode": f"S{u:02d}x{i:04d}", "user": f"user_{u:02d}", "likes": 0,
+                          "date": "2025-01-01T00:00:00Z", "split": split,
+                          "target": round(mu + sd * (0.8 * a + 0.6 * float(rng.normal())), 6)})
+            images.append(img)
+            appeal.append(a)
+    paths = Paths(root)
+    paths.dataset.mkdir(parents=True, exist_ok=True)
+    np.save(paths.images_array(size), np.stack(images))
+    write_jsonl(paths.dataset_index, index)
+    write_json(paths.dataset_meta, {"images": paths.images_array(size).name, "n": len(index), "size": size,
+                                    "target": "max_ratio", "users": sorted({r["user"] for r in index})})
+    return np.array(appeal)
+
+
+def train_tiny_cnn(paths: Paths) -> None:
+    """models/paper_cnn.pt: the train stage's paper CNN, two epochs on the synthetic dataset."""
+    from conftest import tiny_params
+
+    from imgrate.params import parse_params
+    from imgrate.train import run_stage as train
+
+    params = tiny_params()
+    params["train"].update(epochs=2, batch_size=32, device="cpu")
+    train("paper_cnn", parse_params(params), paths)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, np.ndarray]:
+    paths = Paths(tmp_path_factory.mktemp("synthetic"))
+    appeal = write_synthetic_dataset(paths.root)
+    train_tiny_cnn(paths)
+    return paths, appeal
+
+
+PARAMS = EvaluateParams(set_sizes=[2, 5, 10], n_sets=2000, seed=0, n_boot=200, min_items=5)
+
+
+@pytest.fixture(scope="module")
+def evaluated(synthetic: tuple[Paths, np.ndarray]) -> tuple[Paths, dict, dict]:
+    """The stage run once on the synthetic world; returns what it wrote."""
+    paths, _ = synthetic
+    report = run_stage(PARAMS, paths)  # no crawl params: no oracle
+    assert report.skipped["oracle"].startswith("only on the simulated world")
+    results = json.loads(paths.stage_metrics("evaluate").read_text())
+    leak = json.loads(paths.leak_metrics.read_text())
+    assert results == report.metrics and leak == report.leak
+    return paths, results, leak
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def test_every_model_and_baseline_has_every_metric(evaluated: tuple[Paths, dict, dict]) -> None:
+    paths, results, leak = evaluated
+    names = {"paper_cnn", *PIXEL_BASELINES}
+    assert set(results) == names and set(leak) == names  # top-level keys are model names only
+    for name, m in results.items():
+        assert set(m) == METRIC_KEYS, name
+        for key in ("ranking_accuracy_mixed", "ranking_accuracy_within"):
+            assert set(m[key]) == {"2", "5", "10"} and all(v is not None for v in m[key].values()), (name, key)
+        for key in ("spearman_within_ci", "pairwise_within_ci"):
+            lo, hi = m[key]
+            assert lo <= m[key.removesuffix("_ci")] <= hi, (name, key)
+        assert m["n_users"] == 8
+        assert set(leak[name]) == {"user_accuracy", "majority_rate", "lift"}
+        assert leak[name]["lift"] == pytest.approx(leak[name]["user_accuracy"] - leak[name]["majority_rate"], abs=2e-6)
+    # pixels carry the appeal here: the ridge baseline must find it within users
+    assert results["ridge_pixels"]["spearman_within"] > 0.3
+    assert results["ridge_pixels"]["pairwise_within"] > 0.6
+
+
+def test_user_mean_sits_at_chance_within_users(evaluated: tuple[Paths, dict, dict]) -> None:
+    """The leakage probe: it knows only who posted, so within one user it cannot rank."""
+    _, results, leak = evaluated
+    m = results["user_mean"]
+    assert m["spearman_within"] == 0.0 and m["kendall_within"] == 0.0 and m["pairwise_within"] == 0.5
+    for k, chance in (("2", 0.5), ("5", 0.2), ("10", 0.1)):
+        assert m["ranking_accuracy_within"][k] == pytest.approx(chance, abs=0.03), k
+    # ... while the paper's mixed-user sets reward it well above chance: the leak
+    assert m["ranking_accuracy_mixed"]["2"] > 0.6
+    assert m["spearman_global"] > 0.5
+    # and its outputs reveal the user; random outputs do not
+    assert leak["user_mean"]["lift"] > 0.5
+    assert abs(leak["random"]["lift"]) < 0.1
+
+
+def test_shuffling_targets_within_users_drops_every_model_to_chance(synthetic: tuple[Paths, np.ndarray]) -> None:
+    paths, appeal = synthetic
+    data = load_dataset(paths)
+    test = data.split("test")
+    y, users = data.targets(test).astype(float), data.users(test)
+    predictions, skipped = all_predictions(data, paths, PARAMS)
+    assert list(predictions) == ["paper_cnn"] + [b for b in BASELINES if b in predictions]
+    assert set(PIXEL_BASELINES) <= set(predictions)
+    assert ("ridge_features" in predictions) != ("ridge_features" in skipped)
+    assert all(np.all(np.isfinite(p)) for p in predictions.values())
+    predictions["true_appeal"] = appeal[test]  # a perfect image model, to show the drop
+    fast = EvaluateParams(set_sizes=[2], n_sets=200, seed=0, n_boot=10, min_items=5)
+    before = score(y, users, predictions, fast)
+    assert before["true_appeal"]["spearman_within"] > 0.6
+    rng = np.random.default_rng(0)
+    shuffled = [score(shuffle_within_users(y, users, rng), users, predictions, fast) for _ in range(10)]
+    for name in predictions:
+        rho = np.mean([s[name]["spearman_within"] for s in shuffled])
+        pairs = np.mean([s[name]["pairwise_within"] for s in shuffled])
+        assert abs(rho) < 0.08, (name, rho)
+        assert pairs == pytest.approx(0.5, abs=0.05), (name, pairs)
+
+
+def test_shuffle_within_users_keeps_each_users_values() -> None:
+    y = np.arange(10.0)
+    users = np.array(list("aaaaabbbbb"))
+    out = shuffle_within_users(y, users, np.random.default_rng(1))
+    assert sorted(out[:5]) == [0, 1, 2, 3, 4] and sorted(out[5:]) == [5, 6, 7, 8, 9]
+    assert not np.array_equal(out, y)
+
+
+def test_plot_tables_and_figures(evaluated: tuple[Paths, dict, dict]) -> None:
+    paths, results, _ = evaluated
+    for name in results:
+        rows = (paths.plots / "predictions" / f"{name}.csv").read_text().splitlines()
+        assert rows[0] == "shortcode,user,actual,predicted" and len(rows) == 1 + results[name]["n_test"]
+        per_user = (paths.plots / "spearman_per_user" / f"{name}.csv").read_text().splitlines()
+        assert per_user[0] == "user,spearman" and len(per_user) == 1 + 8
+    for fig in FIGURES:
+        assert (paths.figures / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+
+
+def test_summary_tables_print(evaluated: tuple[Paths, dict, dict]) -> None:
+    from rich.console import Console
+
+    from imgrate.evaluate import Report
+
+    paths, results, leak = evaluated
+    console = Console(record=True, width=100)
+    for table in Report(results, leak, {"oracle": "why not"}).tables():
+        console.print(table)
+    text = console.export_text()
+    assert "leak" in text and "user_mean" in text and "why not" in text
+
+
+def test_ridge_features_runs_when_a_pretrained_model_exists(synthetic: tuple[Paths, np.ndarray], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a ``pretrained`` model in models/, ridge_features fits the features it was trained on."""
+    import imgrate.features
+    from imgrate.models import build_model, save_checkpoint
+
+    source, appeal = synthetic
+    paths = Paths(tmp_path)
+    shutil.copytree(source.dataset, paths.dataset)
+    shutil.copytree(source.models, paths.models)
+    save_checkpoint(paths.model("pretrained"), "pretrained", build_model("pretrained", {"features": 16}),
+                    {"preprocess": {"size": 24, "target": "max_ratio"}, "history": []})
+    data = load_dataset(paths)
+    # features from the cache that train@pretrained fills: here, the appeal in one column plus noise
+    rng = np.random.default_rng(0)
+    table = {r["shortcode"]: np.r_[appeal[r["row"]], rng.normal(size=15)].astype(np.float32) for r in data.index}
+    monkeypatch.setattr(imgrate.features, "image_refs", lambda d, p: [("000001.tar", r["shortcode"]) for r in d.index])
+    monkeypatch.setattr(imgrate.features.FeatureCache, "features",
+                        lambda self, refs, device, batch_size=64: np.stack([table[m] for _, m in refs]))
+
+    predictions, skipped = all_predictions(data, paths, PARAMS)
+    assert "ridge_features" not in skipped and {"pretrained", "ridge_features"} <= set(predictions)
+    test = data.split("test")
+    rho = metrics.spearman_within(data.targets(test), predictions["ridge_features"], data.users(test))
+    assert rho > 0.4
+
+
+# ------------------------------------------------------------------------------ oracle
+
+
+def test_oracle_is_recomputed_from_the_world_not_from_crawled_data(tiny_world) -> None:
+    params, paths = tiny_world
+    data = load_dataset(paths)
+    # a test split large enough to rank: every other post
+    index = [{**r, "split": "train" if r["row"] % 2 else "test"} for r in data.index]
+    half = Dataset(data.images, index, data.meta)
+    test = half.split("test")
+    oracle = oracle_predictions(half, params.crawl)
+    y, users = half.targets(test), half.users(test)
+    assert metrics.spearman_within(y, oracle, users, min_items=3) > 0.5  # the true appeal ranks well
+
+    # it never reads likes or targets: scrambled targets leave its ranking unchanged
+    rng = np.random.default_rng(0)
+    scrambled = Dataset(data.images, [{**r, "target": float(rng.random()), "likes": 1} for r in index], data.meta)
+    assert np.array_equal(np.argsort(oracle_predictions(scrambled, params.crawl)), np.argsort(oracle))
+
+
+# -------------------------------------------------------------------- DVC, end to end
+
+
+def _json(proc) -> dict:  # noqa: ANN001
+    return json.loads(proc.stdout or "{}")
+
+
+@pytest.mark.slow
+def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> None:
+    from conftest import dvc, git, run
+
+    # 1. a local-folder remote, committed before the data it carries
+    store = tmp_path / "dvc-store"
+    dvc(project, "remote", "add", "-d", "store", str(store))
+    git(project, "add", ".dvc/config")
+    git(project, "commit", "-q", "-m", "remote")
+
+    # 2. repro: evaluate writes both metric files, per-model plots and the oracle
+    dvc(project, "repro")
+    results = json.loads((project / "metrics/evaluate.json").read_text())
+    assert {"paper_cnn", "oracle", *PIXEL_BASELINES} <= set(results)
+    assert set(json.loads((project / "metrics/leak.json").read_text())) == set(results)
+    for fig in FIGURES:
+        assert (project / "reports/figures" / fig).exists(), fig
+
+    # 3. dvc plots show writes a page a browser opens, with every plot in it
+    dvc(project, "plots", "show", "-o", "dvc_plots")
+    page = (project / "dvc_plots/index.html").read_text()
+    assert "paper_cnn: train and validation loss" in page
+    per_model = [f"plots/{kind}/{model}.csv" for kind in ("predictions", "spearman_per_user") for model in results]
+    for name in ("learning_curves_paper_cnn", "dvclive/paper_cnn/plots/metrics/val_loss.tsv", *per_model):
+        assert f"vegaEmbed('#{re.sub(r'[^A-Za-z0-9]', '_', name)}'" in page, name  # the plot's id
+    shutil.rmtree(project / "dvc_plots")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "first run")
+
+    # 4. push, clone, pull: only crawl (always_changed) differs; metrics diff shows nothing
+    dvc(project, "push")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    dvc(clone, "pull")
+    assert (clone / "models/paper_cnn.pt").exists() and (clone / "reports/figures/learning_curves.png").exists()
+    assert set(_json(dvc(clone, "status", "--json"))) <= {"crawl"}
+    assert _json(dvc(clone, "metrics", "diff", "--json")) == {}
+    assert dvc(clone, "metrics", "diff").stdout.strip() == ""
+
+    # 5. two experiments with different learning rates: exp show lists both, with metrics
+    for name, lr in (("lr-high", "0.01"), ("lr-low", "0.0001")):
+        dvc(project, "exp", "run", "-n", name, "-S", f"train.lr={lr}")
+    shown = _json(dvc(project, "exp", "show", "--json"))
+    exps = {}
+    for rev in shown:
+        for exp in (rev.get("experiments") or []):
+            for sub in exp.get("revs", []):
+                exps[sub.get("name")] = sub["data"]
+    assert {"lr-high", "lr-low"} <= set(exps)
+    for name, lr in (("lr-high", 0.01), ("lr-low", 0.0001)):
+        data = exps[name]
+        assert data["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        spearman = data["metrics"]["metrics/evaluate.json"]["data"]["paper_cnn"]["spearman_within"]
+        assert spearman is None or math.isfinite(spearman)
+    table = dvc(project, "exp", "show", "--md", "--only-changed").stdout
+    assert "lr-high" in table and "lr-low" in table

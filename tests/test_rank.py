@@ -1,0 +1,101 @@
+"""`imgrate rank FOLDER` and `imgrate predict IMAGE...` with either trained model."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import copy_world
+from imgrate.cli import app
+from imgrate.crawl.shards import iter_members
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tmp_path_factory) -> Path:
+    """A copy of the tiny world with models/paper_cnn.pt and models/pretrained.pt."""
+    import dataclasses
+
+    from imgrate.train import run_stage
+
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path_factory.mktemp("trained"))
+    quick = dataclasses.replace(params.train, epochs=1,
+                                pretrained=dataclasses.replace(params.train.pretrained, epochs=2))
+    for name in ("paper_cnn", "pretrained"):
+        run_stage(name, dataclasses.replace(params, train=quick), local)
+    return local.root
+
+
+@pytest.fixture
+def folder(trained: Path, tmp_path: Path) -> Path:
+    """New photos in mixed formats and sizes, plus files that are not images."""
+    shard = sorted((trained / "data" / "raw" / "shards").glob("*.tar"))[0]
+    jpegs = [data for name, data in iter_members(shard) if name.endswith(".jpg")][:3]
+    out = tmp_path / "new"
+    out.mkdir()
+    (out / "a.jpg").write_bytes(jpegs[0])
+    Image.open(io.BytesIO(jpegs[1])).resize((300, 170)).save(out / "b.png")  # PNG, not square
+    Image.open(io.BytesIO(jpegs[2])).convert("L").save(out / "c.webp")  # grayscale WebP
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 128
+    Image.fromarray(rgba, "RGBA").save(out / "d.png")  # alpha
+    (out / "notes.txt").write_text("not an image\n")
+    (out / "broken.jpg").write_bytes(jpegs[0][:100])  # truncated
+    (out / ".hidden.jpg").write_bytes(jpegs[0])  # hidden files are not photos
+    return out
+
+
+IMAGES = {"a.jpg", "b.png", "c.webp", "d.png"}
+
+
+@pytest.mark.parametrize("model", ["paper_cnn", "pretrained"])
+def test_rank_ranks_the_images_and_reports_the_rest(trained: Path, folder: Path, model: str) -> None:
+    result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / f"{model}.pt"),
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["architecture"] == model
+    ranked = out["scores"]
+    assert {Path(r["file"]).name for r in ranked} == IMAGES
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4]
+    scores = [r["score"] for r in ranked]
+    assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+    errors = {Path(e["file"]).name: e["error"] for e in out["errors"]}
+    assert set(errors) == {"notes.txt", "broken.jpg"}
+    assert "not a readable image (no image format Pillow knows)" in errors["notes.txt"]
+    assert "damaged or unsupported" in errors["broken.jpg"]
+
+
+def test_rank_prints_a_table_and_the_skipped_files(trained: Path, folder: Path) -> None:
+    result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / "pretrained.pt")])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert all(name in text for name in IMAGES)
+    assert "not ranked" in text and "notes.txt" in text
+
+
+def test_predict_scores_files_the_same_way_as_rank(trained: Path, folder: Path) -> None:
+    model = str(trained / "models" / "pretrained.pt")
+    files = [str(folder / n) for n in sorted(IMAGES)]
+    result = CliRunner().invoke(app, ["predict", *files, "--model", model, "--json"])
+    assert result.exit_code == 0, result.output
+    by_predict = {r["file"]: r["score"] for r in json.loads(result.stdout)["scores"]}
+    by_rank = {r["file"]: r["score"] for r in
+               json.loads(CliRunner().invoke(app, ["rank", str(folder), "--model", model, "--json"]).stdout)["scores"]}
+    assert by_predict == pytest.approx(by_rank)
+
+
+def test_only_non_images_or_a_missing_model_fail_clearly(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "x.txt").write_text("hello")
+    result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(trained / "models" / "paper_cnn.pt")])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(tmp_path / "nope.pt")])
+    assert result.exit_code == 2 and "model file not found" in result.output
+    result = CliRunner().invoke(app, ["rank", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "not a folder" in result.output
