@@ -74,16 +74,6 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image_file(path: Path, size: int) -> np.ndarray:
-    """:func:`load_thumbnail` for a file, with an error that names the file."""
-    try:
-        return load_thumbnail(path.read_bytes(), size)
-    except ImageError as err:
-        raise ImageError(f"{path}: not a readable image ({err})") from None
-    except OSError as err:
-        raise ImageError(f"{path}: cannot read file ({err.strerror})") from None
-
-
 @dataclass
 class ShardThumbs:
     """Decoded thumbnails of one shard: row ``i`` of ``images`` is ``members[i]``."""

@@ -104,8 +104,8 @@ class UserResult:
     stops_run: bool = False  # the budget is used up, or Instagram wants no more requests
 
 
-class CountingRateController(instaloader.RateController):
-    """Instaloader's own rate control, counting the queries it lets through.
+class ClockedRateController(instaloader.RateController):
+    """Instaloader's own rate control (its sliding-window throttle) on a clock that can be simulated.
 
     With ``simulated=True`` (the demo world) waits are added up instead of slept, on a
     virtual clock that the sliding windows read, so a simulated run reports the time the
@@ -115,8 +115,6 @@ class CountingRateController(instaloader.RateController):
     def __init__(self, context: instaloader.InstaloaderContext, simulated: bool = False) -> None:
         super().__init__(context)
         self.simulated = simulated
-        self.queries = 0
-        self.waited = 0.0
         self._clock_offset = 0.0
 
     def now(self) -> float:
@@ -124,7 +122,6 @@ class CountingRateController(instaloader.RateController):
         return time.monotonic() + self._clock_offset
 
     def sleep(self, secs: float) -> None:
-        self.waited += secs
         if self.simulated:
             self._clock_offset += secs
         else:
@@ -132,7 +129,6 @@ class CountingRateController(instaloader.RateController):
 
     def wait_before_query(self, query_type: str) -> None:
         """Instaloader's ``RateController.wait_before_query``, on this controller's clock."""
-        self.queries += 1
         waittime = self.query_waittime(query_type, self.now(), False)
         if waittime > 15:
             log.info("Instaloader's throttle: waiting %.0f s before the next %s query", waittime, query_type)
@@ -141,7 +137,7 @@ class CountingRateController(instaloader.RateController):
         self._query_timestamps.setdefault(query_type, []).append(self.now())
 
 
-class BudgetRateController(CountingRateController):
+class BudgetRateController(ClockedRateController):
     """A request budget per run, and exponential backoff with jitter when Instagram refuses.
 
     Every HTTP request (pages, GraphQL queries, CDN downloads) counts against
