@@ -43,8 +43,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "users.txt", "stages", "imgrate", ".dvc/config",
-                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import copy_project_files, write_params  # noqa: E402  (the tests' project copy)
 
 
 class Failed(Exception):
@@ -62,19 +62,8 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 
 def make_project(dest: Path, params: dict[str, Any]) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    copy_project_files(dest)
     write_params(dest, params)
-
-
-def write_params(dest: Path, params: dict[str, Any]) -> None:
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def plan_world(params: dict[str, Any], users: list[str], posts: int, growth: float) -> tuple[float, str, int, int]:

@@ -61,8 +61,8 @@ def git(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run(["git", *args], project)
 
 
-def make_project(dest: Path, params: dict[str, Any] | None = None, users: list[str] | None = None) -> Path:
-    """A git-initialised copy of the project with tiny params, committed once."""
+def copy_project_files(dest: Path) -> None:
+    """Copy what the pipeline needs (PROJECT_FILES) into ``dest``; also used by bench/."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = ROOT / name
@@ -71,6 +71,11 @@ def make_project(dest: Path, params: dict[str, Any] | None = None, users: list[s
         elif src.exists():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
+
+
+def make_project(dest: Path, params: dict[str, Any] | None = None, users: list[str] | None = None) -> Path:
+    """A git-initialised copy of the project with tiny params, committed once."""
+    copy_project_files(dest)
     write_params(dest, params or tiny_params())
     (dest / "users.txt").write_text("\n".join(users or TINY_USERS) + "\n")
     git(dest, "init", "-q", "-b", "main")
