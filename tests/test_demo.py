@@ -107,6 +107,40 @@ def test_shortcodes_ids_and_times():
         assert all(a - b >= 1 for a, b in zip(times, times[1:])), "newest first, >= 1 s apart"
 
 
+def test_timeline_pages_and_lookups_agree_with_the_full_list():
+    world = DemoWorld(NAMES, SMALL)
+    for name in NAMES:
+        posts = world.posts(name)
+        assert world.post_count(name) == len(posts)
+        seen, cursor, more = [], None, True
+        while more:
+            page, more = world.timeline_page(name, cursor, 7)
+            assert page, "no empty page before the end"
+            seen += page
+            cursor = page[-1].id
+        assert seen == posts
+        assert world.timeline_page(name, posts[-1].id, 7) == ([], False)
+        assert world.timeline_page(name, posts[3].id + 1, 2) == (posts[3:5], True)  # a cursor between ids
+    assert world.timeline_page("ghost_shooter", None, 5) == ([], False)
+    for bad in ("", "not a code!", "A" * 13, "AAAAAAAAAAA", shortcode_of(world.posts("alpha_lens")[0].id + 1)):
+        with pytest.raises(DataError):
+            world.post(bad)
+
+
+def test_a_fresh_world_builds_only_the_posts_it_is_asked_for(tmp_path):
+    """A paper-sized world holds ~2,600 posts per user; a crawl that finds nothing new must not
+    build them all (it did: 13 s of a no-op `dvc repro` at 71k posts)."""
+    old = DemoWorld(NAMES, SMALL)
+    _crawl(old, tmp_path, NAMES)
+    fresh = DemoWorld(NAMES, SMALL)
+    server = _crawl(fresh, tmp_path, NAMES)
+    assert server.count("image") == 0
+    total = sum(fresh.post_count(n) for n in NAMES)
+    built = len(fresh._models)
+    assert built <= 12 * len(NAMES) < total  # the first timeline page at most
+    assert fresh.posts("alpha_lens") == old.posts("alpha_lens")
+
+
 def test_until_accepts_a_datetime():
     day = DemoWorld(NAMES, WorldConfig(seed=7, until="2025-02-01", image_size=64))
     noon = DemoWorld(NAMES, WorldConfig(seed=7, until="2025-02-01T12:00:00", image_size=64))

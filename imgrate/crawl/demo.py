@@ -34,6 +34,7 @@ Spearman of ~0.55 with log-likes (the oracle appeal: ~0.8).
 from __future__ import annotations
 
 import base64
+import bisect
 import colorsys
 import hashlib
 import io
@@ -212,6 +213,21 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(_digest(*parts), "little"))
 
 
+def _low_bits(seed: int, username: str, index: int) -> int:
+    """The hashed low 23 bits of a post's media id."""
+    return int.from_bytes(_digest(seed, username, "id", index)[:3], "big") & 0x7FFFFF
+
+
+_SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
+
+
+def _media_id_of(shortcode: str) -> int | None:
+    """The media id of a shortcode (Instaloader's ``shortcode_to_mediaid``); None if it is not one."""
+    if not _SHORTCODE_RE.match(shortcode):
+        return None
+    return int.from_bytes(base64.b64decode(shortcode.rjust(12, "A"), b"-_"), "big")
+
+
 def shortcode_of(media_id: int) -> str:
     """Instagram's shortcode of a media id (the same as ``Post.mediaid_to_shortcode``)."""
     code = base64.b64encode(media_id.to_bytes(9, "big"), b"-_").decode()
@@ -249,8 +265,10 @@ class DemoWorld:
                 self.usernames.append(name)
         self._lock = threading.Lock()
         self._users: dict[str, DemoUser] = {}
-        self._models: dict[str, list[_PostModel]] = {}  # oldest first, up to the clock
-        self._index: dict[str, tuple[str, int]] | None = None  # shortcode -> (username, index)
+        # Built lazily, post by post: a crawl that finds nothing new looks at a dozen posts
+        # per user, not at the tens of thousands a paper-sized world holds (13 s for 71k).
+        self._times: dict[str, list[int]] = {}  # posting times up to the clock, oldest first
+        self._models: dict[tuple[str, int], _PostModel] = {}  # (username, index) -> post
         self._noise_tile: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -305,31 +323,51 @@ class DemoWorld:
 
     def posts(self, username: str) -> list[DemoPost]:
         """The user's posts up to the clock, newest first (empty for users that do not exist)."""
-        return [self._observe(username, m) for m in reversed(self._post_models(username))]
+        name = username.lower()
+        return [self._observe(name, self._model(name, i)) for i in reversed(range(self.post_count(name)))]
+
+    def post_count(self, username: str) -> int:
+        """How many posts the user has made up to the clock."""
+        return len(self._post_times_of(username.lower()))
+
+    def timeline_page(self, username: str, older_than: int | None, n: int) -> tuple[list[DemoPost], bool]:
+        """Up to ``n`` of the user's posts with ids below ``older_than`` (all if None), newest
+        first, and whether older ones remain. Builds only the posts it returns."""
+        name = username.lower()
+        times = self._post_times_of(name)
+        stop = len(times)
+        if older_than is not None:
+            second = ((older_than >> 23) + IG_EPOCH_MS) // 1000  # ids grow with the posting time
+            stop = bisect.bisect_left(times, second)
+            if stop < len(times) and times[stop] == second and self._model(name, stop).id < older_than:
+                stop += 1
+        first = max(stop - max(n, 0), 0)
+        page = [self._observe(name, self._model(name, i)) for i in reversed(range(first, stop))]
+        return page, bool(page) and first > 0
 
     def post(self, shortcode: str) -> DemoPost:
         """The post with that shortcode, among the world's users. Raises DataError if unknown."""
         username, index = self._lookup(shortcode)
-        return self._observe(username, self._post_models(username)[index])
+        return self._observe(username, self._model(username, index))
 
     def appeal(self, shortcode: str) -> float:
         """The post's true appeal (an oracle baseline; never served to Instaloader)."""
         username, index = self._lookup(shortcode)
-        return self._post_models(username)[index].appeal
+        return self._model(username, index).appeal
 
     def _lookup(self, shortcode: str) -> tuple[str, int]:
-        if self._index is None:
-            index: dict[str, tuple[str, int]] = {}
+        """(username, index) of a shortcode: its media id holds the posting time and the id's
+        hashed low bits, so a bisection per user finds it without building any other post."""
+        media_id = _media_id_of(shortcode)
+        if media_id is not None:
+            second = ((media_id >> 23) + IG_EPOCH_MS) // 1000
             for name in self.usernames:
-                for m in self._post_models(name):
-                    if m.shortcode in index:  # 23 hashed bits + millisecond time: never seen
-                        raise DataError(f"shortcode collision: {m.shortcode}")
-                    index[m.shortcode] = (name, m.index)
-            self._index = index
-        try:
-            return self._index[shortcode]
-        except KeyError:
-            raise DataError(f"no post with shortcode {shortcode!r} in the demo world") from None
+                times = self._post_times_of(name)
+                i = bisect.bisect_left(times, second)
+                if (i < len(times) and times[i] == second and _low_bits(self.config.seed, name, i) == media_id & 0x7FFFFF
+                        and self._model(name, i).shortcode == shortcode):
+                    return name, i
+        raise DataError(f"no post with shortcode {shortcode!r} in the demo world")
 
     def _observe(self, username: str, m: _PostModel) -> DemoPost:
         """The post as seen at the clock: counts grow over the first 3 days, then stay fixed."""
@@ -341,19 +379,23 @@ class DemoWorld:
             appeal=m.appeal, caption=m.caption, width=m.width, height=m.height, index=m.index,
         )
 
-    def _post_models(self, username: str) -> list[_PostModel]:
-        name = username.lower()
+    def _post_times_of(self, name: str) -> list[int]:
         with self._lock:
-            if name in self._models:
-                return self._models[name]
+            if name in self._times:
+                return self._times[name]
         user = self.user(name)
-        models: list[_PostModel] = []
-        if user.exists:
-            for index, taken_at in enumerate(self._post_times(user)):
-                models.append(self._make_post(user, index, taken_at))
+        times = self._post_times(user) if user.exists else []
         with self._lock:
-            self._models[name] = models
-        return models
+            return self._times.setdefault(name, times)
+
+    def _model(self, name: str, index: int) -> _PostModel:
+        key = (name, index)
+        with self._lock:
+            if key in self._models:
+                return self._models[key]
+        model = self._make_post(self.user(name), index, self._post_times_of(name)[index])
+        with self._lock:
+            return self._models.setdefault(key, model)
 
     def _post_times(self, user: DemoUser) -> list[int]:
         """Posting times up to the clock: gamma(2) gaps drawn one by one, so the clock only cuts."""
@@ -392,7 +434,7 @@ class DemoWorld:
         final_likes = self.followers_at(user.username, taken_at) * user.engagement * math.exp(log_likes)
         final_comments = final_likes * user.comment_rate * math.exp(rng.normal(0.0, 0.35))
         ms = int(rng.integers(0, 1000))
-        low_bits = int.from_bytes(_digest(cfg.seed, user.username, "id", index)[:3], "big") & 0x7FFFFF
+        low_bits = _low_bits(cfg.seed, user.username, index)
         media_id = ((taken_at * 1000 + ms - IG_EPOCH_MS) << 23) | low_bits
         tags = rng.choice(_TAGS, size=int(rng.integers(1, 4)), replace=False)
         caption = "{} {} at {}\n{}".format(
@@ -464,7 +506,7 @@ class DemoWorld:
     def image(self, shortcode: str, index: int = 0) -> bytes:
         """JPEG bytes of image ``index`` of a post (a video's thumbnail is image 0); deterministic."""
         username, post_index = self._lookup(shortcode)
-        m = self._post_models(username)[post_index]
+        m = self._model(username, post_index)
         if not 0 <= index < m.n_images:
             raise DataError(f"post {shortcode} has {m.n_images} image(s), no index {index}")
         pixels = self._draw(self._scene(self.user(username), post_index, index), m.width, m.height)
@@ -735,12 +777,11 @@ class DemoServer:
             context.status_code = 404
             context.reason = "Not Found"
             return b"<!DOCTYPE html><html><body>Sorry, this page isn't available.</body></html>"
-        posts = self.world.posts(username)
         profile = {
             "pk": str(user.id), "id": self._page_id(username), "username": username,
             "full_name": user.full_name, "biography": "Fictional photographer (imgrate demo world).",
             "is_private": user.is_private, "is_verified": False, "is_business": False, "category": None,
-            "media_count": len(posts), "follower_count": user.followers, "following_count": user.followees,
+            "media_count": self.world.post_count(username), "follower_count": user.followers, "following_count": user.followees,
             "profile_pic_url": self.profile_pic_url(user),
             "hd_profile_pic_url_info": {"url": self.profile_pic_url(user)},
             "external_url": None, "bio_links": [], "friendship_status": None, "total_clips_count": 0,
@@ -748,25 +789,23 @@ class DemoServer:
         blocks = [_bbox_block("PolarisProfilePageContentQuery", {"xig_user_by_username": profile})]
         if not user.is_private:  # a private profile's page shows no posts
             timeline = {"id": self._page_id(username),
-                        "polaris_ordered_timeline_connection": self._timeline(user, posts, None, PAGE_SIZE)}
+                        "polaris_ordered_timeline_connection": self._timeline(user, None, PAGE_SIZE)}
             blocks.append(_bbox_block("PolarisProfilePostsTabContentQuery", {"xig_user_by_username": timeline}))
         scripts = "".join(f'<script type="application/json" data-sjs>{_script_json(b)}</script>' for b in blocks)
         html = (f'<!DOCTYPE html><html lang="en"><head><title>{user.full_name} (@{username})</title></head>'
                 f"<body>{scripts}</body></html>")
         return html.encode()
 
-    def _timeline(self, user: DemoUser, posts: list[DemoPost], after: str | None, first: int) -> dict[str, Any]:
+    def _timeline(self, user: DemoUser, after: str | None, first: int) -> dict[str, Any]:
         """One page of a timeline connection: posts older than the cursor (the last media id seen)."""
-        if after is not None:
-            last_id = int(after.split("_")[0])
-            posts = [p for p in posts if p.id < last_id]
-        page, rest = posts[:first], posts[first:]
+        older_than = int(after.split("_")[0]) if after is not None else None
+        page, more = self.world.timeline_page(user.username, older_than, first)
         edges = [{"node": {"code": p.shortcode, "pk": str(p.id), "id": f"{p.id}_{user.id}",
                            "media_type": _MEDIA_TYPES[p.typename], "taken_at": p.taken_at,
                            "__typename": "XDTMediaDict"},
                   "cursor": f"{p.id}_{user.id}"} for p in page]
         return {"edges": edges,
-                "page_info": {"has_next_page": bool(rest) and bool(page),
+                "page_info": {"has_next_page": more,
                               "end_cursor": f"{page[-1].id}_{user.id}" if page else None,
                               "has_previous_page": after is not None, "start_cursor": None}}
 
@@ -826,7 +865,7 @@ class DemoServer:
         except ValueError:
             return _json_error(context, 400, f"demo server: bad first/after in {variables!r}")
         user = self.world.user(username)
-        connection = self._timeline(user, self.world.posts(username), str(after) if after else None, first)
+        connection = self._timeline(user, str(after) if after else None, first)
         return json.dumps({"data": {"node": {"polaris_ordered_timeline_connection": connection}},
                            "extensions": {"is_final": True}}).encode()
 
