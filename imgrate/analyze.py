@@ -2,7 +2,7 @@
 
 Reads ``data/tables`` (every crawled post and user), ``data/dataset`` (what preprocess kept,
 with targets and splits) and the images in ``data/raw`` shards, and writes PNGs under
-``reports/data/`` plus ``reports/data.md``:
+``reports/figures/data/`` plus ``reports/data.md``:
 
 - ``followers.png``: followers per user (latest profile snapshot), log scale.
 - ``likes_vs_age.png``: likes against days since posting (at the crawl that fetched the
@@ -143,7 +143,7 @@ def render_report(c: dict[str, Any]) -> str:
         "preprocessing.png": "One image before and after preprocessing",
     }
     for name in FIGURES:
-        lines += [f"![{captions[name]}](data/{name})", ""]
+        lines += [f"![{captions[name]}](figures/data/{name})", ""]
     return "\n".join(lines)
 
 
@@ -334,7 +334,7 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
 
 
 def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
-    """The DVC stage: the figures under reports/data/ and reports/data.md; returns the counts."""
+    """The DVC stage: the figures under reports/figures/data/ and reports/data.md; returns the counts."""
     for table in (paths.posts_table, paths.users_table):
         if not table.exists():
             raise DataError(f"{table} not found: run the export stage first")

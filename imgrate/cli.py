@@ -156,7 +156,7 @@ def train(model: Annotated[str, typer.Argument(help="paper_cnn or pretrained")] 
 @app.command()
 def evaluate() -> None:
     """Score every model and baseline on the test split into metrics/evaluate.json and
-    metrics/leak.json, with plots/ and reports/figures/ (stage evaluate)."""
+    metrics/leak.json, with plots/ and reports/figures/evaluate/ (stage evaluate)."""
     from imgrate.evaluate import run_stage
 
     try:
@@ -170,7 +170,7 @@ def evaluate() -> None:
 
 @app.command()
 def analyze() -> None:
-    """Draw the data-analysis figures into reports/data/ and the counts into reports/data.md (stage analyze)."""
+    """Draw the data-analysis figures into reports/figures/data/ and the counts into reports/data.md (stage analyze)."""
     from imgrate.analyze import run_stage
 
     try:

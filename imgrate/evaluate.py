@@ -20,7 +20,7 @@ added to the train matrix later is covered without touching this module. Baselin
 Outputs: ``metrics/evaluate.json`` (one entry per model and baseline),
 ``metrics/leak.json`` (how well the user can be told from each model's outputs),
 ``plots/predictions/<name>.csv`` and ``plots/spearman_per_user/<name>.csv`` (DVC plots)
-and PNG copies under ``reports/figures/``.
+and PNG copies under ``reports/figures/evaluate/``.
 """
 
 from __future__ import annotations
@@ -251,7 +251,7 @@ def shuffle_within_users(y: np.ndarray, users: np.ndarray, rng: np.random.Genera
 
 
 def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Report:
-    """The DVC stage: metrics/evaluate.json, metrics/leak.json, plots/ and reports/figures/.
+    """The DVC stage: metrics/evaluate.json, metrics/leak.json, plots/ and reports/figures/evaluate/.
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """
@@ -295,7 +295,7 @@ def _write_plots(paths: Paths, data: Dataset, test: np.ndarray, y_test: np.ndarr
 def _write_figures(paths: Paths, y_test: np.ndarray, users_test: np.ndarray,
                    predictions: dict[str, np.ndarray], results: dict[str, dict[str, Any]],
                    per_user: dict[str, dict[Any, float]], params: EvaluateParams) -> None:
-    """PNG copies under reports/figures/ (the learning curves come from the checkpoints)."""
+    """PNG copies under reports/figures/evaluate/ (the learning curves come from the checkpoints)."""
     import torch
 
     from imgrate import figures

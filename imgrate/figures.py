@@ -1,4 +1,4 @@
-"""PNG figures of the evaluate stage (``reports/figures/``), drawn with matplotlib's Agg canvas.
+"""PNG figures of the evaluate stage (``reports/figures/evaluate/``), drawn with matplotlib's Agg canvas.
 
 DVC renders the same data from ``plots/`` and ``dvclive/`` as interactive HTML
 (``dvc plots show``); these PNGs are for the README, a report or a quick look without a

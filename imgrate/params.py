@@ -130,7 +130,7 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class AnalyzeParams:
-    """The data-analysis figures (reports/data/) and reports/data.md."""
+    """The data-analysis figures (reports/figures/data/) and reports/data.md."""
 
     top_n: int = 5  # posts in each row of the top/bottom picture grid
     rank_by: Literal["likes", "target"] = "likes"  # likes: every image post (the paper); target: the dataset's

@@ -109,14 +109,14 @@ class Paths:
     @property
     def figures(self) -> Path:
         """PNG copies of the evaluate stage's plots (a cached DVC output)."""
-        return self.root / "reports" / "figures"
+        return self.root / "reports" / "figures" / "evaluate"
 
     # analyze (cache: false, so git carries them)
     @property
     def data_figures(self) -> Path:
-        """The analyze stage's PNG figures of the data (beside evaluate's reports/figures,
-        which DVC forbids nesting in)."""
-        return self.root / "reports" / "data"
+        """The analyze stage's PNG figures of the data (beside evaluate's: DVC forbids one
+        stage's output inside another's)."""
+        return self.root / "reports" / "figures" / "data"
 
     @property
     def data_report(self) -> Path:

@@ -1,4 +1,4 @@
-"""DVC stage analyze: tables + dataset + shards -> the data figures in reports/data/ and reports/data.md."""
+"""DVC stage analyze: tables + dataset + shards -> the data figures in reports/figures/data/ and reports/data.md."""
 
 from imgrate.analyze import run_stage
 from imgrate.errors import run_main

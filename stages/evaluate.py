@@ -1,4 +1,4 @@
-"""DVC stage evaluate: models + baselines on the test split -> metrics/, plots/, reports/figures/."""
+"""DVC stage evaluate: models + baselines on the test split -> metrics/, plots/, reports/figures/evaluate/."""
 
 from imgrate.errors import run_main
 from imgrate.evaluate import run_stage

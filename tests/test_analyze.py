@@ -49,7 +49,7 @@ def test_data_report_counts_match_the_tables(analyzed) -> None:
     for user in read_jsonl(paths.users_table):
         assert f"| {user['username']} | {user['followers']:,} |" in text
     for name in FIGURES:
-        assert f"(data/{name})" in text  # links that work from reports/data.md
+        assert f"(figures/data/{name})" in text  # links that work from reports/data.md
 
 
 def test_same_data_gives_the_same_bytes(analyzed) -> None:

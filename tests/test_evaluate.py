@@ -266,7 +266,7 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
     assert {"paper_cnn", "oracle", *PIXEL_BASELINES} <= set(results)
     assert set(json.loads((project / "metrics/leak.json").read_text())) == set(results)
     for fig in FIGURES:
-        assert (project / "reports/figures" / fig).exists(), fig
+        assert (project / "reports/figures/evaluate" / fig).exists(), fig
 
     # 3. dvc plots show writes a page a browser opens, with every plot in it
     dvc(project, "plots", "show", "-o", "dvc_plots")
@@ -284,7 +284,7 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
     dvc(clone, "pull")
-    assert (clone / "models/paper_cnn.pt").exists() and (clone / "reports/figures/learning_curves.png").exists()
+    assert (clone / "models/paper_cnn.pt").exists() and (clone / "reports/figures/evaluate/learning_curves.png").exists()
     assert set(_json(dvc(clone, "status", "--json"))) <= {"crawl"}
     assert _json(dvc(clone, "metrics", "diff", "--json")) == {}
     assert dvc(clone, "metrics", "diff").stdout.strip() == ""
