@@ -62,11 +62,12 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=50)
     ap.add_argument("--source-px", type=int, default=1080, help="longest side of the drawn JPEGs")
     ap.add_argument("--quality", type=int, help="re-encode the photos at this JPEG quality first")
+    ap.add_argument("--square", action="store_true", help="square photos only (the issue's 1080x1080)")
     args = ap.parse_args()
 
     users = ("bench_lens_demo", "bench_frames_demo", "bench_grain_demo")
     world = DemoWorld(list(users), WorldConfig(seed=1, image_size=args.source_px, until="2026-06-30"))
-    posts = [p for u in users for p in world.posts(u) if p.typename != "GraphVideo"]
+    posts = [p for u in users for p in world.posts(u) if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
     blobs = [world.image(p.shortcode) for p in posts[: args.n]]
     if args.quality is not None:
         blobs = [reencode(b, args.quality) for b in blobs]
