@@ -134,6 +134,12 @@ class Paths:
         return self.cache / "crawl"
 
     @property
+    def crawl_logs(self) -> Path:
+        """One JSON report per crawl run, with its timings (metrics/crawl.json has none, so a
+        crawl that finds nothing new leaves it, and dvc.lock, unchanged)."""
+        return self.cache / "logs" / "crawl"
+
+    @property
     def tmp(self) -> Path:
         """Scratch space on the same filesystem as the outputs, for atomic renames."""
         return self.cache / "tmp"

@@ -13,7 +13,7 @@ def main() -> None:
     report = run_stage(load_params(paths.params).crawl, paths)
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
-                  f"{totals['shards_written']} new shards")
+                  f"{totals['shards_written']} new shards in {report.seconds:.1f} s")
 
 
 if __name__ == "__main__":

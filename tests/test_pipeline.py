@@ -57,6 +57,14 @@ def test_repro_lifecycle(project: Path) -> None:
     assert digest(project / "data/raw") == raw_before
     status = dvc(project, "status", "--json").stdout
     assert json.loads(status or "{}").keys() <= {"crawl"}
+    # and a second no-op leaves the working tree clean: no timings in metrics/crawl.json
+    # (they go to one log per run under .imgrate-cache/logs/crawl/)
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "no-op crawl")
+    assert repro(project) == ["crawl"]
+    assert git(project, "status", "--porcelain").stdout == ""
+    logs = sorted((project / ".imgrate-cache/logs/crawl").glob("*.json"))
+    assert len(logs) == 3 and json.loads(logs[-1].read_text())["totals"]["seconds"] >= 0
 
     # 3. a training hyperparameter reruns train and evaluate only
     params = tiny_params()

@@ -98,7 +98,10 @@ class CrawlReport:
     def new_posts(self) -> int:
         return sum(u.new_posts for u in self.users)
 
-    def to_metrics(self) -> dict[str, Any]:
+    def to_metrics(self, *, timings: bool = False) -> dict[str, Any]:
+        """The report as metrics/crawl.json holds it; ``timings`` adds the wall-clock seconds
+        (kept out of the metrics: they differ on every run, so git and DVC would see a change
+        after each crawl that found nothing)."""
         totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in STATUSES}
         totals.update(
             users=len(self.users),
@@ -108,8 +111,9 @@ class CrawlReport:
             refusals=sum(u.refusals for u in self.users),
             wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
-            seconds=round(self.seconds, 3),
         )
+        if timings:
+            totals["seconds"] = round(self.seconds, 3)
         users = {
             u.username: {
                 "status": u.status,
@@ -119,7 +123,7 @@ class CrawlReport:
                 "retries": u.retries,
                 "refusals": u.refusals,
                 "wait_s": round(u.wait_s, 3),
-                "seconds": round(u.seconds, 3),
+                **({"seconds": round(u.seconds, 3)} if timings else {}),
             }
             for u in self.users
         }
@@ -451,7 +455,11 @@ def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWrite
 
 
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
-    """The DVC stage: crawl, then write metrics/crawl.json."""
+    """The DVC stage: crawl, then write metrics/crawl.json, and the same with timings under
+    .imgrate-cache/logs/crawl/ (one file per run)."""
     report = run(params, paths, part=part)
     write_json(paths.stage_metrics("crawl"), report.to_metrics())
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    suffix = f".{report.part}" if report.part else ""
+    write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
