@@ -67,7 +67,8 @@ def main() -> None:
 
     users = ("bench_lens_demo", "bench_frames_demo", "bench_grain_demo")
     world = DemoWorld(list(users), WorldConfig(seed=1, image_size=args.source_px, until="2026-06-30"))
-    posts = [p for u in users for p in world.posts(u) if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
+    posts = [p for u in users for p in world.posts(u)
+             if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
     blobs = [world.image(p.shortcode) for p in posts[: args.n]]
     if args.quality is not None:
         blobs = [reencode(b, args.quality) for b in blobs]

@@ -213,11 +213,6 @@ def _rng(*parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(_digest(*parts), "little"))
 
 
-def _low_bits(seed: int, username: str, index: int) -> int:
-    """The hashed low 23 bits of a post's media id."""
-    return int.from_bytes(_digest(seed, username, "id", index)[:3], "big") & 0x7FFFFF
-
-
 _SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,12}$")
 
 
@@ -226,6 +221,11 @@ def _media_id_of(shortcode: str) -> int | None:
     if not _SHORTCODE_RE.match(shortcode):
         return None
     return int.from_bytes(base64.b64decode(shortcode.rjust(12, "A"), b"-_"), "big")
+
+
+def _posting_second(media_id: int) -> int:
+    """The unix second a media id was made in (ids count milliseconds in their high bits)."""
+    return ((media_id >> 23) + IG_EPOCH_MS) // 1000
 
 
 def shortcode_of(media_id: int) -> str:
@@ -337,7 +337,7 @@ class DemoWorld:
         times = self._post_times_of(name)
         stop = len(times)
         if older_than is not None:
-            second = ((older_than >> 23) + IG_EPOCH_MS) // 1000  # ids grow with the posting time
+            second = _posting_second(older_than)  # ids grow with the posting time
             stop = bisect.bisect_left(times, second)
             if stop < len(times) and times[stop] == second and self._model(name, stop).id < older_than:
                 stop += 1
@@ -356,16 +356,15 @@ class DemoWorld:
         return self._model(username, index).appeal
 
     def _lookup(self, shortcode: str) -> tuple[str, int]:
-        """(username, index) of a shortcode: its media id holds the posting time and the id's
-        hashed low bits, so a bisection per user finds it without building any other post."""
+        """(username, index) of a shortcode: its media id holds the posting time, so a
+        bisection per user finds it, building only the posts made in that second."""
         media_id = _media_id_of(shortcode)
         if media_id is not None:
-            second = ((media_id >> 23) + IG_EPOCH_MS) // 1000
+            second = _posting_second(media_id)
             for name in self.usernames:
                 times = self._post_times_of(name)
                 i = bisect.bisect_left(times, second)
-                if (i < len(times) and times[i] == second and _low_bits(self.config.seed, name, i) == media_id & 0x7FFFFF
-                        and self._model(name, i).shortcode == shortcode):
+                if i < len(times) and times[i] == second and self._model(name, i).shortcode == shortcode:
                     return name, i
         raise DataError(f"no post with shortcode {shortcode!r} in the demo world")
 
@@ -434,7 +433,7 @@ class DemoWorld:
         final_likes = self.followers_at(user.username, taken_at) * user.engagement * math.exp(log_likes)
         final_comments = final_likes * user.comment_rate * math.exp(rng.normal(0.0, 0.35))
         ms = int(rng.integers(0, 1000))
-        low_bits = _low_bits(cfg.seed, user.username, index)
+        low_bits = int.from_bytes(_digest(cfg.seed, user.username, "id", index)[:3], "big") & 0x7FFFFF
         media_id = ((taken_at * 1000 + ms - IG_EPOCH_MS) << 23) | low_bits
         tags = rng.choice(_TAGS, size=int(rng.integers(1, 4)), replace=False)
         caption = "{} {} at {}\n{}".format(
