@@ -24,17 +24,17 @@ def test_shipped_params_load_with_the_documented_defaults() -> None:
     assert p.crawl.max_posts is None
     assert p.preprocess.size == 50
     assert p.preprocess.split_ratios == [0.8, 0.1, 0.1]
-    assert p.train.batch_size == 50
-    assert p.train.epochs == 50
+    assert p.train.paper_cnn.batch_size == 50
+    assert p.train.paper_cnn.epochs == 50
     assert p.evaluate.set_sizes == [2, 5, 10]
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["train"].update(lr_typo=0.1), "train.lr_typo"),
-        (lambda d: d["train"].pop("lr"), "train.lr"),
-        (lambda d: d["train"].update(lr="fast"), "train.lr"),
+        (lambda d: d["train"]["paper_cnn"].update(lr_typo=0.1), "train.paper_cnn.lr_typo"),
+        (lambda d: d["train"]["paper_cnn"].pop("lr"), "train.paper_cnn.lr"),
+        (lambda d: d["train"]["paper_cnn"].update(lr="fast"), "train.paper_cnn.lr"),
         (lambda d: d["train"].update(epochs=2.5), "train.epochs"),
         (lambda d: d["train"].update(epochs=True), "train.epochs"),
         (lambda d: d["crawl"]["demo"].update(seed="x"), "crawl.demo.seed"),
