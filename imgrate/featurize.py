@@ -16,8 +16,9 @@ are normalised TF-style, ``(x*255 - 127) / 128``, as the weights were trained; t
 channels of the last convolution are averaged over space.
 
 Images are decoded from the shards at ``input_size`` with the dataset's decoder
-(:func:`imgrate.preprocess.load_thumbnail`) by a pool of ``workers`` threads (Pillow
-releases the GIL while it decodes and resizes) while the backbone embeds the previous batch.
+(:func:`imgrate.preprocess.load_thumbnail`) and embedded with every core (``workers``): on
+the CPU by as many worker processes of one torch thread each, on a GPU by decoding threads
+that feed the device (see :class:`Extractor`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -162,8 +163,43 @@ class ShardFeatures:
     failed: dict[str, str]  # member -> why it could not be decoded
 
 
+Batch = tuple[list[str], list[bytes]]  # member names and their bytes, in shard order
+
+_worker: dict[str, Any] = {}  # the backbone of a worker process (set by _worker_init)
+
+
+def _worker_init(backbone: str, input_size: int) -> None:
+    torch.set_num_threads(1)  # one core per process: the processes never wait on each other
+    _worker["size"] = input_size
+    _worker["backbone"] = load_backbone(backbone, input_size)
+
+
+def _embed_batch(backbone: Backbone, size: int, device: torch.device, batch: Batch
+                 ) -> tuple[list[str], np.ndarray | None, dict[str, str]]:
+    """Decode and embed one batch: (names decoded, their features, undecodable -> why)."""
+    names, images, failed = [], [], {}
+    for name, data in zip(*batch):
+        img = _decode(data, size)
+        if isinstance(img, str):
+            failed[name] = img
+        else:
+            names.append(name)
+            images.append(img)
+    return names, embed(backbone, np.stack(images), device) if images else None, failed
+
+
+def _worker_embed(batch: Batch) -> tuple[list[str], np.ndarray | None, dict[str, str]]:
+    return _embed_batch(_worker["backbone"], _worker["size"], torch.device("cpu"), batch)
+
+
 class Extractor:
-    """Decodes shard members with ``workers`` threads and embeds them with the backbone."""
+    """Decodes shard members and embeds them with the backbone, with ``workers`` cores.
+
+    On the CPU with ``workers`` > 1: a pool of that many worker processes (started on first
+    use), each with its own backbone and one torch thread, takes whole batches (decode and
+    embed), a few batches ahead of the results; processes that never synchronise keep every
+    core busy even on a machine shared with other work. On a GPU: ``workers`` threads decode
+    (Pillow releases the GIL) while the device embeds. ``workers`` = 1: all in this process."""
 
     def __init__(self, meta: FeatureMeta, device: torch.device, batch_size: int, workers: int) -> None:
         self.meta = meta
@@ -171,11 +207,12 @@ class Extractor:
         self.batch_size = batch_size
         self.workers = workers
         self._backbone: Backbone | None = None
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode") if workers > 1 else None
+        self._pool: Executor | None = None
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def __enter__(self) -> Extractor:
         return self
@@ -189,46 +226,93 @@ class Extractor:
             self._backbone = load_backbone(self.meta.backbone, self.meta.input_size).to(self.device)
         return self._backbone
 
-    def _batches(self, shard: Path, members: set[str]) -> Iterator[list[tuple[str, np.ndarray | str]]]:
-        """Decoded batches of ``members``, in shard order; with a pool, two batches are decoded
-        ahead of the one being embedded."""
-        size = self.meta.input_size
-        pending: deque[list[tuple[str, Future[np.ndarray | str]]]] = deque()
-        batch: list[tuple[str, bytes]] = []
+    @property
+    def processes(self) -> bool:
+        return self.workers > 1 and self.device.type == "cpu"
 
-        def submit(items: list[tuple[str, bytes]]) -> None:
-            assert self._pool is not None
-            pending.append([(name, self._pool.submit(_decode, data, size)) for name, data in items])
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            if self.processes:
+                import multiprocessing
 
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_worker_init,
+                                                 initargs=(self.meta.backbone, self.meta.input_size))
+            else:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        return self._pool
+
+    def warm(self) -> None:
+        """Load the backbone and start the workers now (so that timings leave them out)."""
+        if self.workers <= 1 or not self.processes:
+            self.backbone  # noqa: B018
+        if self.workers > 1:
+            pool = self._executor()
+            fn = _worker_embed if self.processes else _decode
+            arg: Any = ([], []) if self.processes else b""
+            for f in [pool.submit(fn, arg) for _ in range(2 * self.workers)]:
+                f.result()
+
+    def _batches(self, shard: Path, members: set[str]) -> Iterator[Batch]:
+        names: list[str] = []
+        datas: list[bytes] = []
         for name, data in iter_members(shard, members):
-            batch.append((name, data))
-            if len(batch) < self.batch_size:
-                continue
-            if self._pool is None:
-                yield [(n, _decode(d, size)) for n, d in batch]
-            else:
-                submit(batch)
-                if len(pending) > 2:
-                    yield [(n, f.result()) for n, f in pending.popleft()]
-            batch = []
-        if batch:
-            if self._pool is None:
-                yield [(n, _decode(d, size)) for n, d in batch]
-            else:
-                submit(batch)
-        while pending:
-            yield [(n, f.result()) for n, f in pending.popleft()]
+            names.append(name)
+            datas.append(data)
+            if len(names) == self.batch_size:
+                yield names, datas
+                names, datas = [], []
+        if names:
+            yield names, datas
+
+    def _results(self, shard: Path, members: set[str]
+                 ) -> Iterator[tuple[list[str], np.ndarray | None, dict[str, str]]]:
+        size = self.meta.input_size
+        if self.workers <= 1:
+            threads = torch.get_num_threads()
+            if self.device.type == "cpu":
+                torch.set_num_threads(1)  # one core
+            try:
+                for batch in self._batches(shard, members):
+                    yield _embed_batch(self.backbone, size, self.device, batch)
+            finally:
+                torch.set_num_threads(threads)
+            return
+        pool = self._executor()
+        if self.processes:
+            pending: deque[Future[tuple[list[str], np.ndarray | None, dict[str, str]]]] = deque()
+            for batch in self._batches(shard, members):
+                pending.append(pool.submit(_worker_embed, batch))
+                if len(pending) >= 2 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+            return
+        decoding: deque[tuple[list[str], list[Future[np.ndarray | str]]]] = deque()
+
+        def embed_next() -> tuple[list[str], np.ndarray | None, dict[str, str]]:
+            names, futures = decoding.popleft()
+            got = [(n, f.result()) for n, f in zip(names, futures)]
+            ok = [(n, img) for n, img in got if isinstance(img, np.ndarray)]
+            failed = {n: r for n, r in got if isinstance(r, str)}
+            vecs = embed(self.backbone, np.stack([img for _, img in ok]), self.device) if ok else None
+            return [n for n, _ in ok], vecs, failed
+
+        for names, datas in self._batches(shard, members):  # two batches decode while one embeds
+            decoding.append((names, [pool.submit(_decode, d, size) for d in datas]))
+            if len(decoding) > 2:
+                yield embed_next()
+        while decoding:
+            yield embed_next()
 
     def shard(self, shard: Path, members: set[str]) -> ShardFeatures:
         """Features of ``members`` of ``shard`` (sorted by name); undecodable members are listed."""
         got: dict[str, np.ndarray] = {}
         failed: dict[str, str] = {}
-        for batch in self._batches(shard, members):
-            ok = [(n, img) for n, img in batch if isinstance(img, np.ndarray)]
-            failed.update((n, r) for n, r in batch if isinstance(r, str))
-            if ok:
-                vecs = embed(self.backbone, np.stack([img for _, img in ok]), self.device)
-                got.update(zip([n for n, _ in ok], vecs))
+        for names, vecs, bad in self._results(shard, members):
+            failed.update(bad)
+            if vecs is not None:
+                got.update(zip(names, vecs))
         missing = members - set(got) - set(failed)
         if missing:
             raise DataError(f"shard {shard.name} has no member {sorted(missing)[0]}")
@@ -368,8 +452,6 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
     meta = FeatureMeta.for_params(params)
     workers = params.workers or cores()
     device = pick_device(params.device)
-    if device.type == "cpu":
-        torch.set_num_threads(workers)
     wanted = wanted_members(paths)
     old = read_meta(paths)
     if old != meta and paths.features.exists():

@@ -98,7 +98,7 @@ class FeaturizeParams:
     backbone: Literal["efficientnet-lite0", "efficientnet-lite2"] = "efficientnet-lite0"
     input_size: int = 128  # px the backbone sees: images are decoded from the shards at this size
     batch_size: int = 64  # images per backbone forward pass
-    workers: int = 0  # image-decoding threads (and torch threads on the CPU); 0 = every core
+    workers: int = 0  # cores: worker processes on the CPU, decoding threads on a GPU; 1 = one core; 0 = every core
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 

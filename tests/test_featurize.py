@@ -76,7 +76,7 @@ def test_another_backbone_or_size_extracts_everything_again(tiny_world, tmp_path
     assert feats.x.shape == (len(rows), feats.meta.width) and feats.meta.input_size == 32
 
 
-def test_decoding_threads_give_the_same_features(tiny_world, tmp_path: Path) -> None:
+def test_worker_processes_give_the_features_of_one_core(tiny_world, tmp_path: Path) -> None:
     params, paths = tiny_world
     threads = torch.get_num_threads()
     try:
