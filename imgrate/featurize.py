@@ -2,10 +2,11 @@
 
 ``data/features/`` (a DVC output with ``persist: true``) holds, for each shard that the
 posts table names, ``<shard>.npy`` (float32, one row of pooled features per image) and
-``<shard>.json`` (the shard's byte size, the members in row order, the members that could
-not be decoded), plus ``meta.json`` (backbone, input size, feature width). Shards are
-append-only, so a shard whose size and member list are unchanged keeps its features: a
-crawl that adds a shard extracts only that shard's images. Changing the backbone or the
+``<shard>.json`` (a key of the images' content, the members in row order, the members that
+could not be decoded), plus ``meta.json`` (backbone, input size, feature width). Shards are
+append-only, so a shard whose images (by their manifest's sha256, see :func:`content_key`)
+and member list are unchanged keeps its features: a crawl that adds a shard extracts only
+that shard's images. Changing the backbone or the
 input size extracts everything again. ``train@pretrained`` and evaluate read the features
 through :func:`load_features`, so they depend on ``data/features`` and never on the shards.
 
@@ -24,6 +25,7 @@ that feed the device (see :class:`Extractor`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -41,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgrate.crawl.shards import iter_members
+from imgrate.crawl.shards import ShardDamaged, iter_members, read_manifest
 from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImageError, ModelError
 from imgrate.io import atomic_path, read_jsonl, write_json
@@ -371,10 +373,26 @@ def read_shard(paths: Paths, shard: str) -> ShardFeatures:
     return ShardFeatures(members, features, dict(doc.get("failed", {})))
 
 
-def _write_shard(paths: Paths, shard: str, shard_bytes: int, got: ShardFeatures) -> None:
+def content_key(path: Path, members: set[str]) -> str:
+    """What identifies the images featurize reads from a shard: the sha256 of ``members`` as
+    the shard's manifest states them (a digest of those digests), or the byte size of a
+    shard written before manifests."""
+    try:
+        manifest = read_manifest(path)
+    except ShardDamaged:
+        return "damaged"
+    if manifest is None:
+        return f"bytes:{path.stat().st_size}"
+    h = hashlib.sha256()
+    for name in sorted(members):
+        h.update(f"{name}\0{manifest.members.get(name, (0, '-'))[1]}\n".encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def _write_shard(paths: Paths, shard: str, key: str, got: ShardFeatures) -> None:
     with atomic_path(_array_file(paths, shard)) as tmp, open(tmp, "wb") as fh:  # np.save(path) would add ".npy"
         np.save(fh, np.ascontiguousarray(got.features, dtype=np.float32), allow_pickle=False)
-    write_json(_index_file(paths, shard), {"shard": shard, "bytes": shard_bytes, "members": got.members,
+    write_json(_index_file(paths, shard), {"shard": shard, "key": key, "members": got.members,
                                            "failed": got.failed})
 
 
@@ -472,7 +490,7 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
         if not path.exists():
             raise DataError(f"the posts table names shard {shard}, which is not in {paths.shards}")
         doc = _read_index(paths, shard)
-        current = (doc is not None and doc.get("bytes") == path.stat().st_size
+        current = (doc is not None and doc.get("key") == content_key(path, wanted[shard])
                    and set(doc.get("members", [])) | set(doc.get("failed", {})) == wanted[shard]
                    and _array_file(paths, shard).exists())
         if not current:
@@ -481,8 +499,13 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
     with Extractor(meta, device, params.batch_size, workers) as extractor:
         for shard in track(todo, f"featurize {meta.backbone} {meta.input_size}px"):
             path = paths.shards / shard
-            got = extractor.shard(path, wanted[shard])
-            _write_shard(paths, shard, path.stat().st_size, got)
+            try:
+                got = extractor.shard(path, wanted[shard])
+            except ShardDamaged as err:  # preprocess skips its posts too; verify names the damage
+                log.warning("no features of %s", err)
+                got = ShardFeatures([], np.zeros((0, meta.width), np.float32),
+                                    {m: f"damaged shard: {err.detail}" for m in sorted(wanted[shard])})
+            _write_shard(paths, shard, content_key(path, wanted[shard]), got)
             extracted += len(got.members) + len(got.failed)
             log.info("features: shard %s, %d images, %d undecodable", shard, len(got.members), len(got.failed))
     failed = sum(len((_read_index(paths, s) or {}).get("failed", {})) for s in wanted)

@@ -218,7 +218,7 @@ def test_ridge_features_fits_the_featurize_stages_features(synthetic: tuple[Path
     x = np.stack([np.r_[appeal[r["row"]], rng.normal(size=15)] for r in data.index]).astype(np.float32)
     write_json(paths.features / "meta.json", {"backbone": "efficientnet-lite0", "input_size": 64, "width": 16,
                                               "resample": FeatureMeta("x", 0, 0).resample, "version": 1})
-    _write_shard(paths, "000001.tar", 0, ShardFeatures([r["shortcode"] for r in data.index], x, {}))
+    _write_shard(paths, "000001.tar", "-", ShardFeatures([r["shortcode"] for r in data.index], x, {}))
     predictions, skipped = all_predictions(data, paths, PARAMS)
     assert "ridge_features" not in skipped and "ridge_features" in predictions
     test = data.split("test")

@@ -4,7 +4,6 @@ several threads, read back by the models through load_features."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -94,29 +93,35 @@ def test_worker_processes_give_the_features_of_one_core(tiny_world, tmp_path: Pa
 
 
 def test_an_undecodable_image_is_listed_and_named_when_read(tiny_world, tmp_path: Path) -> None:
-    import io
-    import tarfile
+    from conftest import repack_shard
 
     params, paths = tiny_world
     local = copy_world(paths, tmp_path)
     shard = sorted(wanted_members(local))[0]
     victim = sorted(wanted_members(local)[shard])[0]
-    path = local.shards / shard
-    with tarfile.open(path) as tar:
-        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]  # type: ignore[union-attr]
-        pax = tar.pax_headers
-    os.unlink(path)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
-        for m, data in members:
-            if m.name == victim:
-                data = data[:200]  # truncated JPEG
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data) if data is not None else None)
+    data = dict(iter_members(local.shards / shard, {victim}))[victim]
+    repack_shard(local.shards / shard, {victim: data[:200]})  # a cut JPEG, as a crawler stored it
     summary = run_stage(params.featurize, local)
     assert summary.shards_extracted == 1 and summary.failed == 1  # the changed shard only
     assert victim in read_shard(local, shard).failed
     with pytest.raises(DataError, match=victim.replace("/", ".")):
         load_features(local, [(shard, victim)])
+
+
+def test_a_damaged_shard_is_skipped_and_named(tiny_world, tmp_path: Path) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    shard = sorted(wanted_members(local))[-1]
+    for ext in ("json", "npy"):  # as if the damaged shard had just been crawled
+        (local.features / f"{shard.removesuffix('.tar')}.{ext}").unlink()
+    path = local.shards / shard
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # cut: members its manifest names are never reached
+    summary = run_stage(params.featurize, local)
+    assert summary.shards_extracted == 1 and summary.failed == len(wanted_members(local)[shard])
+    member = sorted(wanted_members(local)[shard])[0]
+    with pytest.raises(DataError, match=f"damaged shard: .*{shard}|{shard}.*damaged"):
+        load_features(local, [(shard, member)])
 
 
 def test_missing_features_are_a_clear_error(tmp_path: Path) -> None:
