@@ -69,9 +69,13 @@ def login(
     """Log in to Instagram (password and 2FA asked here) and save the session for `imgrate crawl`."""
     from imgrate.crawl.instagram import SESSION_USER_ENV, interactive_login
 
+    from imgrate.paths import find_project
+
     setup_logging()
     try:
-        path = interactive_login(user, session_file, project_paths().root)
+        # the project is found by its files (dvc.yaml upwards), not taken to be the current folder:
+        # from ~ or / there is none, and ~/.config/imgrate/ is fine
+        path = interactive_login(user, session_file, find_project())
     except ImgrateError as err:
         raise _fail(err) from None
     console.print(f"session saved to {path} (mode 600). Crawl logged in with: "

@@ -15,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import unquote
 
 import yaml
 
@@ -304,6 +305,13 @@ def _check_values(p: Params) -> None:
             "export.mongo_uri: must not contain a password (params.yaml is tracked by git); "
             "put the URI with credentials in the IMGRATE_MONGODB_URI environment variable",
         ),
+        (
+            p.export.mongo_uri is None or not uri_secret_options(p.export.mongo_uri),
+            "export.mongo_uri: must not contain a secret option ("
+            + ", ".join(excerpt(n, 40) for n, _ in uri_secret_options(p.export.mongo_uri or ""))
+            + ": params.yaml is tracked by git); put the URI with credentials in the IMGRATE_MONGODB_URI "
+            "environment variable",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
@@ -406,14 +414,50 @@ class ParamsLoader(yaml.SafeLoader):
 ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
 
 
+def uri_parts(uri: str) -> tuple[str, str | None, str]:
+    """``(scheme://, userinfo or None, hosts/db?options)`` of a MongoDB URI.
+
+    The user info ends at the last "@" before the options ("?"); an unescaped "?" in a
+    password (which MongoDB refuses anyway) still counts as password when no "/" precedes it,
+    so that a message never shows part of it.
+    """
+    scheme, sep, rest = uri.partition("://")
+    q = rest.find("?")
+    at = rest.rfind("@", 0, q if q >= 0 else len(rest))
+    if at < 0 and q >= 0:
+        last = rest.rfind("@")
+        at = last if last >= 0 and "/" not in rest[:last] else -1
+    if at < 0:
+        return scheme + sep, None, rest
+    return scheme + sep, rest[:at], rest[at + 1:]
+
+
 def uri_password(uri: str) -> str | None:
     """The password in a ``mongodb://user:password@host/`` URI as written (None if it has none)."""
-    rest = uri.split("://", 1)[-1]
-    at = rest.rfind("@")  # a password must escape "@"; the last one ends the user info
-    if at < 0:
+    _, userinfo, _ = uri_parts(uri)
+    if userinfo is None:
         return None
-    user, sep, password = rest[:at].partition(":")
+    user, sep, password = userinfo.partition(":")
     return password if sep and password else None
+
+
+# URI options whose value is a credential, matched by name: MongoDB's tlsCertificateKeyFilePassword
+# (and the older sslPEMKeyPassword), authMechanismProperties (it can carry AWS_SESSION_TOKEN:...),
+# and anything named like a password, secret, token, key or credential.
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|credential|apikey|api_key|privatekey|"
+                            r"authmechanismproperties", re.IGNORECASE)
+
+
+def uri_secret_options(uri: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of the options of ``uri`` that hold a secret, as written."""
+    _, _, rest = uri_parts(uri)
+    query = rest.partition("?")[2].partition("#")[0]
+    found = []
+    for part in re.split(r"[&;]", query):
+        name, sep, value = part.partition("=")
+        if sep and value and _SECRET_OPTION.search(unquote(name)):
+            found.append((name, value))
+    return found
 
 
 def read_yaml(text: str) -> Any:

@@ -374,6 +374,7 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")  # what makes a folder a project
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     monkeypatch.delenv(instagram.SESSION_ENV, raising=False)
     monkeypatch.delenv(instagram.SESSION_USER_ENV, raising=False)
@@ -416,3 +417,35 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
     with pytest.raises(CrawlError) as err:
         instagram.load_session(loader, "me_the_crawler", broken)
     assert "SECRET" not in str(err.value) and "me_the_crawler" in str(err.value)
+
+
+def test_login_finds_the_project_by_its_files_and_works_from_home_or_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`imgrate login` from ~ or / saves to ~/.config/imgrate/ (no project there); from a
+    project's sub-folder it still refuses a session file inside the project."""
+    home, project = tmp_path / "home", tmp_path / "work" / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("IMGRATE_ROOT", raising=False)
+
+    def fake_login(self, user):  # Instagram's login itself needs the network and a password
+        self.context._session.cookies.set("sessionid", "cookie")
+        self.context.username = user
+
+    monkeypatch.setattr(instaloader.Instaloader, "interactive_login", fake_login)
+    for cwd in (home, Path("/")):
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, ["login", "me_the_crawler"])
+        assert result.exit_code == 0, (cwd, result.output)
+        assert (home / ".config" / "imgrate" / "session-me_the_crawler").stat().st_mode & 0o777 == 0o600
+    # inside the project (from a sub-folder, too): a session file there is refused before any login
+    monkeypatch.chdir(project / "data")
+    result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "s")])
+    assert result.exit_code == 2 and "outside the project" in result.output and not (project / "s").exists()
+    # from elsewhere, a session file inside some project is refused too: the project is found from the file
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "data" / "s")])
+    assert result.exit_code == 2 and "outside the project" in result.output

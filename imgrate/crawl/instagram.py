@@ -50,6 +50,7 @@ from instaloader.exceptions import (
 
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
+from imgrate.paths import find_project
 
 log = logging.getLogger(__name__)
 
@@ -493,13 +494,18 @@ def default_session_file(user: str) -> Path:
     return config_dir() / f"session-{user}"
 
 
-def _refuse_inside(path: Path, project_root: Path) -> None:
-    if path.resolve().is_relative_to(project_root.resolve()):
-        raise CrawlError("a session file holds your login cookies: keep it outside the project "
-                         "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
+def _refuse_inside(path: Path, project_root: Path | None) -> None:
+    """Refuse a session file inside ``project_root`` or inside any project above the file itself
+    (a folder with a dvc.yaml): it could reach git, DVC or a shard there."""
+    resolved = path.expanduser().resolve()
+    roots = [r for r in (project_root, find_project(resolved.parent)) if r is not None]
+    for root in roots:
+        if resolved.is_relative_to(root.resolve()):
+            raise CrawlError(f"a session file holds your login cookies: keep it outside the project {root} "
+                             "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
 
 
-def session_from_env(project_root: Path) -> tuple[str, Path] | None:
+def session_from_env(project_root: Path | None) -> tuple[str, Path] | None:
     """The (account, session file) named by the environment, or None to crawl anonymously.
 
     ``IMGRATE_INSTAGRAM_USER`` alone uses the file ``imgrate login`` saved; with
@@ -531,7 +537,7 @@ def load_session(loader: instaloader.Instaloader, user: str, path: Path) -> None
                          f"run `imgrate login {user}` again") from None
 
 
-def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path) -> Path:
+def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path | None) -> Path:
     """Write the loader's session to ``path`` (mode 0600, folder 0700), atomically."""
     _refuse_inside(path, project_root)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -546,7 +552,7 @@ def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path
     return path
 
 
-def interactive_login(user: str, path: Path | None, project_root: Path) -> Path:
+def interactive_login(user: str, path: Path | None, project_root: Path | None) -> Path:
     """Ask for the password (and a 2FA code) on the terminal, log in, save the session."""
     user = user.strip().lstrip("@").lower()
     path = path.expanduser() if path is not None else default_session_file(user)
