@@ -56,8 +56,12 @@ def crawl(
                   f"{totals['shards_written']} new shards, {totals['requests']} requests; "
                   f"report in {paths.stage_metrics('crawl')}")
     for user in report.users:
-        if user.status != "ok":
+        if user.status not in ("ok", "skipped") and not user.unreachable:
             print_note(user.username, f"{user.status}: {user.reason}")
+    if report.stop_reason:
+        skipped = sum(u.status == "skipped" for u in report.users)
+        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
+                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")
 
 
 @app.command()

@@ -25,7 +25,7 @@ from imgrate.io import read_utf8
 T = TypeVar("T")
 
 
-FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow"]
+FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow", "endpoint_changed"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
 
