@@ -107,7 +107,8 @@ def test_the_instaloader_internals_we_hook_still_exist() -> None:
     assert instaloader.__version__ == "4.16"
     ctx = instaloader.InstaloaderContext
     for name in ("_get_page", "_raise_for_status", "_raise_for_download_status", "_response_error",
-                 "_raise_if_login_redirect", "get_raw", "head", "write_raw", "error", "do_sleep"):
+                 "_raise_if_login_redirect", "get_raw", "head", "write_raw", "error", "do_sleep", "get_json",
+                 "_graphql_session", "_rate_limit_key"):
         assert callable(getattr(ctx, name, None)), name
     for name in ("handle_429", "wait_before_query", "query_waittime", "sleep"):
         assert callable(getattr(instaloader.RateController, name, None)), name
@@ -468,6 +469,7 @@ def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path
     assert metrics["totals"]["wait_s"] < 60 and metrics["waits_simulated"] is True
     reason = metrics["stop_reason"]
     assert "Upgrade Instaloader" in reason and "instaloader==4.16 in pyproject.toml" in reason
+    assert "rate limit" not in reason  # no query ever worked in this run
     status = [metrics["users"][u]["status"] for u in users]
     assert status == ["failed"] * 3 + ["skipped"] * 3, status
     assert all("first query" in metrics["users"][u]["reason"] for u in users[:3])
@@ -490,6 +492,7 @@ def test_only_first_query_rejections_in_a_row_mean_a_changed_endpoint() -> None:
     assert [health.observe(r) for r in seq] == [None] * 6
     verdict = health.observe(result("f", rejected=True))
     assert verdict is not None and verdict[0] == "endpoint_changed"
+    assert "if upgrading does not help, it is a rate limit" in verdict[1]  # queries worked earlier (user c)
 
 
 def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,11 @@ tests/test_crawl_faults.py checks that they still exist):
   budget; gives a downloaded image its final name only once it decodes fully, so a truncated
   body is fetched again by ``download_pic``'s retry loop; counts retries; logs through
   :mod:`logging` instead of printing.
+- a changed endpoint and no network (:class:`RunHealth`): a user's first GraphQL query that
+  Instagram rejects as it does revoked query ids is retried without a backoff, and several
+  such users in a row stop the run (``endpoint_changed``); a request that never reached
+  Instagram (``_watch`` on every session) leaves Instaloader's throttle windows, and before
+  any answer it fails its user at once (``unreachable``).
 - ``raise_all_errors``: a post that fails aborts its user's crawl instead of being skipped
   (Instaloader would log it and move on, and the stamp would then pass over it for good).
   Instaloader saves its resume file; the next run continues where this one stopped.
@@ -644,6 +649,7 @@ class RunHealth:
 
     rejected_in_a_row: int = 0
     unreachable_in_a_row: int = 0
+    queries_ok: int = 0  # successful GraphQL queries earlier in the run
 
     def observe(self, result: UserResult) -> tuple[RunStatus, str] | None:
         """Count one user's result; ``(status, message)`` when the run must stop."""
@@ -659,11 +665,15 @@ class RunHealth:
             return "unreachable", (f"{result.unreachable}; stopped after {self.unreachable_in_a_row} users in a "
                                    "row (no request reached Instagram): check the network, then crawl again")
         if self.rejected_in_a_row >= ENDPOINT_CHANGED_AFTER:
+            hedge = (" (queries worked earlier in this run: if upgrading does not help, it is a rate limit: "
+                     "pause for some hours)" if self.queries_ok else "")
             return "endpoint_changed", (
                 f"Instagram rejected the first query of {self.rejected_in_a_row} users in a row with no success "
                 f"in between ({result.first_query_rejected}): it has most likely changed the query ids that "
                 f"Instaloader {instaloader.__version__} uses, and waiting will not help. Upgrade Instaloader "
-                f"({INSTALOADER_PIN}: raise it to the newest release, make setup, make test) and crawl again")
+                f"({INSTALOADER_PIN}: raise it to the newest release, make setup, make test) and crawl "
+                f"again{hedge}")
+        self.queries_ok += result.graphql_ok
         return None
 
 
