@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 from imgrate.errors import ExitCode, ImgrateError, handle
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, setup_logging
+from imgrate.progress import console, print_note, setup_logging
 
 
 class _Group(TyperGroup):
@@ -70,8 +70,12 @@ def login(
     """Log in to Instagram (password and 2FA asked here) and save the session for `imgrate crawl`."""
     from imgrate.crawl.instagram import SESSION_USER_ENV, interactive_login
 
+    from imgrate.paths import find_project
+
     setup_logging()
-    path = interactive_login(user, session_file, project_paths().root)
+    # the project is found by its files (dvc.yaml upwards), not taken to be the current folder:
+    # from ~ or / there is none, and ~/.config/imgrate/ is fine
+    path = interactive_login(user, session_file, find_project())
     console.print(f"session saved to {path} (mode 600). Crawl logged in with: "
                   f"{SESSION_USER_ENV}={user.lower().lstrip('@')} imgrate crawl", highlight=False)
 
@@ -182,7 +186,7 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
             table.add_row(str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}")
         console.print(table)
         for e in errors:
-            console.print(f"[yellow]not ranked:[/yellow] {e['error']}", highlight=False)
+            print_note("not ranked", e["error"])
     if errors and not ranked:
         raise typer.Exit(code=ExitCode.ERROR)
 
@@ -256,7 +260,7 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
             with atomic_path(Path(r["thumbnail_file"])) as tmp:
                 tmp.write_bytes(data)
     if thumbnails is not None and not any("thumbnail_file" in r for r in rows):
-        console.print("[yellow]no thumbnails stored:[/yellow] set export.thumbnail_size and export again")
+        print_note("no thumbnails stored", "set export.thumbnail_size and export again")
     if as_json:
         print(json.dumps(rows, indent=2))
         return

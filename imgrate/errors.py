@@ -17,6 +17,28 @@ class ImgrateError(Exception):
     """Base class of every error imgrate raises on purpose."""
 
 
+MESSAGE_LIMIT = 2000  # characters of an error message shown; the rest is counted, not printed
+
+
+def excerpt(text: str, limit: int = 80) -> str:
+    """``text`` as ``repr`` would quote it, cut to about ``limit`` characters.
+
+    For quoting user input (a users.txt line, a params value) in a message: a 2 MB line
+    is named by its start and its length, not echoed whole.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def error_message(err: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error's message as printed: cut to ``limit`` characters (the rest counted)."""
+    text = str(err)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 class ParamsError(ImgrateError, ValueError):
     """params.yaml is missing a key, has an unknown one, or a value of the wrong type."""
 
@@ -56,13 +78,13 @@ class ExitCode(enum.IntEnum):
 
 def handle(err: BaseException) -> ExitCode:
     """Print ``err`` as one line on stderr and return its exit code; re-raise what is not ours."""
-    from imgrate.progress import console
+    from imgrate.progress import console, print_error
 
     if isinstance(err, KeyboardInterrupt):
         console.print("imgrate: interrupted", markup=False, highlight=False, soft_wrap=True)
         return ExitCode.INTERRUPTED
     if isinstance(err, ImgrateError):
-        console.print(f"imgrate: error: {err}", markup=False, highlight=False, soft_wrap=True)
+        print_error(err)  # the one place errors are printed: the message literally, cut when huge
         return ExitCode.ERROR
     raise err
 

@@ -50,6 +50,8 @@ from imgrate.crawl.instagram import (
     SESSION_USER_ENV,
     STATUSES,
     BudgetRateController,
+    RunHealth,
+    RunStatus,
     UserResult,
     crawl_user,
     load_session,
@@ -107,6 +109,8 @@ class CrawlReport:
     max_requests: int | None = None
     requests: int = 0  # every request of the run, the start page included
     simulated: bool = False  # waits were added up, not slept (the demo world)
+    status: RunStatus = "complete"  # endpoint_changed / unreachable: the run stopped for that
+    stop_reason: str | None = None
     damaged: list[str] = field(default_factory=list)  # shards found damaged: their posts are fetched again
     stamps_lowered: list[str] = field(default_factory=list)  # users whose stamp claimed a lost post
 
@@ -149,6 +153,8 @@ class CrawlReport:
             "part": self.part,
             "crawled_at": self.crawled_at.isoformat(),
             "waits_simulated": self.simulated,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
             "budget": {"max_requests": self.max_requests, "requests": self.requests},
             "shards_written": self.shards,
             "shards_damaged": self.damaged,
@@ -431,6 +437,7 @@ def run(
                 committer = _Committer(paths, own_stamps, staged_stamps, seen)
                 stopped: str | None = None
                 limited_in_a_row = 0
+                health = RunHealth()
                 try:
                     for user in track(_crawl_order(users, paths, visits), "crawl"):
                         if stopped is not None:
@@ -441,14 +448,21 @@ def run(
                         report.users.append(result)
                         if result.stops_run:
                             stopped = (result.reason or result.status).split(";")[0]
+                            report.status, report.stop_reason = "stopped", stopped
+                        if (verdict := health.observe(result)) is not None:
+                            report.status, report.stop_reason = verdict
+                            stopped = verdict[0]  # the front ends print the reason once
                         limited_in_a_row = limited_in_a_row + 1 if result.status == "rate_limited" else 0
                         if limited_in_a_row == params.budget.stop_after_rate_limited:
                             stopped = (f"{limited_in_a_row} users in a row were rate limited: Instagram is "
                                        "limiting this session or address, not these users")
+                            report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
                             _take(result, paths, known, writer, finished)  # fails it if a file is bad
                         if result.status != "ok":
-                            log.warning("%s: %s (%s)", user, result.status, result.reason)
+                            # a user that could not connect says nothing new: the run's verdict says it once
+                            (log.debug if result.unreachable else log.warning)(
+                                "%s: %s (%s)", user, result.status, result.reason)
                             if result.status in ("not_found", "private"):  # nothing worth keeping
                                 shutil.rmtree(paths.crawl_work / user, ignore_errors=True)
                             if params.strict and result.status != "skipped":
@@ -552,13 +566,11 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
 
 def main(part: str | None = None) -> None:
     """``python stages/crawl.py`` and ``imgrate crawl [--part I/N]``: crawl, then one summary
-    line and a line per user that did not crawl cleanly."""
-    from rich.markup import escape
-
+    line, a line per user that did not crawl cleanly and, when the run stopped early, why."""
     from imgrate.crawl.users import parse_part
     from imgrate.params import load_params
     from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
+    from imgrate.progress import console, print_note, setup_logging
 
     setup_logging()
     paths = project_paths()
@@ -566,8 +578,12 @@ def main(part: str | None = None) -> None:
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
                   f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
-                  f"report in {paths.stage_metrics('crawl')}", highlight=False, soft_wrap=True)
+                  f"report in {paths.stage_metrics('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""),
+                  highlight=False, soft_wrap=True)
     for user in report.users:
-        if user.status != "ok":
-            console.print(f"[yellow]{escape(user.username)}[/yellow]: {escape(user.status)}: {escape(str(user.reason))}",
-                          highlight=False, soft_wrap=True)
+        if user.status not in ("ok", "skipped") and not user.unreachable:
+            print_note(user.username, f"{user.status}: {user.reason}")
+    if report.stop_reason:
+        skipped = sum(u.status == "skipped" for u in report.users)
+        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
+                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")
