@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from imgrate.featurize import BACKBONES, Extractor, FeatureMeta, _decode, cores, embed, wanted_members
-from imgrate.crawl.shards import iter_members
+from imgrate.shards import iter_members
 from imgrate.params import FeaturizeParams, load_params
 from imgrate.paths import Paths
 

@@ -30,9 +30,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgrate.crawl.shards import read_member
+from imgrate.shards import read_member
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError
+from imgrate.figures import DPI, figure, save
 from imgrate.io import atomic_open, atomic_path, read_jsonl
 from imgrate.params import AnalyzeParams
 from imgrate.paths import Paths
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DPI = 110
 FIGURES = ("followers.png", "likes_vs_age.png", "targets.png", "top_bottom.png", "preprocessing.png")
 
 
@@ -151,18 +151,6 @@ def render_report(c: dict[str, Any]) -> str:
 # Drawing
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})  # no version stamp: same data, same bytes
-    return path
-
-
 def _user_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
     """A distinct (colour, marker) per user: tab10's colours x 3 markers, 30 before a repeat."""
     from matplotlib import colormaps
@@ -195,7 +183,7 @@ def plot_followers(path: Path, users: list[dict[str, Any]]) -> Path:
     """A dot per user on a log axis (bars would start at an arbitrary floor there)."""
     rows = sorted(users, key=lambda u: u["followers"])
     values = np.array([max(u["followers"], 1) for u in rows], dtype=float)
-    fig = _figure(7.5, 1.2 + 0.26 * max(len(rows), 1))
+    fig = figure(7.5, 1.2 + 0.26 * max(len(rows), 1))
     ax = fig.add_subplot()
     y = np.arange(len(rows))
     floor = 10 ** np.floor(np.log10(values.min())) if len(values) else 1.0
@@ -210,7 +198,7 @@ def plot_followers(path: Path, users: list[dict[str, Any]]) -> Path:
     ax.set_xlabel("followers (log scale)")
     ax.set_title("Followers per user (latest profile snapshot)")
     ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_likes_vs_age(path: Path, posts: list[dict[str, Any]]) -> Path:
@@ -246,12 +234,12 @@ def plot_likes_vs_age(path: Path, posts: list[dict[str, Any]]) -> Path:
     fig.supxlabel("days since posting (when crawled)", fontsize=9, y=0.1 / height)
     fig.supylabel("likes (log scale; 0 drawn at 1)", fontsize=9, x=0.05 / (2.3 * cols))
     fig.suptitle("Likes against days since posting, per user", fontsize=11, y=1 - 0.12 / height)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_targets(path: Path, data: Dataset) -> Path:
     styles = _user_styles({r["user"] for r in data.index})
-    fig = _figure(10, 6)
+    fig = figure(10, 6)
     ax = fig.add_subplot()
     per_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in data.index:
@@ -267,7 +255,7 @@ def plot_targets(path: Path, data: Dataset) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.6, frameon=False,
               ncols=1 if len(per_user) <= 30 else 2, title="user", title_fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _display_image(data: bytes, max_px: int) -> np.ndarray | None:
@@ -296,7 +284,7 @@ def _show(ax: Axes, image: np.ndarray | None, title: str, **kw: Any) -> None:
 def plot_top_bottom(path: Path, paths: Paths, top: list[dict[str, Any]], bottom: list[dict[str, Any]],
                     key: str) -> Path:
     n = max(len(top), len(bottom), 1)
-    fig = _figure(2.2 * n, 5.4)
+    fig = figure(2.2 * n, 5.4)
     axes = fig.subplots(2, n, squeeze=False)
     for row, (label, posts) in enumerate((("top", top), ("bottom", bottom))):
         for i in range(n):
@@ -311,7 +299,7 @@ def plot_top_bottom(path: Path, paths: Paths, top: list[dict[str, Any]], bottom:
             _show(ax, image, f"{label} {i + 1}: {p['user']}\n{value}\n{p['date'][:10]}")
     what = "likes (all image posts)" if key == "likes" else "target (dataset images)"
     fig.suptitle(f"The {len(top)} highest and {len(bottom)} lowest by {what}", fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np.ndarray) -> Path:
@@ -319,14 +307,14 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
     with Image.open(io.BytesIO(data)) as im:
         fmt, (w, h) = im.format, im.size
     before = _display_image(data, 640)
-    fig = _figure(9, 4.6)
+    fig = figure(9, 4.6)
     a, b = fig.subplots(1, 2)
     _show(a, before, f"before: {w} x {h} {fmt}, {len(data) / 1024:.0f} KB\n{post['member']}")
     s = after.shape[0]
     _show(b, after, f"after: {s} x {s} RGB uint8 (as the model sees it,\ndrawn with nearest-neighbour pixels)",
           interpolation="nearest")
     fig.suptitle(f"Preprocessing of post {post['shortcode']} ({post['user']})", fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 # ----------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from imgrate.errors import ExitCode, ImgrateError, handle
+from imgrate.errors import ExitCode, ImgrateError
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, print_note, setup_logging
+from imgrate.progress import console, handle, print_note, setup_logging
 
 
 class _Group(TyperGroup):
@@ -68,7 +68,7 @@ def login(
         help="where to save the session (default ~/.config/imgrate/session-<user>); never inside the project")] = None,
 ) -> None:
     """Log in to Instagram (password and 2FA asked here) and save the session for `imgrate crawl`."""
-    from imgrate.crawl.instagram import SESSION_USER_ENV, interactive_login
+    from imgrate.crawl.session import SESSION_USER_ENV, interactive_login
 
     from imgrate.paths import find_project
 
@@ -249,7 +249,7 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     uri, database, timeout_s = _db()
     rows = extreme_posts(uri, database, n=n, which=which, user=user, timeout_s=timeout_s,  # type: ignore[arg-type]
                          thumbnails=thumbnails is not None)
-    from imgrate.crawl.metadata import is_shortcode
+    from imgrate.metadata import is_shortcode
 
     for i, r in enumerate(rows, start=1):
         data = r.pop("thumbnail", None)

@@ -46,8 +46,3 @@ def load_dataset(paths: Paths) -> Dataset:
             f"{paths.dataset_index} has {len(index)} rows but {images_path.name} has {images.shape[0]} images"
         )
     return Dataset(images, index, meta)
-
-
-def to_tensor_batch(images: np.ndarray) -> "np.ndarray":
-    """uint8 N x S x S x 3 -> float32 N x 3 x S x S in [0, 1] (the models' input)."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0

@@ -1,8 +1,8 @@
 """One error hierarchy for imgrate.
 
-Library code raises these; one handler (:func:`handle`, used by the ``imgrate`` command and
-by every stage script through :func:`run_main`) turns them into a one-line message and a
-named exit code (:class:`ExitCode`).
+Library code raises these; one handler (:func:`imgrate.progress.handle`, used by the
+``imgrate`` command and by every stage script through :func:`imgrate.progress.run_main`)
+turns them into a one-line message and a named exit code (:class:`ExitCode`).
 Each class also subclasses the builtin it specialises, so callers that catch
 ``ValueError`` or ``OSError`` keep working.
 """
@@ -10,7 +10,6 @@ Each class also subclasses the builtin it specialises, so callers that catch
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 
 
 class ImgrateError(Exception):
@@ -37,6 +36,12 @@ def error_message(err: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """A message on one line (whitespace runs become one space), cut to ``limit`` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ParamsError(ImgrateError, ValueError):
@@ -74,24 +79,3 @@ class ExitCode(enum.IntEnum):
     PROBLEMS = 1  # the command ran and found problems (``imgrate verify``)
     ERROR = 2  # an ImgrateError: bad params, input, data or model file; nothing to do
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
-
-
-def handle(err: BaseException) -> ExitCode:
-    """Print ``err`` as one line on stderr and return its exit code; re-raise what is not ours."""
-    from imgrate.progress import console, print_error
-
-    if isinstance(err, KeyboardInterrupt):
-        console.print("imgrate: interrupted", markup=False, highlight=False, soft_wrap=True)
-        return ExitCode.INTERRUPTED
-    if isinstance(err, ImgrateError):
-        print_error(err)  # the one place errors are printed: the message literally, cut when huge
-        return ExitCode.ERROR
-    raise err
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """Run a stage script's entry point under :func:`handle`."""
-    try:
-        main()
-    except (ImgrateError, KeyboardInterrupt) as err:
-        raise SystemExit(int(handle(err))) from None

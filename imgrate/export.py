@@ -2,7 +2,7 @@
 
 Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
 with their shard, member and reason in ``data/tables/skipped.jsonl``. Metadata is parsed and
-validated by :mod:`imgrate.crawl.metadata`, the parser ``imgrate verify`` uses. A damaged
+validated by :mod:`imgrate.metadata`, the parser ``imgrate verify`` uses. A damaged
 shard (cut, a zeroed header, a member that differs from its manifest) is skipped whole and
 listed with member null (``metrics/export.json``: ``shards_damaged``); its posts come back
 with the next crawl.
@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, member_kind, parse_member
-from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
+from imgrate.metadata import BadMetadata, PostMeta, ProfileMeta, member_kind, parse_member
+from imgrate.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import write_json, write_jsonl
 from imgrate.params import ExportParams

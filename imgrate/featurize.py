@@ -17,7 +17,7 @@ are normalised TF-style, ``(x*255 - 127) / 128``, as the weights were trained; t
 channels of the last convolution are averaged over space.
 
 Images are decoded from the shards at ``input_size`` with the dataset's decoder
-(:func:`imgrate.preprocess.load_thumbnail`) and embedded with every core (``workers``): on
+(:func:`imgrate.images.load_thumbnail`) and embedded with every core (``workers``): on
 the CPU by as many worker processes of one torch thread each, on a GPU by decoding threads
 that feed the device (see :class:`Extractor`).
 """
@@ -43,13 +43,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgrate.crawl.shards import ShardDamaged, iter_members, read_manifest
+from imgrate.shards import ShardDamaged, iter_members, read_manifest
 from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImageError, ModelError
+from imgrate.images import RESAMPLE, load_thumbnail
 from imgrate.io import atomic_path, read_jsonl, write_json
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
-from imgrate.preprocess import RESAMPLE, load_thumbnail
 from imgrate.progress import track
 
 log = logging.getLogger(__name__)

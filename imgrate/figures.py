@@ -1,4 +1,5 @@
-"""PNG figures of the evaluate stage (``reports/figures/evaluate/``), drawn with matplotlib's Agg canvas.
+"""PNG figures: the one helper every figure goes through (:func:`figure`, :func:`save`), and the
+evaluate stage's figures (``reports/figures/evaluate/``), drawn with matplotlib's Agg canvas.
 
 DVC renders the same data from ``plots/`` and ``dvclive/`` as interactive HTML
 (``dvc plots show``); these PNGs are for the README, a report or a quick look without a
@@ -23,13 +24,15 @@ if TYPE_CHECKING:
 DPI = 110
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
+    """A new matplotlib figure of ``width`` x ``height`` inches at :data:`DPI` (no pyplot state)."""
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG at ``path``, atomically; the same figure gives the same bytes."""
     with atomic_path(path) as tmp:
         # no Software/date metadata: the same inputs give the same bytes
         fig.savefig(tmp, format="png", metadata={"Software": None})
@@ -51,7 +54,7 @@ def predicted_vs_actual(
     """One scatter per model: actual target (x) against prediction (y), coloured by user."""
     names = list(predictions)
     rows, cols = _grid(len(names))
-    fig = _figure(3.2 * cols, 3.0 * rows)
+    fig = figure(3.2 * cols, 3.0 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     _, codes = np.unique(users, return_inverse=True)
     for ax, name in zip(axes, names):
@@ -64,13 +67,13 @@ def predicted_vs_actual(
     for ax in axes[len(names):]:
         ax.set_visible(False)
     fig.suptitle("Test split: predicted against actual (colour = photographer)", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def spearman_per_user(path: Path, per_user: Mapping[str, Mapping[str, float]]) -> Path:
     """Within-user Spearman of each model for each user (one marker per model)."""
     users = sorted({u for values in per_user.values() for u in values})
-    fig = _figure(7.5, max(2.5, 0.28 * len(users) + 1.2))
+    fig = figure(7.5, max(2.5, 0.28 * len(users) + 1.2))
     ax = fig.add_subplot()
     y = np.arange(len(users))
     markers = "osD^v<>ph*"
@@ -83,7 +86,7 @@ def spearman_per_user(path: Path, per_user: Mapping[str, Mapping[str, float]]) -
     ax.set_xlabel("Spearman correlation within the user's test posts")
     ax.set_title("Within-user Spearman per photographer (0 = chance)", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def learning_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, float]]],
@@ -92,7 +95,7 @@ def learning_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, fl
     name of each model's training loss, ``mse`` by default)."""
     names = list(histories)
     rows, cols = _grid(len(names), max_cols=3)
-    fig = _figure(4.0 * cols, 3.0 * rows)
+    fig = figure(4.0 * cols, 3.0 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, name in zip(axes, names):
         hist = histories[name]
@@ -109,13 +112,13 @@ def learning_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, fl
     if not names:
         axes[0].set_visible(True)
         axes[0].text(0.5, 0.5, "no training history", ha="center", va="center")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def ranking_accuracy(path: Path, scores: Mapping[str, Mapping[str, Any]], set_sizes: Sequence[int]) -> Path:
     """The paper's ranking accuracy on mixed-user sets beside within-user sets, with chance."""
     names = list(scores)
-    fig = _figure(4.2 * len(set_sizes), 0.32 * len(names) + 1.6)
+    fig = figure(4.2 * len(set_sizes), 0.32 * len(names) + 1.6)
     axes = np.atleast_1d(fig.subplots(1, len(set_sizes), sharey=True, squeeze=False)).ravel()
     y = np.arange(len(names))
     for ax, k in zip(axes, set_sizes):
@@ -131,7 +134,7 @@ def ranking_accuracy(path: Path, scores: Mapping[str, Mapping[str, Any]], set_si
     axes[0].invert_yaxis()
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.suptitle("Ranking accuracy: mixed-user sets reward recognising the photographer", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _num(x: Any) -> float:

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import unquote, unquote_plus
 
-from PIL import Image, ImageOps
+from PIL import Image
 
-from imgrate.crawl.shards import iter_members
+from imgrate.images import jpeg_thumbnail
+from imgrate.shards import iter_members
 from imgrate.errors import DatabaseError
 from imgrate.params import ExportParams, uri_parts, uri_password, uri_secret_options
 from imgrate.paths import Paths
@@ -139,22 +140,6 @@ def row_hash(row: Mapping[str, Any], thumbnail_size: int | None = None) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
-def make_thumbnail(data: bytes, size: int) -> bytes:
-    """JPEG bytes of the image ``data`` shrunk to fit in ``size`` x ``size`` (aspect kept)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        im = im.convert("RGB")
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85, optimize=True)
-    return buf.getvalue()
-
-
 def _batches(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
@@ -238,7 +223,7 @@ class MongoSink:
         for shard, members in wanted.items():
             for name, data in iter_members(self.shards_dir / shard, set(members)):
                 try:
-                    out[members[name]] = make_thumbnail(data, self.thumbnail_size)
+                    out[members[name]] = jpeg_thumbnail(data, self.thumbnail_size)
                 except (OSError, ValueError, Image.DecompressionBombError) as err:
                     log.warning("no thumbnail for shard %s member %s: %s", shard, name, type(err).__name__)
         return out

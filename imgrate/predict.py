@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgrate.dataset import Dataset, to_tensor_batch
+from imgrate.dataset import Dataset
 from imgrate.errors import DataError, ImageError
 from imgrate.featurize import Backbone
 from imgrate.models import dataset_inputs, load_model
+from imgrate.images import read_image, to_tensor_batch
 from imgrate.paths import Paths
-from imgrate.preprocess import load_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +97,6 @@ class Scorer:
 
     def describe(self) -> dict[str, Any]:
         return {"model": str(self.path), "architecture": self.info.model, "input_size": self.input_size}
-
-
-def read_image(path: Path, size: int) -> np.ndarray:
-    """A photo file of any format and size Pillow reads, as uint8 ``size`` x ``size`` x 3,
-    with an :class:`ImageError` that says in words what is wrong with it."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ImageError(f"{path}: cannot read the file ({err.strerror or type(err).__name__})") from None
-    try:
-        return load_thumbnail(data, size)
-    except ImageError as err:
-        if isinstance(err.__cause__, UnidentifiedImageError):
-            raise ImageError(f"{path}: not a readable image (no image format Pillow knows)") from None
-        raise ImageError(f"{path}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:

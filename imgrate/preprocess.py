@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
-
-from imgrate.crawl.shards import ShardDamaged, check_shard_cached, iter_members
+from imgrate.shards import ShardDamaged, check_shard_cached, iter_members
 from imgrate.errors import DataError, ImageError
+from imgrate.images import RESAMPLE, load_thumbnail
 from imgrate.io import atomic_path, read_jsonl, write_json, write_jsonl
 from imgrate.params import PreprocessParams
 from imgrate.paths import Paths
@@ -36,44 +35,8 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-RESAMPLE = "bilinear"
 THUMB_VERSION = 2  # bump when load_thumbnail's output changes, to invalidate the thumbnail cache
 SPLITS = ("train", "val", "test")
-ORIENTATION = 0x0112  # the EXIF tag
-
-
-def load_thumbnail(data: bytes, size: int) -> np.ndarray:
-    """Decode image bytes to a ``size`` x ``size`` x 3 uint8 RGB array.
-
-    JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8, the smallest
-    scale that still gives at least ``size`` px on each side, so a 1080 px photo is never
-    decoded at full size. EXIF orientation is applied; grayscale, 16-bit, CMYK and palette
-    images become RGB, and transparency is composited on white. The whole frame is then
-    resized (not cropped, as the paper did) with a bilinear filter whose support widens
-    with the scale factor, so the downscale is antialiased.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))  # JPEG only; other formats ignore it
-            if im.getexif().get(ORIENTATION, 1) != 1:
-                im = ImageOps.exif_transpose(im)
-            if im.mode != "RGB":
-                im = _to_rgb(im)
-            im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
-            return np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to RGB: alpha on white, 16/32-bit integer gray scaled to 8 bits."""
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
-    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit PNG/TIFF gray: 0..65535
-        im = im.convert("I").point(lambda v: v / 257)
-        return im.convert("L").convert("RGB")
-    return im.convert("RGB")
 
 
 @dataclass

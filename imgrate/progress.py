@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
 from rich.text import Text
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from imgrate.errors import ExitCode, ImgrateError, error_message
 
 T = TypeVar("T")
 
@@ -24,8 +26,6 @@ console = Console(stderr=True, markup=False)  # user text is never read as marku
 
 def print_note(label: str, message: object, style: str = "yellow") -> None:
     """``label: message`` with the label styled and the message printed as it is (cut when huge)."""
-    from imgrate.errors import error_message
-
     console.print(Text.assemble((f"{label}:", style), " ", error_message(str(message))), highlight=False,
                   soft_wrap=True)  # one line however narrow the terminal: logs and greps keep it whole
 
@@ -68,3 +68,22 @@ def setup_logging(verbose: bool = False) -> None:
     # Instaloader and urllib3 are chatty at INFO; their warnings still show.
     for noisy in ("urllib3", "instaloader", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def handle(err: BaseException) -> ExitCode:
+    """Print ``err`` as one line on stderr and return its exit code; re-raise what is not ours."""
+    if isinstance(err, KeyboardInterrupt):
+        console.print("imgrate: interrupted", markup=False, highlight=False, soft_wrap=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(err, ImgrateError):
+        print_error(err)  # the one place errors are printed: the message literally, cut when huge
+        return ExitCode.ERROR
+    raise err
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a stage script's entry point under :func:`handle`."""
+    try:
+        main()
+    except (ImgrateError, KeyboardInterrupt) as err:
+        raise SystemExit(int(handle(err))) from None

@@ -597,6 +597,6 @@ def main(model_name: str) -> None:
 
 
 if __name__ == "__main__":  # the torchrun ranks that main() launches
-    from imgrate.errors import run_main
+    from imgrate.progress import run_main
 
     run_main(lambda: main(sys.argv[1]))

@@ -2,7 +2,7 @@
 
 The same function as ``imgrate analyze``: imgrate.analyze.main."""
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.analyze import main
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The same function as ``imgrate crawl``: imgrate.crawl.stage.main."""
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.crawl.stage import main
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The same function as ``imgrate evaluate``: imgrate.evaluate.main."""
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.evaluate import main
 
 if __name__ == "__main__":

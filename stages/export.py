@@ -3,7 +3,7 @@ and metrics/export.json.
 
 The same function as ``imgrate export``: imgrate.export.main."""
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.export import main
 
 if __name__ == "__main__":

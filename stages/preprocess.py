@@ -2,7 +2,7 @@
 
 The same function as ``imgrate preprocess``: imgrate.preprocess.main."""
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.preprocess import main
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ under torchrun when train.nproc asks for more than one process)."""
 
 import sys
 
-from imgrate.errors import run_main
+from imgrate.progress import run_main
 from imgrate.train import main
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def repack_shard(shard: Path, replace: dict[str, bytes]) -> None:
     rewritten)."""
     import tarfile
 
-    from imgrate.crawl.shards import pack_shard, shard_meta
+    from imgrate.shards import pack_shard, shard_meta
 
     meta = shard_meta(shard)
     with tarfile.open(shard) as tar:
@@ -239,7 +239,7 @@ def mangle_first_post(paths, dest: Path, mangle):
     through ``mangle`` (bytes -> bytes), for tests of corrupt or incomplete members."""
     import tarfile
 
-    from imgrate.crawl.shards import list_shards
+    from imgrate.shards import list_shards
     from imgrate.paths import Paths
 
     out = Paths(dest)

@@ -12,7 +12,7 @@ import instaloader
 import pytest
 
 from imgrate.crawl.demo import DemoWorld, WorldConfig
-from imgrate.crawl.shards import list_shards, member_names
+from imgrate.shards import list_shards, member_names
 from imgrate.crawl.stage import run
 from imgrate.crawl.users import parse_users, read_users
 from imgrate.errors import UsersFileError

@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 import imgrate.crawl.demo as demo
 from imgrate.cli import app
-from imgrate.crawl import instagram
+from imgrate.crawl import instagram, session
 from imgrate.crawl.demo import DemoWorld, WorldConfig
-from imgrate.crawl.shards import SHARD_RE, iter_members, list_shards
+from imgrate.shards import SHARD_RE, iter_members, list_shards
 from imgrate.crawl.stage import run, run_stage
 from imgrate.crawl.stamps import merged_stamps, post_timestamp
 from imgrate.crawl.users import select_part
@@ -112,7 +112,7 @@ def test_the_instaloader_internals_we_hook_still_exist() -> None:
         assert callable(getattr(ctx, name, None)), name
     for name in ("handle_429", "wait_before_query", "query_waittime", "sleep"):
         assert callable(getattr(instaloader.RateController, name, None)), name
-    loader, controller = instagram.make_loader(Path("/nonexistent"), sleep=False, video_thumbnails=False)
+    loader, controller = instagram.make_loader(Path("/nonexistent"), CrawlParams(), sleep=False)
     assert isinstance(loader.context, instagram.CrawlContext) and loader.context.raise_all_errors
     assert loader.resume_prefix == instagram.RESUME_PREFIX and controller is loader.context.controller
 
@@ -377,12 +377,12 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
     project.mkdir()
     (project / "dvc.yaml").write_text("stages: {}\n")  # what makes a folder a project
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
-    monkeypatch.delenv(instagram.SESSION_ENV, raising=False)
-    monkeypatch.delenv(instagram.SESSION_USER_ENV, raising=False)
-    assert instagram.session_from_env(project) is None  # anonymous
-    monkeypatch.setenv(instagram.SESSION_USER_ENV, "me_the_crawler")
+    monkeypatch.delenv(session.SESSION_ENV, raising=False)
+    monkeypatch.delenv(session.SESSION_USER_ENV, raising=False)
+    assert session.session_from_env(project) is None  # anonymous
+    monkeypatch.setenv(session.SESSION_USER_ENV, "me_the_crawler")
     with pytest.raises(CrawlError, match="imgrate login me_the_crawler"):
-        instagram.session_from_env(project)
+        session.session_from_env(project)
 
     # imgrate login: interactive login (mocked), session saved 0600 under ~/.config/imgrate
     def fake_login(self, user):
@@ -398,9 +398,9 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
     saved = home / "imgrate" / "session-me_the_crawler"
     assert saved.stat().st_mode & 0o777 == 0o600 and (home / "imgrate").stat().st_mode & 0o077 == 0
     assert "SECRET" not in result.output
-    user, path = instagram.session_from_env(project)
-    loader, _ = instagram.make_loader(tmp_path / "work", sleep=False, video_thumbnails=False)
-    instagram.load_session(loader, user, path)
+    user, path = session.session_from_env(project)
+    loader, _ = instagram.make_loader(tmp_path / "work", CrawlParams(), sleep=False)
+    session.load_session(loader, user, path)
     assert loader.context.is_logged_in and loader.context._session.cookies.get("sessionid") == "SECRET-COOKIE-123"
 
     # never inside the project, neither saved nor loaded
@@ -408,15 +408,15 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
     assert result.exit_code == 2 and not (project / "data").exists()
     inside = project / "session"
     shutil.copy(saved, inside)
-    monkeypatch.setenv(instagram.SESSION_ENV, str(inside))
+    monkeypatch.setenv(session.SESSION_ENV, str(inside))
     with pytest.raises(CrawlError, match="outside the project"):
-        instagram.session_from_env(project)
+        session.session_from_env(project)
 
     # a corrupt session file: the error names the account, never the content
     broken = tmp_path / "broken"
     broken.write_bytes(pickle.dumps({"sessionid": "SECRET-COOKIE-123"})[:-3])
     with pytest.raises(CrawlError) as err:
-        instagram.load_session(loader, "me_the_crawler", broken)
+        session.load_session(loader, "me_the_crawler", broken)
     assert "SECRET" not in str(err.value) and "me_the_crawler" in str(err.value)
 
 
@@ -503,7 +503,7 @@ def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(
         socket.gaierror(socket.EAI_NONAME, "Name or service not known")))
-    for name in (instagram.SESSION_ENV, instagram.SESSION_USER_ENV):
+    for name in (session.SESSION_ENV, session.SESSION_USER_ENV):
         monkeypatch.delenv(name, raising=False)
     paths = Paths(tmp_path)
     shutil.copy(ROOT / "users.txt", tmp_path / "users.txt")  # the paper's 27 photographers
@@ -555,8 +555,8 @@ def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle
     import requests_mock
 
     def waited(error: Exception) -> float:
-        loader, controller = instagram.make_loader(tmp_path, sleep=False, video_thumbnails=False,
-                                                   simulated=True, max_attempts=5)
+        loader, controller = instagram.make_loader(tmp_path, CrawlParams(max_attempts=5), sleep=False,
+                                                   simulated=True)
         controller.responses = 1  # the network worked before: retried, not stopped at once
         with requests_mock.Mocker() as mocker:
             mocker.get("https://www.instagram.com/somebody/", exc=error)
@@ -573,7 +573,7 @@ def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle
 
 def test_throttle_messages_say_simulated_and_name_the_query_kind(tmp_path: Path,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    _, controller = instagram.make_loader(tmp_path, sleep=False, video_thumbnails=False, simulated=True)
+    _, controller = instagram.make_loader(tmp_path, CrawlParams(), sleep=False, simulated=True)
     caplog.set_level("INFO", logger="imgrate.crawl.instagram")
     for _ in range(201):  # Instaloader allows 200 queries of one kind per 11 minutes
         controller.wait_before_query(demo.TIMELINE_DOC_ID)

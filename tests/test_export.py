@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgrate.crawl.demo import DemoWorld, WorldConfig
-from imgrate.crawl.shards import list_shards
+from imgrate.shards import list_shards
 from imgrate.errors import DataError
 from imgrate.export import build_tables, run_stage
 from imgrate.io import read_jsonl

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import copy_world
-from imgrate.crawl.shards import iter_members
+from imgrate.shards import iter_members
 from imgrate.errors import DataError
 from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
 from imgrate.io import read_jsonl

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from imgrate.crawl.metadata import (
+from imgrate.metadata import (
     MAX_METADATA_BYTES,
     BadMetadata,
     PostMeta,
@@ -29,7 +29,7 @@ from imgrate.crawl.metadata import (
     member_kind,
     parse_member,
 )
-from imgrate.crawl.shards import list_shards, pack_shard, shard_meta
+from imgrate.shards import list_shards, pack_shard, shard_meta
 from imgrate.crawl.verify import verify_raw
 from imgrate.export import run_stage as export
 from imgrate.io import read_jsonl

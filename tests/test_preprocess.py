@@ -18,79 +18,12 @@ from imgrate.errors import DataError, ImageError
 from imgrate.export import run_stage as export
 from imgrate.io import read_jsonl
 from imgrate.paths import Paths
-from imgrate.crawl.shards import read_member
-from imgrate.preprocess import (assign_splits, balance, compute_targets, duplicate_groups, load_thumbnail,
-                                run_stage)
+from imgrate.shards import read_member
+from imgrate.images import load_thumbnail
+from imgrate.preprocess import assign_splits, balance, compute_targets, duplicate_groups, run_stage
 
 from conftest import TINY_USERS
-
-
-def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def _test_image(w: int = 120, h: int = 80) -> Image.Image:
-    """Left half red, right half blue."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2 :] = (0, 0, 255)
-    return Image.fromarray(a)
-
-
-def test_jpeg_is_resized_to_rgb_square() -> None:
-    out = load_thumbnail(_encode(_test_image(), "JPEG"), 50)
-    assert out.shape == (50, 50, 3) and out.dtype == np.uint8
-    assert out[25, 5, 0] > 200 and out[25, 45, 2] > 200  # red left, blue right
-
-
-def test_grayscale_cmyk_png_and_alpha_become_rgb() -> None:
-    gray = load_thumbnail(_encode(_test_image().convert("L"), "JPEG"), 32)
-    assert gray.shape == (32, 32, 3) and np.all(gray[..., 0] == gray[..., 1])
-    cmyk = load_thumbnail(_encode(_test_image().convert("CMYK"), "JPEG"), 32)
-    assert cmyk[16, 3, 0] > 200 and cmyk[16, 28, 2] > 200
-    png = load_thumbnail(_encode(_test_image(), "PNG"), 32)
-    assert png[16, 3].tolist() == [255, 0, 0]
-    rgba = _test_image().convert("RGBA")
-    rgba.putalpha(0)  # fully transparent: composited on white
-    assert load_thumbnail(_encode(rgba, "PNG"), 16).min() == 255
-
-
-def test_exif_orientation_is_applied() -> None:
-    im = _test_image(120, 80)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    out = load_thumbnail(_encode(im, "JPEG", exif=exif.tobytes()), 40)
-    # after rotating clockwise, red (left) is on top and blue at the bottom
-    assert out[3, 20, 0] > 200 and out[36, 20, 2] > 200
-
-
-def test_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
-    a = np.full((20, 20), 32896, np.uint16)  # 128 * 257: mid gray
-    out = load_thumbnail(_encode(Image.fromarray(a), "PNG"), 8)
-    assert out.shape == (8, 8, 3) and np.all(np.abs(out.astype(int) - 128) <= 1)
-
-
-def test_draft_decoding_stays_close_to_a_full_decode() -> None:
-    """Draft mode (DCT scaling) + bilinear against a full decode + Lanczos: tiny differences."""
-    from imgrate.crawl.demo import DemoWorld, WorldConfig
-
-    world = DemoWorld(["quality_demo"], WorldConfig(seed=3, image_size=1080))
-    post = next(p for p in world.posts("quality_demo") if p.typename != "GraphVideo")
-    data = world.image(post.shortcode)
-    ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((50, 50), Image.Resampling.LANCZOS))
-    mse = np.mean((load_thumbnail(data, 50).astype(float) - ref) ** 2)
-    assert 10 * np.log10(255**2 / mse) > 35  # PSNR in dB (measured: ~48)
-
-
-@pytest.mark.parametrize("data", [b"", b"not an image", None])
-def test_corrupt_and_truncated_images_raise_image_error(data) -> None:
-    if data is None:
-        full = _encode(_test_image(400, 400), "JPEG")
-        data = full[: len(full) // 3]
-    with pytest.raises(ImageError):
-        load_thumbnail(data, 50)
+from test_images import _encode, _test_image
 
 
 def test_targets_on_a_hand_built_table() -> None:

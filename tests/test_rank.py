@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import copy_world
 from imgrate.cli import app
-from imgrate.crawl.shards import iter_members
+from imgrate.shards import iter_members
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from imgrate.cli import app
 from imgrate.crawl.demo import DemoWorld, WorldConfig
-from imgrate.crawl.shards import (
+from imgrate.shards import (
     ShardDamaged,
     check_shard,
     iter_members,

@@ -59,7 +59,8 @@ from instaloader.exceptions import (
 )
 
 from imgrate.crawl.verify import file_problem
-from imgrate.errors import CrawlError
+from imgrate.errors import CrawlError, one_line
+from imgrate.params import BudgetParams, CrawlParams
 from imgrate.paths import find_project
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ log = logging.getLogger(__name__)
 Status = Literal["ok", "not_found", "private", "login_required", "rate_limited", "failed", "skipped"]
 STATUSES: tuple[Status, ...] = ("ok", "not_found", "private", "login_required", "rate_limited", "failed", "skipped")
 RESUME_PREFIX = "iterator"  # Instaloader's resume files: <user>/iterator_<magic>.json.xz
-SESSION_ENV = "IMGRATE_INSTAGRAM_SESSION"  # path of an Instaloader session file
-SESSION_USER_ENV = "IMGRATE_INSTAGRAM_USER"  # the account the session belongs to
 _RETRY_NOTICE = "[retrying; skip with ^C]"  # how Instaloader's retry loops announce a retry
 _PLEASE_WAIT = re.compile(r"wait a few minutes", re.IGNORECASE)
 _REFUSAL_TEXT = re.compile(r"\b429\b|wait a few minutes", re.IGNORECASE)
@@ -245,19 +244,16 @@ class BudgetRateController(ClockedRateController):
     def __init__(
         self,
         context: instaloader.InstaloaderContext,
+        budget: BudgetParams,
         *,
         simulated: bool = False,
-        max_requests: int | None = None,
-        max_wait_per_user_s: float = 900.0,
-        backoff_base_s: float = 30.0,
-        backoff_max_s: float = 600.0,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(context, simulated)
-        self.max_requests = max_requests
-        self.max_wait_per_user_s = max_wait_per_user_s
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
+        self.max_requests = budget.max_requests
+        self.max_wait_per_user_s = budget.max_wait_per_user_s
+        self.backoff_base_s = budget.backoff_base_s
+        self.backoff_max_s = budget.backoff_max_s
         self.rng = rng or random.Random()
         self.requests = 0  # every request of the run
         self.retries = 0
@@ -501,18 +497,14 @@ class CrawlContext(instaloader.InstaloaderContext):
 
 def make_loader(
     work: Path,
+    params: CrawlParams,
     *,
     sleep: bool,
-    video_thumbnails: bool,
     simulated: bool = False,
-    max_attempts: int = 3,
-    max_requests: int | None = None,
-    max_wait_per_user_s: float = 900.0,
-    backoff_base_s: float = 30.0,
-    backoff_max_s: float = 600.0,
     rng: random.Random | None = None,
 ) -> tuple[instaloader.Instaloader, BudgetRateController]:
-    """An Instaloader that writes Instaloader's usual layout under ``work/<user>/``.
+    """An Instaloader that writes Instaloader's usual layout under ``work/<user>/``, with
+    ``params.max_attempts`` tries per request and ``params.budget``'s rate controller.
 
     Only what the paper used is downloaded: the first image of a sidecar (``slide="1"``,
     saved as ``_1.jpg``), no videos (their thumbnails only when asked), no comments, no
@@ -526,22 +518,20 @@ def make_loader(
         filename_pattern="{date_utc}_UTC",
         download_pictures=True,
         download_videos=False,
-        download_video_thumbnails=video_thumbnails,
+        download_video_thumbnails=params.video_thumbnails,
         download_geotags=False,
         download_comments=False,
         save_metadata=True,
         compress_json=True,
         post_metadata_txt_pattern="",
-        max_connection_attempts=max_attempts,
+        max_connection_attempts=params.max_attempts,
         request_timeout=60.0,
         slide="1",
         resume_prefix=RESUME_PREFIX,
     )
 
     def rate_controller(ctx: instaloader.InstaloaderContext) -> BudgetRateController:
-        return BudgetRateController(ctx, simulated=simulated, max_requests=max_requests,
-                                    max_wait_per_user_s=max_wait_per_user_s, backoff_base_s=backoff_base_s,
-                                    backoff_max_s=backoff_max_s, rng=rng)
+        return BudgetRateController(ctx, params.budget, simulated=simulated, rng=rng)
 
     # Instaloader takes no context class: replace the context it made, before any request.
     plain = loader.context
@@ -604,14 +594,14 @@ def crawl_user(
         private = isinstance(err, PrivateProfileNotFollowedException) or (profile is not None and profile.is_private)
         result.status = "private" if private else "login_required"
         result.reason = ("private profile: log in as a follower to crawl it" if private
-                         else f"{_short(err)} (log in: imgrate login <account>)")
+                         else f"{one_line(err)} (log in: imgrate login <account>)")
     except (ConnectionException, InstaloaderException, OSError) as err:
         if _refused(err):
             result.status = "rate_limited"
             result.reason = (f"Instagram kept refusing (429 / 401 'Please wait'), {context.controller.user.refusals} "
-                             f"times: {_short(err)}")
+                             f"times: {one_line(err)}")
         else:
-            result.status, result.reason = "failed", f"{type(err).__name__}: {_short(err)}"
+            result.status, result.reason = "failed", f"{type(err).__name__}: {one_line(err)}"
     stats = context.controller.user
     result.requests, result.retries, result.refusals, result.wait_s = (
         stats.requests, stats.retries, stats.refusals, stats.wait_s)
@@ -688,7 +678,7 @@ def _refused(err: BaseException) -> bool:
 
 
 def _abort_reason(err: AbortDownloadException) -> tuple[Status, str]:
-    text = _short(err)
+    text = one_line(err)
     if "checkpoint_required" in text or "challenge_required" in text:
         return "login_required", (f"Instagram wants the account confirmed ({text}): confirm it in a browser, "
                                   "then log in again (imgrate login); the crawl stopped")
@@ -697,100 +687,3 @@ def _abort_reason(err: AbortDownloadException) -> tuple[Status, str]:
     if "logged out" in text.lower() or "login" in text.lower():
         return "login_required", f"{text}; the crawl stopped"
     return "failed", f"{type(err).__name__}: {text}; the crawl stopped"
-
-
-def _short(err: BaseException, limit: int = 300) -> str:
-    """An exception's message on one line, cut to ``limit`` characters."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ----------------------------------------------------------------------------------------
-# Sessions: the cookies of a logged-in account, always outside the project
-
-
-def config_dir() -> Path:
-    """Where ``imgrate login`` keeps sessions: ``$XDG_CONFIG_HOME/imgrate`` or ``~/.config/imgrate``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "imgrate"
-
-
-def default_session_file(user: str) -> Path:
-    return config_dir() / f"session-{user}"
-
-
-def _refuse_inside(path: Path, project_root: Path | None) -> None:
-    """Refuse a session file inside ``project_root`` or inside any project above the file itself
-    (a folder with a dvc.yaml): it could reach git, DVC or a shard there."""
-    resolved = path.expanduser().resolve()
-    roots = [r for r in (project_root, find_project(resolved.parent)) if r is not None]
-    for root in roots:
-        if resolved.is_relative_to(root.resolve()):
-            raise CrawlError(f"a session file holds your login cookies: keep it outside the project {root} "
-                             "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
-
-
-def session_from_env(project_root: Path | None) -> tuple[str, Path] | None:
-    """The (account, session file) named by the environment, or None to crawl anonymously.
-
-    ``IMGRATE_INSTAGRAM_USER`` alone uses the file ``imgrate login`` saved; with
-    ``IMGRATE_INSTAGRAM_SESSION`` the file is given. Messages never show a file's content.
-    """
-    user = os.environ.get(SESSION_USER_ENV, "").strip().lower()
-    given = os.environ.get(SESSION_ENV, "").strip()
-    if not user and not given:
-        return None
-    if not user:
-        raise CrawlError(f"{SESSION_ENV} is set but {SESSION_USER_ENV} (the account it belongs to) is not")
-    path = Path(given).expanduser() if given else default_session_file(user)
-    if not path.is_file():
-        where = f"the file named by {SESSION_ENV}" if given else str(path)
-        raise CrawlError(f"no Instagram session for {user} in {where}: run `imgrate login {user}`")
-    _refuse_inside(path, project_root)
-    if path.stat().st_mode & 0o077:
-        log.warning("the session file for %s is readable by others: chmod 600 it", user)
-    return user, path
-
-
-def load_session(loader: instaloader.Instaloader, user: str, path: Path) -> None:
-    """Log ``loader`` in with a saved session (no request is made)."""
-    try:
-        with open(path, "rb") as fh:
-            loader.context.load_session_from_file(user, fh)
-    except Exception as err:  # noqa: BLE001 - unpickling can raise anything; never echo the content
-        raise CrawlError(f"cannot load the Instagram session of {user} ({type(err).__name__}); "
-                         f"run `imgrate login {user}` again") from None
-
-
-def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path | None) -> Path:
-    """Write the loader's session to ``path`` (mode 0600, folder 0700), atomically."""
-    _refuse_inside(path, project_root)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            loader.context.save_session_to_file(fh)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
-
-
-def interactive_login(user: str, path: Path | None, project_root: Path | None) -> Path:
-    """Ask for the password (and a 2FA code) on the terminal, log in, save the session."""
-    user = user.strip().lstrip("@").lower()
-    path = path.expanduser() if path is not None else default_session_file(user)
-    _refuse_inside(path, project_root)  # before asking for a password
-    loader = instaloader.Instaloader(quiet=False)
-    try:
-        loader.interactive_login(user)
-    except InstaloaderException as err:
-        text = _short(err)
-        hint = ""
-        if "checkpoint" in text.lower() or "challenge" in text.lower():
-            hint = (" Instagram wants this login confirmed: open instagram.com in a browser, log in and confirm it, "
-                    "then run `imgrate login` again (or import the browser's cookies: "
-                    f"`instaloader --load-cookies firefox --sessionfile {path}`).")
-        raise CrawlError(f"login as {user} failed: {text}.{hint}") from None
-    return save_session(loader, path, project_root)

@@ -13,7 +13,7 @@ its stamp committed and its work folder removed. So:
 - a post already in a shard (a run killed between a shard and the stamps) is not stored
   twice; no partial shard is ever visible;
 - a crawl that finds nothing new writes nothing: data/raw stays byte-identical;
-- a damaged shard (cut, a zeroed header, altered; see imgrate.crawl.shards) counts as not
+- a damaged shard (cut, a zeroed header, altered; see imgrate.shards) counts as not
   stored: its members are not "already stored", and a user's stamp is taken back to just
   before the oldest of its posts that no intact shard holds, so this crawl fetches them
   again (metrics: ``shards_damaged``).
@@ -46,20 +46,17 @@ import instaloader
 
 from imgrate.crawl.instagram import (
     RESUME_PREFIX,
-    SESSION_ENV,
-    SESSION_USER_ENV,
     STATUSES,
     BudgetRateController,
     RunHealth,
     RunStatus,
     UserResult,
     crawl_user,
-    load_session,
     make_loader,
-    session_from_env,
 )
-from imgrate.crawl.metadata import BadMetadata, is_username, parse_member
-from imgrate.crawl.shards import (
+from imgrate.crawl.session import SESSION_ENV, SESSION_USER_ENV, load_session, session_from_env
+from imgrate.metadata import BadMetadata, is_username, parse_member
+from imgrate.shards import (
     ShardCheck,
     StagedFile,
     check_shard_cached,
@@ -175,12 +172,6 @@ class _Source:
 @contextmanager
 def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator[_Source]:
     """An Instaloader wired to the configured source, writing into ``paths.crawl_work``."""
-    b = params.budget
-    loader_kw: dict[str, Any] = dict(
-        video_thumbnails=params.video_thumbnails, max_attempts=params.max_attempts,
-        max_requests=b.max_requests, max_wait_per_user_s=b.max_wait_per_user_s,
-        backoff_base_s=b.backoff_base_s, backoff_max_s=b.backoff_max_s,
-    )
     if params.source == "demo":
         import requests_mock
 
@@ -193,8 +184,8 @@ def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator
                         mean_interval_days=d.mean_interval_days),
         )
         faults = FaultConfig(rate=d.faults.rate, kinds=tuple(d.faults.kinds), seed=d.faults.seed)
-        loader, controller = make_loader(paths.crawl_work, sleep=False, simulated=True,
-                                         rng=random.Random(d.faults.seed), **loader_kw)
+        loader, controller = make_loader(paths.crawl_work, params, sleep=False, simulated=True,
+                                         rng=random.Random(d.faults.seed))
         with requests_mock.Mocker() as mocker:
             serve(world, mocker, faults)
             # requests-mock does not store Set-Cookie; without it Instaloader re-fetches the
@@ -204,7 +195,7 @@ def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator
             yield _Source(loader, controller, clock, simulated=True)
         return
 
-    loader, controller = make_loader(paths.crawl_work, sleep=True, **loader_kw)
+    loader, controller = make_loader(paths.crawl_work, params, sleep=True)
     session = session_from_env(paths.root)
     if session is not None:
         load_session(loader, *session)
@@ -265,7 +256,7 @@ def _group_files(
     Posts already stored in a shard are left out; a post counts only with its metadata (a
     stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
     A file that does not decode may be a cut download (fetched again); metadata that decodes
-    but fails :mod:`imgrate.crawl.metadata`'s checks would fail every time, so its post is
+    but fails :mod:`imgrate.metadata`'s checks would fail every time, so its post is
     left out (and named) rather than stored for export to skip.
     """
     groups: dict[str, list[StagedFile]] = {}

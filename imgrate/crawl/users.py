@@ -8,9 +8,7 @@ from pathlib import Path
 
 from imgrate.errors import DataError, UsersFileError, excerpt
 from imgrate.io import read_utf8
-
-# Instagram usernames: letters, digits, '.' and '_', at most 30 characters.
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._]{1,30}$")
+from imgrate.metadata import USERNAME_RE
 
 
 def parse_users(text: str, source: str = "users.txt") -> list[str]:

@@ -5,7 +5,7 @@ stamps hold.
 image is verified before it gets its final name (a truncated download is fetched again), and
 every staged file is checked once more before it goes into a shard. :func:`verify_raw` is
 ``imgrate verify``: it reads every shard through the shard reader's checks (manifest, end of
-archive) and every metadata member through :mod:`imgrate.crawl.metadata`, the parser export
+archive) and every metadata member through :mod:`imgrate.metadata`, the parser export
 uses, so the two agree on what a bad post is. A damaged shard is named and none of its posts
 count (export skips it whole, and the crawler fetches its posts again).
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
-from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, load_document, member_kind, parse_member
-from imgrate.crawl.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
+from imgrate.metadata import BadMetadata, PostMeta, ProfileMeta, load_document, member_kind, parse_member
+from imgrate.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
 from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
 from imgrate.paths import Paths
@@ -45,7 +45,7 @@ def image_problem(data: bytes) -> str | None:
 
 def metadata_problem(data: bytes) -> str | None:
     """Why ``data`` is not a complete ``.json.xz`` written by Instaloader, or None (decoding
-    only, within the size cap; :func:`imgrate.crawl.metadata.parse_member` validates fields)."""
+    only, within the size cap; :func:`imgrate.metadata.parse_member` validates fields)."""
     try:
         load_document(data)
     except BadMetadata as err:

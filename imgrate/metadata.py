@@ -27,8 +27,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from imgrate.crawl.users import USERNAME_RE
 from imgrate.errors import DataError
+
+# Instagram usernames: letters, digits, '.' and '_', at most 30 characters.
+USERNAME_RE = re.compile(r"^[A-Za-z0-9._]{1,30}$")
 
 MAX_METADATA_BYTES = 4 * 2**20  # decompressed; Instaloader's post JSON is 2-20 KB, a profile's < 200 KB
 SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # base64url, as Instagram encodes media ids

@@ -1,0 +1,92 @@
+"""Any image file -> an RGB thumbnail or a tensor batch: the one decoder.
+
+Every stage that reads pixels goes through here: preprocess (the dataset's 50 px images),
+featurize (the backbone's input size), ``imgrate rank``/``predict`` (files of any format),
+the MongoDB export's JPEG thumbnails, and analyze's pictures. Pillow decodes; JPEGs in draft
+mode (a reduced-scale DCT), EXIF orientation applied, every mode made RGB the same way
+(:func:`to_rgb`: alpha on white, 16-bit gray scaled).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgrate.errors import ImageError
+
+RESAMPLE = "bilinear"  # the thumbnails' resampling filter (part of the caches' keys)
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def load_thumbnail(data: bytes, size: int) -> np.ndarray:
+    """Decode image bytes to a ``size`` x ``size`` x 3 uint8 RGB array.
+
+    JPEGs are decoded in draft mode: libjpeg scales the DCT by 1/2, 1/4 or 1/8, the smallest
+    scale that still gives at least ``size`` px on each side, so a 1080 px photo is never
+    decoded at full size. EXIF orientation is applied; grayscale, 16-bit, CMYK and palette
+    images become RGB, and transparency is composited on white. The whole frame is then
+    resized (not cropped, as the paper did) with a bilinear filter whose support widens
+    with the scale factor, so the downscale is antialiased.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (size, size))  # JPEG only; other formats ignore it
+            if im.getexif().get(ORIENTATION, 1) != 1:
+                im = ImageOps.exif_transpose(im)
+            if im.mode != "RGB":
+                im = to_rgb(im)
+            im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha on white, 16/32-bit integer gray scaled to 8 bits."""
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":  # 16-bit PNG/TIFF gray: 0..65535
+        im = im.convert("I").point(lambda v: v / 257)
+        return im.convert("L").convert("RGB")
+    return im.convert("RGB")
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """A photo file of any format and size Pillow reads, as uint8 ``size`` x ``size`` x 3,
+    with an :class:`ImageError` that says in words what is wrong with it."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    try:
+        return load_thumbnail(data, size)
+    except ImageError as err:
+        if isinstance(err.__cause__, UnidentifiedImageError):
+            raise ImageError(f"{path}: not a readable image (no image format Pillow knows)") from None
+        raise ImageError(f"{path}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
+
+
+def jpeg_thumbnail(data: bytes, size: int, quality: int = 85) -> bytes:
+    """JPEG bytes of the image ``data`` shrunk to fit in ``size`` x ``size`` (aspect kept),
+    decoded and made RGB as :func:`load_thumbnail` does."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
+        if im.getexif().get(ORIENTATION, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        if im.mode != "RGB":
+            im = to_rgb(im)
+        im.thumbnail((size, size), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+def to_tensor_batch(images: np.ndarray) -> np.ndarray:
+    """uint8 N x S x S x 3 -> float32 N x 3 x S x S in [0, 1] (the models' input)."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
