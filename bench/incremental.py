@@ -41,10 +41,10 @@ from typing import Any
 
 import yaml
 
+from imgrate.paths import copy_project_files
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(ROOT / "tests"))
-from conftest import copy_project_files, write_params  # noqa: E402  (the tests' project copy)
 
 
 class Failed(Exception):
@@ -61,8 +61,12 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return seconds
 
 
+def write_params(project: Path, params: dict[str, Any]) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def make_project(dest: Path, params: dict[str, Any]) -> None:
-    copy_project_files(dest)
+    copy_project_files(ROOT, dest)  # the files the tests' project copies hold (imgrate.paths)
     write_params(dest, params)
 
 

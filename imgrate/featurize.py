@@ -203,11 +203,14 @@ class Extractor:
     core busy even on a machine shared with other work. On a GPU: ``workers`` threads decode
     (Pillow releases the GIL) while the device embeds. ``workers`` = 1: all in this process."""
 
-    def __init__(self, meta: FeatureMeta, device: torch.device, batch_size: int, workers: int) -> None:
+    def __init__(self, meta: FeatureMeta, device: torch.device, batch_size: int, workers: int,
+                 processes: bool | None = None) -> None:
         self.meta = meta
         self.device = device
         self.batch_size = batch_size
         self.workers = workers
+        # worker processes on the CPU, decoding threads feeding a GPU (``processes`` overrides)
+        self.processes = workers > 1 and (device.type == "cpu" if processes is None else processes)
         self._backbone: Backbone | None = None
         self._pool: Executor | None = None
 
@@ -228,10 +231,6 @@ class Extractor:
             self._backbone = load_backbone(self.meta.backbone, self.meta.input_size).to(self.device)
         return self._backbone
 
-    @property
-    def processes(self) -> bool:
-        return self.workers > 1 and self.device.type == "cpu"
-
     def _executor(self) -> Executor:
         if self._pool is None:
             if self.processes:
@@ -250,9 +249,12 @@ class Extractor:
             self.backbone  # noqa: B018
         if self.workers > 1:
             pool = self._executor()
-            fn = _worker_embed if self.processes else _decode
-            arg: Any = ([], []) if self.processes else b""
-            for f in [pool.submit(fn, arg) for _ in range(2 * self.workers)]:
+            empty: Batch = ([], [])
+            futures: list[Future[Any]] = [
+                pool.submit(_worker_embed, empty) if self.processes else pool.submit(_decode, b"", 1)
+                for _ in range(2 * self.workers)
+            ]
+            for f in futures:
                 f.result()
 
     def _batches(self, shard: Path, members: set[str]) -> Iterator[Batch]:

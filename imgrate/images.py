@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from imgrate.errors import ImageError
 
@@ -32,16 +32,21 @@ def load_thumbnail(data: bytes, size: int) -> np.ndarray:
     with the scale factor, so the downscale is antialiased.
     """
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))  # JPEG only; other formats ignore it
-            if im.getexif().get(ORIENTATION, 1) != 1:
-                im = ImageOps.exif_transpose(im)
-            if im.mode != "RGB":
-                im = to_rgb(im)
-            im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        with Image.open(io.BytesIO(data)) as src:
+            im = _oriented_rgb(src, size).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def _oriented_rgb(src: ImageFile.ImageFile, size: int) -> Image.Image:
+    """``src`` decoded for at least ``size`` px (JPEG draft mode: a reduced-scale DCT; other
+    formats ignore it), turned as its EXIF orientation says, in RGB."""
+    src.draft("RGB", (size, size))
+    im: Image.Image = src
+    if src.getexif().get(ORIENTATION, 1) != 1:
+        im = ImageOps.exif_transpose(src)
+    return im if im.mode == "RGB" else to_rgb(im)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -75,12 +80,8 @@ def read_image(path: Path, size: int) -> np.ndarray:
 def jpeg_thumbnail(data: bytes, size: int, quality: int = 85) -> bytes:
     """JPEG bytes of the image ``data`` shrunk to fit in ``size`` x ``size`` (aspect kept),
     decoded and made RGB as :func:`load_thumbnail` does."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster
-        if im.getexif().get(ORIENTATION, 1) != 1:
-            im = ImageOps.exif_transpose(im)
-        if im.mode != "RGB":
-            im = to_rgb(im)
+    with Image.open(io.BytesIO(data)) as src:
+        im = _oriented_rgb(src, size)
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         im.save(buf, "JPEG", quality=quality, optimize=True)

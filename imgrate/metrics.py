@@ -526,4 +526,5 @@ def evaluate_predictions(
         "n_test": int(t.size),
         "n_users": int(np.unique(g).size) if g.size else 0,
     }
-    return _clean(result)
+    cleaned: dict[str, Any] = _clean(result)
+    return cleaned

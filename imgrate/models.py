@@ -64,6 +64,8 @@ class PaperCNN(nn.Module):
         super().__init__()
         c = config
         self.config = c
+        self.input_mean: torch.Tensor
+        self.input_std: torch.Tensor
         # Per-channel input standardisation, set from the training split (see imgrate.train).
         # Not in the paper, which does not say how it scaled pixels; without it the network
         # fed raw [0, 1] pixels stays at the mean target (measured: README "Results").
@@ -87,7 +89,8 @@ class PaperCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B x 3 x S x S floats in [0, 1]; returns B scores."""
         x = (x - self.input_mean) / self.input_std
-        return self.head(self.features(x)).squeeze(-1)
+        scores: torch.Tensor = self.head(self.features(x)).squeeze(-1)
+        return scores
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Per-channel mean and standard deviation of the training images (in [0, 1])."""
@@ -114,6 +117,9 @@ class PretrainedHead(nn.Module):
         super().__init__()
         c = config
         self.config = c
+        self.input_mean: torch.Tensor
+        self.input_std: torch.Tensor
+        self.output_affine: torch.Tensor
         self.register_buffer("input_mean", torch.zeros(1, c.features))
         self.register_buffer("input_std", torch.ones(1, c.features))
         # scale and shift of the output: a pairwise loss fixes only the order of the scores;
@@ -128,7 +134,7 @@ class PretrainedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B x F features; returns B scores."""
-        score = self.head((x - self.input_mean) / self.input_std).squeeze(-1)
+        score: torch.Tensor = self.head((x - self.input_mean) / self.input_std).squeeze(-1)
         return score * self.output_affine[0] + self.output_affine[1]
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:

@@ -151,6 +151,26 @@ class Paths:
         return self.cache / "tmp"
 
 
+# What a copy of the project needs to run the pipeline (the imgrate package itself is
+# installed): the tests' temporary projects and bench/ copy these.
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "users.txt", "stages", "imgrate", ".dvc/config",
+                 ".dvc/.gitignore", ".dvcignore", ".gitignore")
+
+
+def copy_project_files(source: Path, dest: Path) -> None:
+    """Copy :data:`PROJECT_FILES` of the project at ``source`` into ``dest``."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = source / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
 def project_paths(root: Path | str | None = None) -> Paths:
     """The layout under ``root``, else ``$IMGRATE_ROOT``, else the current directory."""
     if root is None:

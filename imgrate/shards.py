@@ -23,6 +23,7 @@ noticed there too, only without the list of what was lost.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -134,8 +135,15 @@ def write_shard(
         with open(f.path, "rb") as fh:
             sha = hashlib.file_digest(fh, "sha256").hexdigest()
         entries.append((f.arcname, stat.st_size, min(int(stat.st_mtime), max_mtime), sha,
-                        lambda path=f.path: open(path, "rb")))
+                        _opener(f.path)))
     return _write(dest, entries, meta, tmp_dir)
+
+
+def _opener(path: Path) -> Callable[[], BinaryIO]:
+    def open_binary() -> BinaryIO:
+        return open(path, "rb")
+
+    return open_binary
 
 
 def pack_shard(dest: Path, entries: Sequence[tuple[str, bytes, int]], meta: dict[str, str],
@@ -143,7 +151,7 @@ def pack_shard(dest: Path, entries: Sequence[tuple[str, bytes, int]], meta: dict
     """Write ``(name, bytes, mtime)`` entries, in the order given, as a new shard with its
     manifest (atomically); :func:`write_shard` for files on disk."""
     return _write(dest, [(name, len(data), mtime, hashlib.sha256(data).hexdigest(),
-                          lambda data=data: io.BytesIO(data)) for name, data, mtime in entries], meta, tmp_dir)
+                          functools.partial(io.BytesIO, data)) for name, data, mtime in entries], meta, tmp_dir)
 
 
 def _write(dest: Path, entries: Sequence[tuple[str, int, int, str, Callable[[], BinaryIO]]],

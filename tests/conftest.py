@@ -14,9 +14,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# what a project copy needs to run the pipeline (the imgrate package itself is installed)
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "users.txt", "stages", "imgrate", ".dvc/config",
-                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
 
 TINY_USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo"]
 
@@ -63,15 +60,10 @@ def git(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def copy_project_files(dest: Path) -> None:
-    """Copy what the pipeline needs (PROJECT_FILES) into ``dest``; also used by bench/."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    """Copy what the pipeline needs (imgrate.paths.PROJECT_FILES) into ``dest``."""
+    from imgrate.paths import copy_project_files as copy
+
+    copy(ROOT, dest)
 
 
 def make_project(dest: Path, params: dict[str, Any] | None = None, users: list[str] | None = None) -> Path:

@@ -92,6 +92,22 @@ def test_worker_processes_give_the_features_of_one_core(tiny_world, tmp_path: Pa
         assert np.allclose(a.features, b.features, atol=1e-5)
 
 
+def test_decoding_threads_feeding_the_backbone_give_the_same_features(tiny_world) -> None:
+    """The GPU path (threads decode while the device embeds), run on the CPU."""
+    from imgrate.featurize import Extractor
+
+    params, paths = tiny_world
+    meta = read_meta(paths)
+    assert meta is not None
+    shard = sorted(wanted_members(paths))[0]
+    with Extractor(meta, torch.device("cpu"), 8, 3, processes=False) as ex:
+        ex.warm()
+        got = ex.shard(paths.shards / shard, wanted_members(paths)[shard])
+    stored = read_shard(paths, shard)
+    assert got.members == stored.members
+    assert np.allclose(got.features, stored.features, atol=1e-4)
+
+
 def test_an_undecodable_image_is_listed_and_named_when_read(tiny_world, tmp_path: Path) -> None:
     from conftest import repack_shard
 
