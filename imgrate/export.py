@@ -1,5 +1,10 @@
 """The export stage: shards -> ``data/tables/posts.jsonl`` and ``users.jsonl``.
 
+A post's counts are its latest observation (imgrate.crawl.observations): its metadata file,
+or a later re-read stored by a crawl in a counts member. Each row says when that was
+(``likes_observed_at``) and how old the post was then (``age_at_observation_days``); a like
+count the owner hides is ``likes: null, likes_hidden: true``.
+
 Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
 with their shard, member and reason in ``data/tables/skipped.jsonl``.
 
@@ -11,6 +16,7 @@ tables are always written first, so they are complete on disk even if a database
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -25,6 +31,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from imgrate.crawl.observations import COUNTS_NAME_RE, Observation, counts_of_node, parse_counts_member
 from imgrate.crawl.shards import iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import write_json, write_jsonl
@@ -34,7 +41,7 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 1  # bump when the row format changes, to invalidate the per-shard cache
+PARSER_VERSION = 2  # bump when the row format changes, to invalidate the per-shard cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -51,6 +58,7 @@ class ShardRows:
     posts: list[dict[str, Any]] = field(default_factory=list)
     users: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {shard, member, reason}
+    counts: list[dict[str, Any]] = field(default_factory=list)  # re-read counts (Observation fields)
 
 
 def _dig(node: dict[str, Any], *paths: str) -> Any:
@@ -77,27 +85,26 @@ def _post_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
         "shortcode": _dig(node, "shortcode", "code"),
         "user": _dig(node, "owner.username", "user.username"),
         "timestamp": _dig(node, "taken_at_timestamp", "date", "taken_at"),
-        "likes": _dig(node, "edge_media_preview_like.count", "edge_liked_by.count", "like_count"),
-        "comments": _dig(
-            node, "edge_media_to_comment.count", "edge_media_to_parent_comment.count",
-            "comments", "iphone_struct.comment_count", "comment_count",
-        ),
+        "counts": counts_of_node(node),
         "typename": _dig(node, "__typename"),
     }
     for name, value in fields.items():
         if value is None:
-            raise KeyError(name)
+            raise KeyError("likes" if name == "counts" else name)
+    counts = fields.pop("counts")
+    if counts.comments is None:
+        raise KeyError("comments")
     ts = int(fields.pop("timestamp"))
-    return {
-        **fields,
-        "likes": int(fields["likes"]),
-        "comments": int(fields["comments"]),
-        "user": str(fields["user"]).lower(),
-        "date": _iso(ts),
-        "timestamp": ts,
-        "days_since_post": round((crawled_at.timestamp() - ts) / 86400, 4),
-        "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    row = {**fields, "user": str(fields["user"]).lower(), "date": _iso(ts), "timestamp": ts,
+           "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    _set_counts(row, counts.likes, counts.comments, counts.hidden, int(crawled_at.timestamp()))
+    return row
+
+
+def _set_counts(row: dict[str, Any], likes: int | None, comments: int | None, hidden: bool, observed_at: int) -> None:
+    """Put one observation's counts into a post row."""
+    row.update(likes=likes, likes_hidden=hidden, comments=comments, likes_observed_at=_iso(observed_at),
+               age_at_observation_days=round((observed_at - row["timestamp"]) / 86400, 4))
 
 
 def _user_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
@@ -144,6 +151,11 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
         log.warning("skipping shard %s member %s: %s", shard.name, member, reason)
         rows.skipped.append({"shard": shard.name, "member": member, "reason": reason})
 
+    for name in sorted(n for n in names if COUNTS_NAME_RE.match(n)):
+        try:
+            rows.counts.extend(dataclasses.asdict(o) for o in parse_counts_member(name, members[name]))
+        except DataError as err:
+            skip(name, f"bad counts member: {err}")
     for name in sorted(n for n in names if n.endswith(".json.xz")):
         try:
             doc = json.loads(lzma.decompress(members[name]))
@@ -183,13 +195,13 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
     cache = cache_dir / f"{shard.name}.{st.st_size}.{st.st_mtime_ns}.v{PARSER_VERSION}.json"
     if cache.exists():
         data = json.loads(cache.read_text(encoding="utf-8"))
-        rows = ShardRows(data["posts"], data["users"], data["skipped"])
+        rows = ShardRows(data["posts"], data["users"], data["skipped"], data["counts"])
         if strict and rows.skipped:
             s = rows.skipped[0]
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
-    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped})
+    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped, "counts": rows.counts})
     return rows
 
 
@@ -201,10 +213,12 @@ class Tables:
 
 
 def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) -> Tables:
-    """Posts (first occurrence of a shortcode wins) and users (latest snapshot wins)."""
+    """Posts (first occurrence of a shortcode wins, with the counts of its latest observation)
+    and users (latest snapshot wins)."""
     posts: dict[str, dict[str, Any]] = {}
     users: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, str]] = []
+    recounts: list[tuple[str, Observation]] = []
     shards = list(shards)
     for shard in track(shards, "export"):
         rows = _cached_parse(shard, cache_dir, strict)
@@ -216,6 +230,8 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
             posts[row["shortcode"]] = row
         for row in rows.users:
             users[row["username"]] = row
+        recounts.extend((shard.name, Observation(**o)) for o in rows.counts)
+    _apply_recounts(posts, recounts, skipped)
     post_counts = Counter(p["user"] for p in posts.values())
     for name, row in users.items():
         row["posts"] = post_counts.get(name, 0)
@@ -224,6 +240,21 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
         users=sorted(users.values(), key=lambda r: r["username"]),
         skipped=skipped,
     )
+
+
+def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, Observation]],
+                    skipped: list[dict[str, str]]) -> None:
+    """Give each post the counts of its latest observation: a re-read wins over the metadata
+    when it is later, or of the same second."""
+    for shard, o in sorted(recounts, key=lambda item: item[1].order):
+        row = posts.get(o.shortcode)
+        if row is None or row["user"] != o.user:
+            skipped.append({"shard": shard, "member": o.shortcode, "reason": "counts of a post not stored"})
+            continue
+        observed = int(dt.datetime.strptime(row["likes_observed_at"], "%Y-%m-%dT%H:%M:%SZ")
+                       .replace(tzinfo=dt.timezone.utc).timestamp())
+        if o.observed_at >= observed:
+            _set_counts(row, o.likes, o.comments, o.hidden, o.observed_at)
 
 
 def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
@@ -240,6 +271,7 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         "posts": len(tables.posts),
         "users": len(tables.users),
         "posts_skipped": len(tables.skipped),
+        "likes_hidden": sum(1 for p in tables.posts if p["likes_hidden"]),
         "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped)),
     }
     for sink in sinks:

@@ -45,12 +45,23 @@ from imgrate.crawl.instagram import (
     SESSION_ENV,
     SESSION_USER_ENV,
     STATUSES,
+    BudgetExhausted,
     BudgetRateController,
     UserResult,
     crawl_user,
     load_session,
     make_loader,
+    read_counts,
     session_from_env,
+)
+from imgrate.crawl.observations import (
+    COUNTS_NAME_RE,
+    Observation,
+    changed,
+    counts_member_name,
+    latest_observations,
+    needs_recount,
+    render_counts,
 )
 from imgrate.crawl.shards import (
     StagedFile,
@@ -111,6 +122,9 @@ class CrawlReport:
             refusals=sum(u.refusals for u in self.users),
             wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
+            recounted=sum(u.recounted for u in self.users),  # stored posts whose counts were re-read
+            observations=sum(u.observations for u in self.users),  # changed counts stored
+            recount_requests=sum(u.recount_requests for u in self.users),  # requests the re-reading cost
         )
         if timings:
             totals["seconds"] = round(self.seconds, 3)
@@ -123,6 +137,9 @@ class CrawlReport:
                 "retries": u.retries,
                 "refusals": u.refusals,
                 "wait_s": round(u.wait_s, 3),
+                "recounted": u.recounted,
+                "observations": u.observations,
+                "recount_requests": u.recount_requests,
                 **({"seconds": round(u.seconds, 3)} if timings else {}),
             }
             for u in self.users
@@ -234,13 +251,15 @@ class _ShardWriter:
 def _group_files(
     user: str, files: list[Path], user_dir: Path, known: set[str]
 ) -> tuple[list[list[StagedFile]], list[tuple[Path, str]]]:
-    """A user's new files grouped per post (profile file last), and the files that do not decode.
+    """A user's new files grouped per post (then the profile file, then the counts the crawl
+    re-read), and the files that do not decode.
 
     Posts already stored in a shard are left out; a post counts only with its metadata (a
     stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
     """
     groups: dict[str, list[StagedFile]] = {}
     profile: list[StagedFile] = []
+    counts: list[StagedFile] = []
     bad: list[tuple[Path, str]] = []
     profile_re = re.compile(rf"^{re.escape(user)}_\d+\.json\.xz$")
     for path in files:
@@ -249,11 +268,13 @@ def _group_files(
         key = post_key(arcname)
         if key is None and profile_re.match(rel):
             target = profile
+        elif key is None and COUNTS_NAME_RE.match(arcname) and arcname not in known:
+            target = counts
         elif key is not None and _POST_FILE_RE.match(rel) and arcname not in known:
             target = groups.setdefault(key, [])
         else:
             continue
-        if (problem := file_problem(rel, path.read_bytes())) is not None:
+        if (problem := file_problem(arcname, path.read_bytes())) is not None:
             bad.append((path, problem))
             continue
         target.append(StagedFile(arcname, path))
@@ -261,6 +282,8 @@ def _group_files(
              if any(f.arcname.endswith(".json.xz") for f in g)]
     if posts and profile:
         posts.append(profile)
+    if counts:
+        posts.append(counts)
     return posts, bad
 
 
@@ -376,6 +399,9 @@ def run(
         _clean_stale(paths)
         known = {name for shard in list_shards(paths.shards)
                  for name in member_names_cached(shard, paths.cache / "members")}
+        stored: dict[str, list[Observation]] = {}  # per user, each stored post's latest counts
+        for o in latest_observations(list_shards(paths.shards), paths.cache / "counts").values():
+            stored.setdefault(o.user, []).append(o)
         seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
         visits_path = _visits_file(paths, tag)
         visits: dict[str, int] = json.loads(visits_path.read_text()) if visits_path.exists() else {}
@@ -403,6 +429,9 @@ def run(
                             report.users.append(UserResult(user, "skipped", f"not attempted: {stopped}"))
                             continue
                         result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts)
+                        if result.status == "ok":
+                            _recount(source.loader, result, stored.get(user, []), params.refresh_days,
+                                     int(source.crawled_at.timestamp()), paths, known)
                         visits[user] = run_no
                         report.users.append(result)
                         if result.stops_run:
@@ -433,6 +462,49 @@ def run(
                 json.dump(visits, fh, sort_keys=True)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _recount(loader: instaloader.Instaloader, result: UserResult, stored: list[Observation], refresh_days: int,
+             now: int, paths: Paths, known: set[str]) -> None:
+    """Re-read the counts of the user's stored posts whose latest count was read before they
+    were ``refresh_days`` old, and stage the changed ones as a counts file in the user's work
+    folder (it goes into the shards with the user's other new files). Never fails the user:
+    the posts it fetched are stored, and the next crawl reads the counts again."""
+    user = result.username
+    user_dir = paths.crawl_work / user
+    for stale in user_dir.glob(f"{user}_counts_*_UTC.json"):  # of a crawl that was stopped
+        stale.unlink()
+    result.files = [f for f in result.files if not COUNTS_NAME_RE.match(f"{user}/{f.name}")]
+    due = {o.shortcode: o for o in stored if needs_recount(o, refresh_days, now)}
+    if not due:
+        return
+    controller = loader.context.controller  # type: ignore[attr-defined]
+    before = controller.user.requests
+    try:
+        current = read_counts(loader, user, {code: o.taken_at for code, o in due.items()})
+    except BudgetExhausted as err:
+        result.stops_run, result.reason = True, f"{err}; the counts are read again in the next run"
+        return
+    except (instaloader.exceptions.InstaloaderException, instaloader.exceptions.AbortDownloadException,
+            OSError, LookupError, TypeError, ValueError) as err:
+        log.warning("%s: re-reading the counts of %d posts failed (%s: %s); the next crawl tries again",
+                    user, len(due), type(err).__name__, str(err)[:200])
+        return
+    finally:
+        result.recount_requests = controller.user.requests - before
+        result.requests += result.recount_requests
+    result.recounted = len(current)
+    new = [Observation(code, user, due[code].taken_at, now, c.likes, c.comments, c.hidden, recount=True)
+           for code, c in sorted(current.items()) if changed(due[code], c, now)]
+    name = counts_member_name(user, now)
+    if not new or name in known:
+        return
+    user_dir.mkdir(parents=True, exist_ok=True)
+    path = user_dir / name.split("/", 1)[1]
+    with atomic_open(path, "wb") as fh:  # its temporary file stays in the work folder
+        fh.write(render_counts(user, now, new))
+    result.files.append(path)
+    result.observations = len(new)
 
 
 def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWriter, finished: list[str]) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
+from imgrate.crawl.observations import COUNTS_NAME_RE, parse_counts_member
 from imgrate.crawl.shards import SHARD_RE, list_shards, post_key
 from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
@@ -52,7 +53,13 @@ def metadata_problem(data: bytes) -> str | None:
 
 
 def file_problem(name: str, data: bytes) -> str | None:
-    """The check that fits a file of Instaloader's layout, by its name."""
+    """The check that fits a file of Instaloader's layout (or a counts file), by its name."""
+    if COUNTS_NAME_RE.match(name):
+        try:
+            parse_counts_member(name, data)
+        except DataError as err:
+            return str(err)
+        return None
     if name.endswith(".json.xz"):
         return metadata_problem(data)
     if name.lower().endswith(IMAGE_SUFFIXES):
@@ -84,6 +91,7 @@ class RawReport:
     posts: int = 0
     images: int = 0
     users: int = 0
+    observations: int = 0  # re-read counts stored in counts members
     stamps_files: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -93,7 +101,7 @@ class RawReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "shards": self.shards, "posts": self.posts, "images": self.images,
-                "users": self.users, "stamps_files": self.stamps_files,
+                "users": self.users, "observations": self.observations, "stamps_files": self.stamps_files,
                 "problems": [vars(p) for p in self.problems]}
 
 
@@ -153,6 +161,12 @@ def _check_member(report: RawReport, shard: str, name: str, data: bytes,
         return
     users.add(name.split("/", 1)[0])
     key = post_key(name)
+    if key is None and COUNTS_NAME_RE.match(name):  # re-read counts: one member per user and crawl
+        if name in seen:
+            report.problems.append(Problem("duplicate", where, f"counts member also in {seen[name]}"))
+        seen[name] = shard
+        report.observations += len(parse_counts_member(name, data))
+        return
     if key is None:  # the profile's metadata: a new snapshot in every run that observed it
         return
     if name in seen:
