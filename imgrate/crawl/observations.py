@@ -198,55 +198,99 @@ def metadata_observation(name: str, node: dict[str, Any], observed_at: int) -> O
                        counts.hidden, recount=False)
 
 
-def shard_observations(shard: Path) -> list[Observation]:
-    """Every observation a shard holds: its posts' metadata (at the shard's crawl time) and its
-    counts members. Unreadable members are left out (export and verify name them)."""
+def profile_counts(node: dict[str, Any]) -> dict[str, int] | None:
+    """Followers, followees and post count of a saved profile node (None if one is missing)."""
+    counts = {
+        "followers": _count(_dig(node, "edge_followed_by.count", "follower_count")),
+        "followees": _count(_dig(node, "edge_follow.count", "following_count")),
+        "media_count": _count(_dig(node, "edge_owner_to_timeline_media.count", "media_count")),
+    }
+    return None if any(v is None for v in counts.values()) else counts  # type: ignore[return-value]
+
+
+def _profile_re(user: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(user)}/{re.escape(user)}_\d+\.json\.xz$")
+
+
+def shard_facts(shard: Path) -> tuple[list[Observation], dict[str, dict[str, int]]]:
+    """Every observation a shard holds (its posts' metadata, at the shard's crawl time, and its
+    counts members) and its profile snapshots' counts per user. Unreadable members are left
+    out (export and verify name them)."""
     meta = shard_meta(shard)
     try:
-        crawled_at = int(dt.datetime.fromisoformat(meta.get("crawled_at", "")).timestamp())
+        crawled_at: int | None = int(dt.datetime.fromisoformat(meta.get("crawled_at", "")).timestamp())
     except ValueError:
         crawled_at = None
     out: list[Observation] = []
+    profiles: dict[str, dict[str, int]] = {}
     for name, data in iter_members(shard):
         if COUNTS_NAME_RE.match(name):
             try:
                 out.extend(parse_counts_member(name, data))
             except DataError as err:
                 log.warning("shard %s: %s", shard.name, err)
-        elif crawled_at is not None and name.endswith(".json.xz") and post_key(name):
-            try:
-                node = json.loads(lzma.decompress(data))["node"]
-            except (lzma.LZMAError, EOFError, ValueError, KeyError, TypeError):
-                continue
-            if isinstance(node, dict) and (o := metadata_observation(name, node, crawled_at)) is not None:
+            continue
+        if not name.endswith(".json.xz"):
+            continue
+        user = name.split("/", 1)[0]
+        is_post = post_key(name) is not None
+        if not is_post and not _profile_re(user).match(name):
+            continue
+        try:
+            node = json.loads(lzma.decompress(data))["node"]
+        except (lzma.LZMAError, EOFError, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(node, dict):
+            continue
+        if is_post:
+            if crawled_at is not None and (o := metadata_observation(name, node, crawled_at)) is not None:
                 out.append(o)
-    return out
+        elif (counts := profile_counts(node)) is not None:
+            profiles[user] = counts
+    return out, profiles
 
 
-def _shard_observations_cached(shard: Path, cache_dir: Path) -> list[Observation]:
-    """:func:`shard_observations` through a cache keyed by the shard's name and size."""
+def _shard_facts_cached(shard: Path, cache_dir: Path) -> tuple[list[Observation], dict[str, dict[str, int]]]:
+    """:func:`shard_facts` through a cache keyed by the shard's name and size."""
     cache = cache_dir / f"{shard.name}.{shard.stat().st_size}.v{CACHE_VERSION}.json"
     if cache.exists():
         try:
-            return [Observation(**row) for row in json.loads(cache.read_text(encoding="utf-8"))]
-        except (OSError, ValueError, TypeError):
+            doc = json.loads(cache.read_text(encoding="utf-8"))
+            return [Observation(**row) for row in doc["observations"]], dict(doc["profiles"])
+        except (OSError, ValueError, TypeError, KeyError):
             pass  # a damaged cache entry is rebuilt below
-    found = shard_observations(shard)
+    found, profiles = shard_facts(shard)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
-        tmp.write_text(json.dumps([asdict(o) for o in found]), encoding="utf-8")
-    return found
+        tmp.write_text(json.dumps({"observations": [asdict(o) for o in found], "profiles": profiles}),
+                       encoding="utf-8")
+    return found, profiles
 
 
-def latest_observations(shards: Iterable[Path], cache_dir: Path) -> dict[str, Observation]:
-    """Per shortcode, the latest observation stored in ``shards``."""
+@dataclass
+class Stored:
+    """What the shards already hold: each post's latest observation, each user's latest
+    profile counts (followers, followees, media_count)."""
+
+    posts: dict[str, Observation]
+    profiles: dict[str, dict[str, int]]
+
+    def of_user(self, user: str) -> list[Observation]:
+        return [o for o in self.posts.values() if o.user == user]
+
+
+def stored_facts(shards: Iterable[Path], cache_dir: Path) -> Stored:
+    """The latest observation per shortcode and the latest profile counts per user in ``shards``."""
     latest: dict[str, Observation] = {}
+    profiles: dict[str, dict[str, int]] = {}
     for shard in shards:
-        for o in _shard_observations_cached(shard, cache_dir):
+        observations, snapshot = _shard_facts_cached(shard, cache_dir)
+        profiles.update(snapshot)  # shards are listed in the order they were written
+        for o in observations:
             old = latest.get(o.shortcode)
             if old is None or o.order > old.order:
                 latest[o.shortcode] = o
-    return latest
+    return Stored(latest, profiles)
 
 
 def needs_recount(latest: Observation, refresh_days: int, now: int) -> bool:

@@ -26,6 +26,7 @@ import datetime as dt
 import fcntl
 import json
 import logging
+import lzma
 import os
 import random
 import re
@@ -58,10 +59,12 @@ from imgrate.crawl.observations import (
     COUNTS_NAME_RE,
     Observation,
     changed,
+    Stored,
     counts_member_name,
-    latest_observations,
     needs_recount,
+    profile_counts,
     render_counts,
+    stored_facts,
 )
 from imgrate.crawl.shards import (
     StagedFile,
@@ -249,13 +252,15 @@ class _ShardWriter:
 
 
 def _group_files(
-    user: str, files: list[Path], user_dir: Path, known: set[str]
+    user: str, files: list[Path], user_dir: Path, known: set[str], stored_profile: dict[str, int] | None = None,
 ) -> tuple[list[list[StagedFile]], list[tuple[Path, str]]]:
     """A user's new files grouped per post (then the profile file, then the counts the crawl
     re-read), and the files that do not decode.
 
     Posts already stored in a shard are left out; a post counts only with its metadata (a
-    stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
+    stray image without it is dropped); resume files and ``.temp`` downloads are ignored. The
+    profile snapshot goes with new posts or counts, or alone when its counts (followers,
+    followees, posts) differ from ``stored_profile``, the latest one in the shards.
     """
     groups: dict[str, list[StagedFile]] = {}
     profile: list[StagedFile] = []
@@ -280,11 +285,20 @@ def _group_files(
         target.append(StagedFile(arcname, path))
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
              if any(f.arcname.endswith(".json.xz") for f in g)]
-    if posts and profile:
+    if profile and (posts or counts or _profile_changed(profile[0].path, stored_profile)):
         posts.append(profile)
     if counts:
         posts.append(counts)
     return posts, bad
+
+
+def _profile_changed(path: Path, stored: dict[str, int] | None) -> bool:
+    """Whether a profile snapshot's counts differ from the latest stored ones."""
+    try:
+        node = json.loads(lzma.decompress(path.read_bytes()))["node"]
+    except (OSError, lzma.LZMAError, ValueError, KeyError, TypeError):
+        return True  # let the file checks name what is wrong
+    return not isinstance(node, dict) or profile_counts(node) != stored
 
 
 def _same_section(a: configparser.ConfigParser, b: configparser.ConfigParser, user: str) -> bool:
@@ -399,9 +413,7 @@ def run(
         _clean_stale(paths)
         known = {name for shard in list_shards(paths.shards)
                  for name in member_names_cached(shard, paths.cache / "members")}
-        stored: dict[str, list[Observation]] = {}  # per user, each stored post's latest counts
-        for o in latest_observations(list_shards(paths.shards), paths.cache / "counts").values():
-            stored.setdefault(o.user, []).append(o)
+        stored = stored_facts(list_shards(paths.shards), paths.cache / "counts")  # latest counts
         seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
         visits_path = _visits_file(paths, tag)
         visits: dict[str, int] = json.loads(visits_path.read_text()) if visits_path.exists() else {}
@@ -430,7 +442,7 @@ def run(
                             continue
                         result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts)
                         if result.status == "ok":
-                            _recount(source.loader, result, stored.get(user, []), params.refresh_days,
+                            _recount(source.loader, result, stored.of_user(user), params.refresh_days,
                                      int(source.crawled_at.timestamp()), paths, known)
                         visits[user] = run_no
                         report.users.append(result)
@@ -441,7 +453,7 @@ def run(
                             stopped = (f"{limited_in_a_row} users in a row were rate limited: Instagram is "
                                        "limiting this session or address, not these users")
                         if result.status == "ok":
-                            _take(result, paths, known, writer, finished)  # fails it if a file is bad
+                            _take(result, paths, known, stored, writer, finished)  # fails it if a file is bad
                         if result.status != "ok":
                             log.warning("%s: %s (%s)", user, result.status, result.reason)
                             if result.status in ("not_found", "private"):  # nothing worth keeping
@@ -507,10 +519,11 @@ def _recount(loader: instaloader.Instaloader, result: UserResult, stored: list[O
     result.observations = len(new)
 
 
-def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWriter, finished: list[str]) -> None:
+def _take(result: UserResult, paths: Paths, known: set[str], stored: Stored, writer: _ShardWriter,
+          finished: list[str]) -> None:
     """Queue a finished user's new posts for the shards, or fail it when a file does not decode."""
     user_dir = paths.crawl_work / result.username
-    groups, bad = _group_files(result.username, result.files, user_dir, known)
+    groups, bad = _group_files(result.username, result.files, user_dir, known, stored.profiles.get(result.username))
     if bad:
         for path, _ in bad:
             path.unlink(missing_ok=True)
