@@ -395,3 +395,19 @@ def test_a_no_op_repro_after_a_re_reading_crawl_leaves_git_clean(project: Path) 
     out = dvc(project, "repro", "preprocess").stdout
     assert "Running stage 'export'" not in out and tree_digest(project / "data/raw") == raw
     assert git(project, "status", "--porcelain").stdout == ""
+
+
+def test_mongodb_holds_hidden_likes_as_null_and_ranks_only_shown_ones(tiny_hidden: Paths, mongo_uri: str,
+                                                                      mongo_db) -> None:
+    from imgrate.mongo import MongoSink, extreme_posts
+
+    sink = MongoSink(uri=mongo_uri, database=mongo_db.name, shards_dir=tiny_hidden.shards)
+    export(ExportParams(), tiny_hidden, sinks=[sink])
+    hidden = list(mongo_db.posts.find({"likes_hidden": True}))
+    assert hidden and all(d["likes"] is None for d in hidden)
+    assert {d["user"] for d in hidden} >= {"hidden_charlie_demo"}
+    shown = mongo_db.posts.find_one({"likes_hidden": False})
+    assert isinstance(shown["likes"], int) and shown["age_at_observation_days"] >= 0 and shown["likes_observed_at"]
+    for which in ("top", "bottom"):
+        ranked = extreme_posts(mongo_uri, mongo_db.name, n=100, which=which)
+        assert ranked and all(r["likes"] is not None for r in ranked), which
