@@ -6,7 +6,11 @@ or a later re-read stored by a crawl in a counts member. Each row says when that
 count the owner hides is ``likes: null, likes_hidden: true``.
 
 Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
-with their shard, member and reason in ``data/tables/skipped.jsonl``.
+with their shard, member and reason in ``data/tables/skipped.jsonl``. Metadata is parsed and
+validated by :mod:`imgrate.crawl.metadata`, the parser ``imgrate verify`` uses. A damaged
+shard (cut, a zeroed header, a member that differs from its manifest) is skipped whole and
+listed with member null (``metrics/export.json``: ``shards_damaged``); its posts come back
+with the next crawl.
 
 Instaloader's saved JSON is parsed directly (reading a missing field through Instaloader's
 ``Post`` would make it fetch over the network). Parsing is cached per shard, since shards
@@ -22,7 +26,6 @@ import hashlib
 import io
 import json
 import logging
-import lzma
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,8 +34,16 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from imgrate.crawl.observations import COUNTS_NAME_RE, Observation, counts_of_node, parse_counts_member
-from imgrate.crawl.shards import iter_members, list_shards, post_key, shard_meta
+from imgrate.crawl.metadata import (
+    BadMetadata,
+    Observation,
+    PostMeta,
+    ProfileMeta,
+    member_kind,
+    parse_counts_member,
+    parse_member,
+)
+from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import write_json, write_jsonl
 from imgrate.params import ExportParams
@@ -41,7 +52,7 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 2  # bump when the row format changes, to invalidate the per-shard cache
+PARSER_VERSION = 3  # bump when the row format changes, to invalidate the per-shard cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -61,43 +72,22 @@ class ShardRows:
     counts: list[dict[str, Any]] = field(default_factory=list)  # re-read counts (Observation fields)
 
 
-def _dig(node: dict[str, Any], *paths: str) -> Any:
-    """The first of the dotted ``paths`` present in ``node`` (None if none is)."""
-    for path in paths:
-        cur: Any = node
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                cur = None
-                break
-            cur = cur[part]
-        if cur is not None:
-            return cur
-    return None
-
-
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _post_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
-    """A post row from Instaloader's saved node; KeyError names a missing field."""
-    fields = {
-        "shortcode": _dig(node, "shortcode", "code"),
-        "user": _dig(node, "owner.username", "user.username"),
-        "timestamp": _dig(node, "taken_at_timestamp", "date", "taken_at"),
-        "counts": counts_of_node(node),
-        "typename": _dig(node, "__typename"),
+def _post_row(post: PostMeta, crawled_at: dt.datetime) -> dict[str, Any]:
+    """A post row from its validated metadata, with the counts it was crawled with (a later
+    re-read replaces them: :func:`_apply_recounts`)."""
+    row = {
+        "shortcode": post.shortcode,
+        "user": post.user,
+        "typename": post.typename,
+        "date": _iso(post.timestamp),
+        "timestamp": post.timestamp,
+        "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    for name, value in fields.items():
-        if value is None:
-            raise KeyError("likes" if name == "counts" else name)
-    counts = fields.pop("counts")
-    if counts.comments is None:
-        raise KeyError("comments")
-    ts = int(fields.pop("timestamp"))
-    row = {**fields, "user": str(fields["user"]).lower(), "date": _iso(ts), "timestamp": ts,
-           "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
-    _set_counts(row, counts.likes, counts.comments, counts.hidden, int(crawled_at.timestamp()))
+    _set_counts(row, post.likes, post.comments, post.likes_hidden, int(crawled_at.timestamp()))
     return row
 
 
@@ -107,25 +97,25 @@ def _set_counts(row: dict[str, Any], likes: int | None, comments: int | None, hi
                age_at_observation_days=round((observed_at - row["timestamp"]) / 86400, 4))
 
 
-def _user_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
-    fields = {
-        "username": _dig(node, "username"),
-        "id": _dig(node, "id", "pk"),
-        "followers": _dig(node, "edge_followed_by.count", "follower_count"),
-        "followees": _dig(node, "edge_follow.count", "following_count"),
-        "media_count": _dig(node, "edge_owner_to_timeline_media.count", "media_count"),
-    }
-    for name, value in fields.items():
-        if value is None:
-            raise KeyError(name)
+def _user_row(profile: ProfileMeta, crawled_at: dt.datetime) -> dict[str, Any]:
     return {
-        "username": str(fields["username"]).lower(),
-        "id": str(fields["id"]),
-        "followers": int(fields["followers"]),
-        "followees": int(fields["followees"]),
-        "media_count": int(fields["media_count"]),
+        "username": profile.username,
+        "id": profile.id,
+        "followers": profile.followers,
+        "followees": profile.followees,
+        "media_count": profile.media_count,
         "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _crawled_at(shard: Path) -> dt.datetime:
+    """When the shard's crawl ran (its PAX header); :class:`ShardDamaged` if that is not a time."""
+    text = shard_meta(shard).get("crawled_at", "1970-01-01T00:00:00+00:00")
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ShardDamaged(shard.name, f"its header's crawled_at {text[:40]!r} is not a time") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _first_image(key: str, names: set[str]) -> str | None:
@@ -138,41 +128,46 @@ def _first_image(key: str, names: set[str]) -> str | None:
 
 
 def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
-    """Parse one shard into post and user rows; bad members are skipped (or raise if strict)."""
-    meta = shard_meta(shard)
-    crawled_at = dt.datetime.fromisoformat(meta.get("crawled_at", "1970-01-01T00:00:00+00:00"))
-    members = dict(iter_members(shard))
-    names = set(members)
+    """Parse one shard into post and user rows; bad members are skipped (or raise if strict),
+    and so is a damaged shard, whole."""
     rows = ShardRows()
 
-    def skip(member: str, reason: str) -> None:
+    def skip(member: str, reason: str, detail: str = "") -> None:
         if strict:
-            raise DataError(f"shard {shard.name}, member {member}: {reason}")
-        log.warning("skipping shard %s member %s: %s", shard.name, member, reason)
+            raise DataError(f"shard {shard.name}, member {member}: {detail or reason}")
+        log.warning("skipping shard %s member %s: %s", shard.name, member, detail or reason)
         rows.skipped.append({"shard": shard.name, "member": member, "reason": reason})
 
-    for name in sorted(n for n in names if COUNTS_NAME_RE.match(n)):
+    try:
+        crawled_at = _crawled_at(shard)
+        members = dict(iter_members(shard))
+    except ShardDamaged as err:
+        if strict:
+            raise
+        log.warning("skipping %s", err)
+        rows.skipped.append({"shard": shard.name, "member": None, "reason": "damaged shard", "detail": err.detail})
+        return rows
+    names = set(members)
+    for name in sorted(names):
+        if member_kind(name) is None:
+            skip(name[:200], "bad member name", f"{name[:80]!r} is not a file of Instaloader's layout")
+    for name in sorted(n for n in names if member_kind(n) == "counts"):
         try:
             rows.counts.extend(dataclasses.asdict(o) for o in parse_counts_member(name, members[name]))
-        except DataError as err:
-            skip(name, f"bad counts member: {err}")
-    for name in sorted(n for n in names if n.endswith(".json.xz")):
+        except BadMetadata as err:
+            skip(name, err.reason, err.detail)
+    for name in sorted(n for n in names if n.endswith(".json.xz") and member_kind(n) is not None):
         try:
-            doc = json.loads(lzma.decompress(members[name]))
-            node, node_type = doc["node"], doc["instaloader"]["node_type"]
-        except (lzma.LZMAError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-            skip(name, f"corrupt metadata ({type(err).__name__})")
+            record = parse_member(name, members[name])
+        except BadMetadata as err:
+            skip(name, err.reason, err.detail)
             continue
-        try:
-            if node_type == "Profile":
-                rows.users.append(_user_row(node, crawled_at))
-                continue
-            if node_type != "Post":
-                continue
-            row = _post_row(node, crawled_at)
-        except (KeyError, TypeError, ValueError) as err:
-            skip(name, f"missing field {err}")
+        if isinstance(record, ProfileMeta):
+            rows.users.append(_user_row(record, crawled_at))
             continue
+        if record is None:
+            continue
+        row = _post_row(record, crawled_at)
         key = post_key(name)
         image = _first_image(key, names) if key else None
         row.update(shard=shard.name, member=image, sha256=None, width=None, height=None)
@@ -198,6 +193,8 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
         rows = ShardRows(data["posts"], data["users"], data["skipped"], data["counts"])
         if strict and rows.skipped:
             s = rows.skipped[0]
+            if s["member"] is None:
+                raise ShardDamaged(s["shard"], s.get("detail", s["reason"]))
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
@@ -270,9 +267,10 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         "shards": len(shards),
         "posts": len(tables.posts),
         "users": len(tables.users),
-        "posts_skipped": len(tables.skipped),
+        "posts_skipped": sum(s["member"] is not None for s in tables.skipped),
         "likes_hidden": sum(1 for p in tables.posts if p["likes_hidden"]),
-        "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped)),
+        "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped if s["member"] is not None)),
+        "shards_damaged": sum(s["member"] is None for s in tables.skipped),
     }
     for sink in sinks:
         metrics.update(sink.write(tables.posts, tables.users))

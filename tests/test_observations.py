@@ -130,6 +130,8 @@ def test_counts_of_nodes_know_hidden_and_meaningless_counts() -> None:
     small = counts_of_node({"like_count": 2, "comment_count": 1, "like_and_view_counts_disabled": True})
     assert (small.likes, small.comments, small.hidden) == (None, 1, True)
     assert counts_of_node({"code": "x"}) is None  # a timeline node without counts: ask for the post
+    assert counts_of_node({"like_count": -5, "comment_count": 1}) is None  # not Instagram's -1: bad data
+    assert counts_of_node({"like_count": True, "comment_count": 1}) is None
 
 
 def test_a_count_is_stored_when_it_changed_or_a_day_of_age_passed() -> None:
@@ -164,7 +166,7 @@ def test_counts_members_round_trip_and_bad_ones_are_named(tmp_path: Path) -> Non
             parse_counts_member(name, json.dumps(broken).encode())
     with pytest.raises(DataError, match="not JSON"):
         parse_counts_member(name, b"\xff\xfe{")
-    with pytest.raises(DataError, match="not a counts member name"):
+    with pytest.raises(DataError, match="bad member name"):
         parse_counts_member("alpha_lens_demo/../x_counts_.json", data)
 
 

@@ -18,8 +18,8 @@ last confirmed (``preprocess.min_age_days`` holds back posts confirmed too young
 A like count the owner hides is stored as ``likes: null, likes_hidden: true``: Instagram then
 says ``like_and_view_counts_disabled`` and serves a meaningless number (-1, or a small one).
 
-:func:`parse_counts_member` is the one place where a counts member read from a shard is
-parsed and validated.
+:func:`imgrate.crawl.metadata.parse_counts_member` is where a counts member read from a shard
+is parsed and validated (the one boundary for shard metadata).
 """
 
 from __future__ import annotations
@@ -27,226 +27,85 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import lzma
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from imgrate.crawl.shards import iter_members, post_key, shard_meta
+from imgrate.crawl.metadata import (
+    COUNTS_FILE_RE,
+    DAY,
+    BadMetadata,
+    Counts,
+    Observation,
+    PostMeta,
+    ProfileMeta,
+    counts_member_name,
+    counts_of_node,
+    member_kind,
+    parse_counts_member,
+    parse_member,
+    parse_profile,
+)
+from imgrate.crawl.shards import iter_members, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import atomic_path
 
+__all__ = ["COUNTS_NAME_RE", "Counts", "Observation", "Stored", "changed", "counts_member_name", "counts_of_node",
+           "needs_recount", "parse_counts_member", "profile_counts", "render_counts", "stored_facts"]
+
 log = logging.getLogger(__name__)
 
-DAY = 86_400
-COUNTS_VERSION = 1
-CACHE_VERSION = 1  # bump when what the per-shard cache holds changes
-MAX_COUNTS_BYTES = 4 * 1024 * 1024  # a counts member is a few hundred bytes per post
-MAX_COUNTS_POSTS = 20_000  # posts re-read for one user in one crawl, at most
-_USER = r"[a-z0-9._]{1,30}"
-COUNTS_NAME_RE = re.compile(rf"^(?P<user>{_USER})/(?P=user)_counts_"
-                            r"(?P<when>\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})_UTC\.json$")
-_SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_MIN_TS, _MAX_TS = 946_684_800, 4_102_444_800  # 2000-01-01 .. 2100-01-01
+CACHE_VERSION = 2  # bump when what the per-shard cache holds changes
+COUNTS_NAME_RE = COUNTS_FILE_RE
 
 
-@dataclass(frozen=True)
-class Counts:
-    """A post's counts as one read shows them; ``likes`` is None when the owner hides them."""
-
-    likes: int | None
-    comments: int | None
-    hidden: bool
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One reading of one post's counts."""
-
-    shortcode: str
-    user: str
-    taken_at: int  # unix s
-    observed_at: int  # unix s
-    likes: int | None
-    comments: int | None
-    hidden: bool
-    recount: bool  # a re-read (counts member), not the post's metadata file
-
-    @property
-    def order(self) -> tuple[int, int]:
-        """Sort key: later wins; on the same second a re-read wins over the metadata."""
-        return self.observed_at, int(self.recount)
-
-    @property
-    def counts(self) -> Counts:
-        return Counts(self.likes, self.comments, self.hidden)
-
-    @property
-    def age_days(self) -> float:
-        return (self.observed_at - self.taken_at) / DAY
-
-
-def _dig(node: dict[str, Any], *paths: str) -> Any:
-    """The first of the dotted ``paths`` present in ``node`` (None if none is)."""
-    for path in paths:
-        cur: Any = node
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                cur = None
-                break
-            cur = cur[part]
-        if cur is not None:
-            return cur
-    return None
-
-
-def _count(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+def profile_counts(node: dict) -> dict[str, int] | None:
+    """Followers, followees and post count of a profile node (None when it is not valid)."""
+    try:
+        p = parse_profile(node)
+    except BadMetadata:
         return None
-    return int(value)
-
-
-def counts_of_node(node: dict[str, Any]) -> Counts | None:
-    """The counts a post node (saved metadata or a timeline node) shows; None if it has none.
-
-    Likes are hidden when the node says ``like_and_view_counts_disabled`` (the count is then
-    meaningless) or when the count is negative (Instagram's -1).
-    """
-    likes = _count(_dig(node, "edge_media_preview_like.count", "edge_liked_by.count", "like_count",
-                        "iphone_struct.like_count"))
-    comments = _count(_dig(node, "edge_media_to_comment.count", "edge_media_to_parent_comment.count",
-                           "comments", "iphone_struct.comment_count", "comment_count"))
-    disabled = _dig(node, "like_and_view_counts_disabled", "iphone_struct.like_and_view_counts_disabled")
-    if likes is None and disabled is not True:
-        return None
-    hidden = disabled is True or (likes is not None and likes < 0)
-    if comments is not None and comments < 0:
-        comments = None
-    return Counts(None if hidden else likes, comments, hidden)
-
-
-def counts_member_name(user: str, observed_at: int) -> str:
-    """The shard member of the counts a crawl re-read for ``user``."""
-    when = dt.datetime.fromtimestamp(observed_at, dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
-    return f"{user}/{user}_counts_{when}_UTC.json"
+    return {"followers": p.followers, "followees": p.followees, "media_count": p.media_count}
 
 
 def render_counts(user: str, observed_at: int, observations: Iterable[Observation]) -> bytes:
     """The bytes of a counts member (sorted, so the same reads give the same bytes)."""
     posts = [{"shortcode": o.shortcode, "taken_at": o.taken_at, "likes": o.likes, "comments": o.comments,
               "likes_hidden": o.hidden} for o in sorted(observations, key=lambda o: o.shortcode)]
-    doc = {"imgrate_counts": COUNTS_VERSION, "user": user, "observed_at": observed_at, "posts": posts}
+    doc = {"imgrate_counts": 1, "user": user, "observed_at": observed_at, "posts": posts}
     return (json.dumps(doc, sort_keys=True, indent=1) + "\n").encode()
-
-
-def parse_counts_member(name: str, data: bytes) -> list[Observation]:
-    """The observations of a counts member, validated; a :class:`DataError` names what is wrong."""
-    m = COUNTS_NAME_RE.match(name)
-    if m is None:
-        raise DataError(f"{name}: not a counts member name (<user>/<user>_counts_<date>_UTC.json)")
-    if len(data) > MAX_COUNTS_BYTES:
-        raise DataError(f"{name}: counts member of {len(data)} bytes (at most {MAX_COUNTS_BYTES})")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{name}: counts member is not JSON ({type(err).__name__})") from None
-    user = m["user"]
-    if not isinstance(doc, dict) or doc.get("imgrate_counts") != COUNTS_VERSION:
-        raise DataError(f"{name}: not a version-{COUNTS_VERSION} counts member")
-    observed_at = doc.get("observed_at")
-    if doc.get("user") != user:
-        raise DataError(f"{name}: names user {str(doc.get('user'))[:40]!r}, not {user}")
-    if not isinstance(observed_at, int) or isinstance(observed_at, bool) or not _MIN_TS <= observed_at <= _MAX_TS:
-        raise DataError(f"{name}: observed_at is not a unix time")
-    if counts_member_name(user, observed_at) != name:
-        raise DataError(f"{name}: observed_at {observed_at} does not match the member's name")
-    posts = doc.get("posts")
-    if not isinstance(posts, list) or len(posts) > MAX_COUNTS_POSTS:
-        raise DataError(f"{name}: posts must be a list of at most {MAX_COUNTS_POSTS}")
-    out = []
-    for i, p in enumerate(posts):
-        where = f"{name}: posts[{i}]"
-        if not isinstance(p, dict):
-            raise DataError(f"{where} is not an object")
-        code, taken_at, hidden = p.get("shortcode"), p.get("taken_at"), p.get("likes_hidden")
-        likes, comments = p.get("likes"), p.get("comments")
-        if not isinstance(code, str) or not _SHORTCODE_RE.match(code):
-            raise DataError(f"{where}: shortcode is not one")
-        if not isinstance(taken_at, int) or isinstance(taken_at, bool) or not _MIN_TS <= taken_at <= observed_at:
-            raise DataError(f"{where}: taken_at is not a unix time before observed_at")
-        if not isinstance(hidden, bool):
-            raise DataError(f"{where}: likes_hidden is not true or false")
-        for key, value in (("likes", likes), ("comments", comments)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                raise DataError(f"{where}: {key} is not a count")
-        if hidden != (likes is None):
-            raise DataError(f"{where}: likes must be null exactly when likes_hidden is true")
-        out.append(Observation(code, user, taken_at, observed_at, likes, comments, hidden, recount=True))
-    return out
-
-
-def metadata_observation(name: str, node: dict[str, Any], observed_at: int) -> Observation | None:
-    """The observation a post's metadata file is (None when the node lacks what it needs)."""
-    code = node.get("shortcode") or node.get("code")
-    when = _count(_dig(node, "taken_at_timestamp", "date", "taken_at"))
-    counts = counts_of_node(node)
-    if not isinstance(code, str) or not _SHORTCODE_RE.match(code) or when is None or counts is None:
-        return None
-    return Observation(code, name.split("/", 1)[0], when, observed_at, counts.likes, counts.comments,
-                       counts.hidden, recount=False)
-
-
-def profile_counts(node: dict[str, Any]) -> dict[str, int] | None:
-    """Followers, followees and post count of a saved profile node (None if one is missing)."""
-    counts = {
-        "followers": _count(_dig(node, "edge_followed_by.count", "follower_count")),
-        "followees": _count(_dig(node, "edge_follow.count", "following_count")),
-        "media_count": _count(_dig(node, "edge_owner_to_timeline_media.count", "media_count")),
-    }
-    return None if any(v is None for v in counts.values()) else counts  # type: ignore[return-value]
-
-
-def _profile_re(user: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(user)}/{re.escape(user)}_\d+\.json\.xz$")
 
 
 def shard_facts(shard: Path) -> tuple[list[Observation], dict[str, dict[str, int]]]:
     """Every observation a shard holds (its posts' metadata, at the shard's crawl time, and its
-    counts members) and its profile snapshots' counts per user. Unreadable members are left
-    out (export and verify name them)."""
-    meta = shard_meta(shard)
-    try:
-        crawled_at: int | None = int(dt.datetime.fromisoformat(meta.get("crawled_at", "")).timestamp())
-    except ValueError:
-        crawled_at = None
+    counts members) and its profile snapshots' counts per user, read through the metadata
+    boundary. Bad members are left out, and a damaged shard gives nothing (export and verify
+    name them; the crawl fetches a damaged shard's posts again)."""
     out: list[Observation] = []
     profiles: dict[str, dict[str, int]] = {}
-    for name, data in iter_members(shard):
-        if COUNTS_NAME_RE.match(name):
-            try:
-                out.extend(parse_counts_member(name, data))
-            except DataError as err:
-                log.warning("shard %s: %s", shard.name, err)
-            continue
-        if not name.endswith(".json.xz"):
-            continue
-        user = name.split("/", 1)[0]
-        is_post = post_key(name) is not None
-        if not is_post and not _profile_re(user).match(name):
-            continue
+    try:
+        crawled_at = int(dt.datetime.fromisoformat(shard_meta(shard).get("crawled_at", "")).timestamp())
+        members = list(iter_members(shard))
+    except (DataError, ValueError) as err:
+        log.warning("shard %s: no counts read (%s)", shard.name, err)
+        return [], {}
+    for name, data in members:
+        kind = member_kind(name)
         try:
-            node = json.loads(lzma.decompress(data))["node"]
-        except (lzma.LZMAError, EOFError, ValueError, KeyError, TypeError):
+            if kind == "counts":
+                out.extend(parse_counts_member(name, data))
+                continue
+            if kind is None or not name.endswith(".json.xz"):
+                continue
+            record = parse_member(name, data)
+        except BadMetadata:
             continue
-        if not isinstance(node, dict):
-            continue
-        if is_post:
-            if crawled_at is not None and (o := metadata_observation(name, node, crawled_at)) is not None:
-                out.append(o)
-        elif (counts := profile_counts(node)) is not None:
-            profiles[user] = counts
+        if isinstance(record, PostMeta):
+            out.append(Observation(record.shortcode, record.user, record.timestamp, crawled_at, record.likes,
+                                   record.comments, record.likes_hidden, recount=False))
+        elif isinstance(record, ProfileMeta):
+            profiles[record.username] = {"followers": record.followers, "followees": record.followees,
+                                         "media_count": record.media_count}
     return out, profiles
 
 
