@@ -134,8 +134,13 @@ class Stored:
     posts: dict[str, Observation]
     profiles: dict[str, dict[str, int]]
 
+    def __post_init__(self) -> None:
+        self._by_user: dict[str, list[Observation]] = {}
+        for o in self.posts.values():
+            self._by_user.setdefault(o.user, []).append(o)
+
     def of_user(self, user: str) -> list[Observation]:
-        return [o for o in self.posts.values() if o.user == user]
+        return self._by_user.get(user, [])
 
 
 def stored_facts(shards: Iterable[Path], cache_dir: Path) -> Stored:

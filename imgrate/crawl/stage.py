@@ -26,6 +26,7 @@ crawlers merge by union, and readers take each user's newest stamp over all stam
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -590,6 +591,9 @@ def _recount(loader: instaloader.Instaloader, result: UserResult, stored: list[O
         result.recount_requests = controller.user.requests - before
         result.requests += result.recount_requests
     result.recounted = len(current)
+    # a node that shows likes but no comment count keeps the stored one
+    current = {code: c if c.comments is not None else dataclasses.replace(c, comments=due[code].comments)
+               for code, c in current.items()}
     new = [Observation(code, user, due[code].taken_at, now, c.likes, c.comments, c.hidden, recount=True)
            for code, c in sorted(current.items()) if changed(due[code], c, now)]
     name = counts_member_name(user, now)
