@@ -27,6 +27,7 @@ Every figure is a wall time on this machine, and the ratios come from the same r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -72,13 +73,14 @@ def make_project(dest: Path, params: dict[str, Any]) -> None:
 
 def plan_world(params: dict[str, Any], users: list[str], posts: int, growth: float) -> tuple[float, str, int, int]:
     """(mean_interval_days, until of the first crawl, posts then, posts at until)."""
-    from imgrate.crawl.demo import DemoWorld, WorldConfig
+    from imgrate.demo.world import DemoWorld
+    from imgrate.params import parse_params
 
     demo = params["crawl"]["demo"]
 
     def world(interval: float, until: str) -> DemoWorld:
-        return DemoWorld(users, WorldConfig(seed=demo["seed"], start=str(demo["start"]), until=until,
-                                            image_size=demo["image_size"], mean_interval_days=interval))
+        return DemoWorld(users, dataclasses.replace(parse_params(params).crawl.demo, until=until,
+                                                    mean_interval_days=interval))
 
     until = str(demo["until"])
     probe = 5.0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 os.environ.setdefault("IMGRATE_QUIET", "1")
 
-import imgrate.crawl.demo as demo  # noqa: E402
+import imgrate.demo.server as demo  # noqa: E402
 from imgrate.crawl.stage import run  # noqa: E402
 from imgrate.crawl.users import read_users  # noqa: E402
 from imgrate.crawl.verify import verify_raw  # noqa: E402

@@ -30,7 +30,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from imgrate.crawl.demo import DemoWorld, WorldConfig  # noqa: E402
+from imgrate.demo.world import DemoWorld  # noqa: E402
+from imgrate.params import DemoParams  # noqa: E402
 from imgrate.preprocess import load_thumbnail  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
 
     users = ("bench_lens_demo", "bench_frames_demo", "bench_grain_demo")
-    world = DemoWorld(list(users), WorldConfig(seed=1, image_size=args.source_px, until="2026-06-30"))
+    world = DemoWorld(list(users), DemoParams(seed=1, image_size=args.source_px, until="2026-06-30"))
     posts = [p for u in users for p in world.posts(u)
              if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
     blobs = [world.image(p.shortcode) for p in posts[: args.n]]

@@ -127,12 +127,10 @@ def oracle_predictions(data: Dataset, crawl: CrawlParams) -> np.ndarray:
     fitted on the training split (positive slope) puts it on the target's scale so that
     MSE and MAE mean something; it changes no ranking.
     """
-    from imgrate.crawl.demo import DemoWorld, WorldConfig
+    from imgrate.demo.world import DemoWorld
 
-    d = crawl.demo
     users = sorted({str(r["user"]).lower() for r in data.index})
-    world = DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until,
-                                         image_size=d.image_size, mean_interval_days=d.mean_interval_days))
+    world = DemoWorld(users, crawl.demo)  # reads seed, start, until, image_size, mean_interval_days
     train, test = data.split("train"), data.split("test")
 
     def appeal(rows: np.ndarray) -> np.ndarray:

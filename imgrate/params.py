@@ -31,7 +31,27 @@ FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
 @dataclass(frozen=True)
 class FaultParams:
-    """Faults the simulated Instagram injects (imgrate.crawl.demo.FaultConfig)."""
+    """Faults the simulated Instagram (:mod:`imgrate.demo.server`) injects: ``rate`` is the chance
+    per request (0 = none).
+
+    Decisions are drawn from ``random.Random(seed)`` in request order, so a single-threaded
+    crawl sees the same faults every run (change the seed between runs to see others). Kinds:
+
+    - ``429``: Too Many Requests; ``401``: Unauthorized, "Please wait a few minutes before you
+      try again." (Instagram's soft rate limit); ``500`` / ``503``: server errors;
+    - ``reset``: the callback raises ``requests.exceptions.ConnectionError`` (connection reset);
+      ``timeout``: it raises ``requests.exceptions.ReadTimeout``;
+    - ``truncated``: an image served with valid headers and a cut JPEG body (image and
+      profile-picture downloads only; other requests draw among the remaining kinds);
+    - ``slow``: served correctly after a real :data:`SLOW_SECONDS` delay;
+    - ``endpoint_changed``: a GraphQL query answered as after Instagram revoked the query ids
+      Instaloader uses: 401 "Please wait a few minutes" or 400 "invalid request", in turn
+      (GraphQL queries only; other requests draw among the remaining kinds). With ``rate: 1``
+      and only this kind, every query fails and every page loads: a changed endpoint.
+
+    Users whose name contains ``throttled`` are always refused (429 / 401 "Please wait"), whatever
+    the rate: the test bed for a user that stays rate limited.
+    """
 
     rate: float = 0.0  # chance per request, 0 = none
     kinds: list[FaultKind] = field(default_factory=lambda: list(FAULT_KINDS))
@@ -347,11 +367,19 @@ def _check_values(p: Params) -> None:
     for ok, msg in checks:
         if not ok:
             raise ParamsError(msg)
+    times = {}
     for key, value in (("crawl.demo.start", p.crawl.demo.start), ("crawl.demo.until", p.crawl.demo.until)):
         try:
-            dt.datetime.fromisoformat(value)
+            times[key] = dt.datetime.fromisoformat(value).replace(tzinfo=None)
         except ValueError as err:
             raise ParamsError(f"{key}: expected an ISO date such as 2025-12-31, got {_shown(value)}") from err
+    if times["crawl.demo.start"] < dt.datetime(2016, 1, 1):
+        raise ParamsError(f"crawl.demo.start: must be 2016 or later (the world's 11-character shortcodes), "
+                          f"got {p.crawl.demo.start}")
+    if times["crawl.demo.until"] < times["crawl.demo.start"]:
+        raise ParamsError(f"crawl.demo.until ({p.crawl.demo.until}) is before crawl.demo.start ({p.crawl.demo.start})")
+    if p.crawl.demo.faults.rate > 0 and not p.crawl.demo.faults.kinds:
+        raise ParamsError("crawl.demo.faults.kinds: name at least one fault kind when crawl.demo.faults.rate > 0")
 
 
 # Largest sizes that still fit a machine's memory: the demo draws a photo of image_size^2

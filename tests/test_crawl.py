@@ -11,7 +11,7 @@ from pathlib import Path
 import instaloader
 import pytest
 
-from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.demo.world import DemoWorld
 from imgrate.shards import list_shards, member_names
 from imgrate.crawl.stage import run
 from imgrate.crawl.users import parse_users, read_users
@@ -33,9 +33,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
 
 
 def world_for(params: CrawlParams, users: list[str]) -> DemoWorld:
-    d = params.demo
-    return DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                                        mean_interval_days=d.mean_interval_days))
+    return DemoWorld(users, params.demo)
 
 
 def test_users_file_ignores_blanks_comments_and_duplicates() -> None:

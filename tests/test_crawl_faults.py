@@ -23,10 +23,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import imgrate.crawl.demo as demo
+import imgrate.demo.server as demo
 from imgrate.cli import app
 from imgrate.crawl import instagram, session
-from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.demo.world import DemoWorld
 from imgrate.shards import SHARD_RE, iter_members, list_shards
 from imgrate.crawl.stage import run, run_stage
 from imgrate.crawl.stamps import merged_stamps, post_timestamp
@@ -49,9 +49,7 @@ def crawl_params(until: str = "2025-03-01", *, rate: float = 0.0, seed: int = 0,
 
 
 def world_codes(params: CrawlParams, users: list[str]) -> set[str]:
-    d = params.demo
-    world = DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                                         mean_interval_days=d.mean_interval_days))
+    world = DemoWorld(users, params.demo)
     return {p.shortcode for u in users for p in world.posts(u)}
 
 
@@ -217,9 +215,7 @@ def test_request_budget_is_never_exceeded_and_an_aborted_user_resumes(
     spent = sum(r.requests for r in reports[:-1])
     assert spent <= full.requests + later + 12 * len(reports), (spent, full.requests, later)
     # every stamp is the newest post of its user, so the next run asks for nothing old
-    d = params.demo
-    world = DemoWorld(users, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                                         mean_interval_days=d.mean_interval_days))
+    world = DemoWorld(users, params.demo)
     stamps = merged_stamps(paths.raw)
     for user in users:
         assert post_timestamp(stamps, user).timestamp() == world.posts(user)[0].taken_at

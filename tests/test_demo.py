@@ -24,22 +24,27 @@ from instaloader.exceptions import (
 from PIL import Image
 from scipy.stats import spearmanr
 
-from imgrate.crawl.demo import (
-    LIKES_SETTLE_DAYS,
-    DemoPost,
-    DemoWorld,
-    FaultConfig,
-    WorldConfig,
-    likes_fraction,
-    serve,
-    shortcode_of,
-)
+import imgrate.demo.world as world_module
+from imgrate.demo.server import serve
+from imgrate.demo.world import LIKES_SETTLE_DAYS, DemoPost, DemoWorld, likes_fraction, shortcode_of
 from imgrate.errors import DataError, ParamsError, UsersFileError
+from imgrate.params import DemoParams, FaultParams
 
 B64 = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 NAMES = ["alpha_lens", "beta_frames", "gamma_grain"]
-SMALL = WorldConfig(seed=4, start="2025-01-01", until="2025-03-15", image_size=64)
-LATER = WorldConfig(seed=4, start="2025-01-01", until="2025-04-20", image_size=64)
+SMALL = DemoParams(seed=4, start="2025-01-01", until="2025-03-15", image_size=64)
+LATER = DemoParams(seed=4, start="2025-01-01", until="2025-04-20", image_size=64)
+
+
+def _parse_demo(**demo: object) -> None:
+    """params.yaml with ``crawl.demo`` keys replaced, parsed (and checked)."""
+    import yaml
+
+    from imgrate.params import parse_params
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    data["crawl"]["demo"].update(demo)
+    parse_params(data)
 
 
 def _fingerprint(post: DemoPost) -> tuple:
@@ -58,7 +63,7 @@ def test_same_seed_same_world_other_seed_other_world():
         assert a.posts(name) == b.posts(name)
     for post in a.posts("alpha_lens")[:5]:
         assert a.image(post.shortcode) == b.image(post.shortcode) == a.image(post.shortcode)
-    c = DemoWorld(NAMES, WorldConfig(seed=5, start=SMALL.start, until=SMALL.until, image_size=64))
+    c = DemoWorld(NAMES, DemoParams(seed=5, start=SMALL.start, until=SMALL.until, image_size=64))
     assert c.user("alpha_lens") != a.user("alpha_lens")
     assert {p.shortcode for p in c.posts("alpha_lens")}.isdisjoint(p.shortcode for p in a.posts("alpha_lens"))
 
@@ -96,8 +101,8 @@ def test_special_and_unknown_names():
         DemoWorld(["no spaces allowed"], SMALL)
     with pytest.raises(DataError):
         world.post("AAAAAAAAAAA")
-    with pytest.raises(ParamsError):
-        WorldConfig(until="2024-01-01")
+    with pytest.raises(ParamsError, match="crawl.demo.until .* is before crawl.demo.start"):
+        _parse_demo(until="2024-01-01")  # checked once, where params.yaml is read
 
 
 def test_shortcodes_ids_and_times():
@@ -110,7 +115,7 @@ def test_shortcodes_ids_and_times():
         assert shortcode_of(p.id) == instaloader.Post.mediaid_to_shortcode(p.id) == p.shortcode
         assert world.post(p.shortcode) == p
         assert world.appeal(p.shortcode) == p.appeal
-        assert SMALL.start_ts <= p.taken_at <= world.clock
+        assert world.start <= p.taken_at <= world.clock
     for name in NAMES:
         times = [p.taken_at for p in world.posts(name)]
         assert all(a - b >= 1 for a, b in zip(times, times[1:])), "newest first, >= 1 s apart"
@@ -151,8 +156,8 @@ def test_a_fresh_world_builds_only_the_posts_it_is_asked_for(tmp_path):
 
 
 def test_until_accepts_a_datetime():
-    day = DemoWorld(NAMES, WorldConfig(seed=7, until="2025-02-01", image_size=64))
-    noon = DemoWorld(NAMES, WorldConfig(seed=7, until="2025-02-01T12:00:00", image_size=64))
+    day = DemoWorld(NAMES, DemoParams(seed=7, until="2025-02-01", image_size=64))
+    noon = DemoWorld(NAMES, DemoParams(seed=7, until="2025-02-01T12:00:00", image_size=64))
     assert noon.clock == day.clock - 12 * 3600 + 1  # a bare date means the end of that day
     kept = [_fingerprint(p) for p in day.posts("alpha_lens") if p.taken_at <= noon.clock]
     assert [_fingerprint(p) for p in noon.posts("alpha_lens")] == kept
@@ -160,7 +165,7 @@ def test_until_accepts_a_datetime():
 
 def test_default_world_size_and_mix():
     names = [f"photographer_{i:02d}" for i in range(27)]
-    world = DemoWorld(names, WorldConfig())
+    world = DemoWorld(names, DemoParams())
     counts = [len(world.posts(n)) for n in names]
     assert 2_000 <= sum(counts) <= 3_200
     assert 25 <= min(counts) and max(counts) <= 300
@@ -174,7 +179,7 @@ def test_default_world_size_and_mix():
 
 
 def test_images_decode_with_the_stated_sizes_and_fast():
-    world = DemoWorld(NAMES, WorldConfig(seed=7, until="2025-06-30", image_size=320))
+    world = DemoWorld(NAMES, DemoParams(seed=7, until="2025-06-30", image_size=320))
     posts = [p for name in NAMES for p in world.posts(name)][:60]
     start = time.perf_counter()
     blobs = [world.image(p.shortcode) for p in posts]
@@ -198,7 +203,7 @@ def _small(blob: bytes) -> np.ndarray:
 
 def test_appeal_shows_in_the_pixels_and_drives_likes_within_users():
     names = [f"photographer_{i:02d}" for i in range(8)]
-    world = DemoWorld(names, WorldConfig(seed=3, until="2025-12-31", image_size=64))
+    world = DemoWorld(names, DemoParams(seed=3, until="2025-12-31", image_size=64))
     posts = [p for n in names for p in world.posts(n)]
     assert len(posts) >= 300
     pixels = np.stack([_small(world.image(p.shortcode)) for p in posts])
@@ -214,7 +219,7 @@ def test_appeal_shows_in_the_pixels_and_drives_likes_within_users():
 
 def test_who_posted_explains_likes_across_users():
     names = [f"photographer_{i:02d}" for i in range(27)]
-    world = DemoWorld(names, WorldConfig(seed=0, until="2025-12-31", image_size=64))
+    world = DemoWorld(names, DemoParams(seed=0, until="2025-12-31", image_size=64))
     log_likes = {n: np.log1p([p.likes for p in world.posts(n)]) for n in names}
     user_mean = np.concatenate([np.full(len(v), v.mean()) for v in log_likes.values()])
     assert spearmanr(user_mean, np.concatenate(list(log_likes.values())))[0] > 0.8
@@ -393,10 +398,11 @@ def test_unserved_endpoints_fail_loudly(tmp_path):
     assert server.requests_by_kind["bad_query"] == 1
 
 
-def test_slide_videos_and_profile_pictures(tmp_path):
+def test_slide_videos_and_profile_pictures(tmp_path, monkeypatch):
     """What Instaloader 4.16 does with slide="1", video options and the profile picture."""
-    world = DemoWorld(["alpha_lens"], WorldConfig(seed=3, until="2025-03-31", image_size=32,
-                                                  sidecar_rate=0.4, video_rate=0.3))
+    monkeypatch.setattr(world_module, "SIDECAR_RATE", 0.4)  # many sidecars and videos in few posts
+    monkeypatch.setattr(world_module, "VIDEO_RATE", 0.3)
+    world = DemoWorld(["alpha_lens"], DemoParams(seed=3, until="2025-03-31", image_size=32))
     posts = world.posts("alpha_lens")
     videos = [p for p in posts if p.typename == "GraphVideo"]
     sidecars = [p for p in posts if p.typename == "GraphSidecar"]
@@ -430,14 +436,14 @@ def test_slide_videos_and_profile_pictures(tmp_path):
 
 
 def test_faults_seam():
-    assert FaultConfig().rate == 0.0
-    with pytest.raises(ParamsError):
-        FaultConfig(rate=1.5)
-    with pytest.raises(ParamsError):
-        FaultConfig(rate=0.1, kinds=("meteor",))
+    assert FaultParams().rate == 0.0  # the default: a well-behaved Instagram
+    with pytest.raises(ParamsError, match="crawl.demo.faults.rate"):
+        _parse_demo(faults={"rate": 1.5, "kinds": ["500"], "seed": 0})
+    with pytest.raises(ParamsError, match="crawl.demo.faults.kinds"):
+        _parse_demo(faults={"rate": 0.1, "kinds": ["meteor"], "seed": 0})
     world = DemoWorld(["alpha_lens"], SMALL)
     with requests_mock.Mocker() as mocker:
-        serve(world, mocker, FaultConfig(rate=1.0))
+        serve(world, mocker, FaultParams(rate=1.0, kinds=["500"]))
         context = instaloader.InstaloaderContext(sleep=False, quiet=True, max_connection_attempts=1)
         with pytest.raises(ConnectionException, match="500"):
             instaloader.Profile.from_username(context, "alpha_lens")
@@ -452,7 +458,7 @@ def test_faults_seam():
 def test_each_fault_kind_reaches_instaloader_as_instagram_would(kind, expect):
     world = DemoWorld(["alpha_lens"], SMALL)
     with requests_mock.Mocker() as mocker:
-        server = serve(world, mocker, FaultConfig(rate=1.0, kinds=(kind,)))
+        server = serve(world, mocker, FaultParams(rate=1.0, kinds=[kind]))
         context = instaloader.InstaloaderContext(sleep=False, quiet=True, max_connection_attempts=1)
         context._session.cookies.set("csrftoken", "x")
         shortcode = world.posts("alpha_lens")[0].shortcode
@@ -465,7 +471,7 @@ def test_truncated_and_slow_faults_hit_image_bodies_only():
     world = DemoWorld(["alpha_lens"], SMALL)
     post = world.posts("alpha_lens")[0]
     with requests_mock.Mocker() as mocker:
-        server = serve(world, mocker, FaultConfig(rate=1.0, kinds=("truncated",)))
+        server = serve(world, mocker, FaultParams(rate=1.0, kinds=["truncated"]))
         page = requests.get("https://www.instagram.com/alpha_lens/")  # no image body: served whole
         assert page.status_code == 200 and page.text.endswith("</html>")
         resp = requests.get(server.image_url(post, 0))
@@ -474,7 +480,7 @@ def test_truncated_and_slow_faults_hit_image_bodies_only():
         image = Image.open(io.BytesIO(resp.content))  # the headers are fine...
         with pytest.raises(OSError, match="truncated"):
             image.load()  # ...the pixels are not
-        serve(world, mocker, FaultConfig(rate=1.0, kinds=("slow",)))
+        serve(world, mocker, FaultParams(rate=1.0, kinds=["slow"]))
         start = time.monotonic()
         assert requests.get(server.image_url(post, 0)).content == world.image(post.shortcode)
         assert time.monotonic() - start >= 0.01

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.demo.world import DemoWorld
 from imgrate.shards import list_shards
 from imgrate.errors import DataError
 from imgrate.export import build_tables, run_stage
@@ -19,9 +19,7 @@ from conftest import TINY_USERS, mangle_first_post
 
 
 def _world(params) -> DemoWorld:
-    d = params.crawl.demo
-    return DemoWorld(TINY_USERS, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                                             mean_interval_days=d.mean_interval_days))
+    return DemoWorld(TINY_USERS, params.crawl.demo)
 
 
 def test_tables_match_the_world(tiny_world) -> None:

@@ -61,9 +61,10 @@ def test_16_bit_grayscale_png_is_scaled_not_clipped() -> None:
 
 def test_draft_decoding_stays_close_to_a_full_decode() -> None:
     """Draft mode (DCT scaling) + bilinear against a full decode + Lanczos: tiny differences."""
-    from imgrate.crawl.demo import DemoWorld, WorldConfig
+    from imgrate.demo.world import DemoWorld
+    from imgrate.params import DemoParams
 
-    world = DemoWorld(["quality_demo"], WorldConfig(seed=3, image_size=1080))
+    world = DemoWorld(["quality_demo"], DemoParams(seed=3, image_size=1080))
     post = next(p for p in world.posts("quality_demo") if p.typename != "GraphVideo")
     data = world.image(post.shortcode)
     ref = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((50, 50), Image.Resampling.LANCZOS))

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgrate.crawl.demo import LIKES_SETTLE_DAYS, DemoWorld, WorldConfig, likes_fraction
+from imgrate.demo.world import LIKES_SETTLE_DAYS, DemoWorld, likes_fraction
+from imgrate.params import DemoParams
 from imgrate.crawl.observations import (
     COUNTS_NAME_RE,
     Observation,
@@ -97,7 +98,7 @@ def test_likes_grow_like_instagram_and_settle_after_a_week() -> None:
 
 def test_hidden_like_counts_are_served_as_instagram_does() -> None:
     users = ["alpha_lens_demo", "hidden_charlie_demo", *[f"user{i}_demo" for i in range(20)]]
-    world = DemoWorld(users, WorldConfig(seed=3, until="2026-06-30", image_size=16))
+    world = DemoWorld(users, DemoParams(seed=3, until="2026-06-30", image_size=16))
     hidden_user = world.posts("hidden_charlie_demo")
     assert hidden_user and all(p.likes_hidden for p in hidden_user)
     others = [p for u in users if u != "hidden_charlie_demo" for p in world.posts(u)]

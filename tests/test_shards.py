@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imgrate.cli import app
-from imgrate.crawl.demo import DemoWorld, WorldConfig
+from imgrate.demo.world import DemoWorld
 from imgrate.shards import (
     ShardDamaged,
     check_shard,
@@ -49,9 +49,7 @@ def crawl_params(until: str = "2025-02-20") -> CrawlParams:
 
 
 def world_codes(params: CrawlParams) -> set[str]:
-    d = params.demo
-    world = DemoWorld(USERS, WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                                         mean_interval_days=d.mean_interval_days))
+    world = DemoWorld(USERS, params.demo)
     return {p.shortcode for u in USERS for p in world.posts(u)}
 
 

@@ -1,6 +1,6 @@
 """Crawling with Instaloader's real code: one work folder per user, one result per user.
 
-The same code crawls the real Instagram and the simulated one (imgrate.crawl.demo serves
+The same code crawls the real Instagram and the simulated one (imgrate.demo.server serves
 Instaloader's endpoints through requests-mock); only the transport differs.
 
 What imgrate adds to Instaloader 4.16 (pinned: the hooks below are its internals, and

@@ -195,23 +195,18 @@ def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator
     if params.source == "demo":
         import requests_mock
 
-        from imgrate.crawl.demo import DemoWorld, FaultConfig, WorldConfig, serve
+        from imgrate.demo.server import serve
+        from imgrate.demo.world import DemoWorld
 
-        d = params.demo
-        world = DemoWorld(
-            users,
-            WorldConfig(seed=d.seed, start=d.start, until=d.until, image_size=d.image_size,
-                        mean_interval_days=d.mean_interval_days),
-        )
-        faults = FaultConfig(rate=d.faults.rate, kinds=tuple(d.faults.kinds), seed=d.faults.seed)
+        world = DemoWorld(users, params.demo)
         loader, controller = make_loader(paths.crawl_work, params, sleep=False, simulated=True,
-                                         rng=random.Random(d.faults.seed))
+                                         rng=random.Random(params.demo.faults.seed))
         with requests_mock.Mocker() as mocker:
-            serve(world, mocker, faults)
+            serve(world, mocker, params.demo.faults)
             # requests-mock does not store Set-Cookie; without it Instaloader re-fetches the
             # start page before every GraphQL call.
             loader.context._session.cookies.set("csrftoken", "demo-csrf")
-            clock = dt.datetime.fromtimestamp(world.config.until_ts, dt.timezone.utc)
+            clock = dt.datetime.fromtimestamp(world.clock, dt.timezone.utc)
             yield _Source(loader, controller, clock, simulated=True)
         return
 
