@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh clone:
 #   make repro   create .venv, install everything, run `dvc repro` on the simulated Instagram
-#   make test    create .venv, install everything, run the test suite
+#   make test    create .venv, install everything, run ruff, mypy and the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -48,7 +48,10 @@ mongo-venv: $(MONGO_STAMP)
 repro: setup
 	dvc repro
 
+# lint and types first (config in pyproject.toml; both come with the test extra), then the suite
 test: setup mongo-venv
+	ruff check .
+	mypy
 	python -m pytest -q $(PYTEST_ARGS)
 
 bench: setup

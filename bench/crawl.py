@@ -22,11 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("IMGRATE_QUIET", "1")
 
-import imgrate.demo.server as demo  # noqa: E402
-from imgrate.crawl.stage import run  # noqa: E402
-from imgrate.crawl.verify import verify_raw  # noqa: E402
-from imgrate.params import BudgetParams, CrawlParams, DemoParams, FaultParams  # noqa: E402
-from imgrate.paths import Paths  # noqa: E402
+import imgrate.demo.server as demo
+from imgrate.crawl.stage import run
+from imgrate.crawl.verify import verify_raw
+from imgrate.params import BudgetParams, CrawlParams, DemoParams, FaultParams
+from imgrate.paths import Paths
 
 
 def main() -> None:

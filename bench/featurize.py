@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from imgrate.featurize import BACKBONES, Extractor, FeatureMeta, _decode, cores, embed, wanted_members
-from imgrate.shards import iter_members
 from imgrate.params import FeaturizeParams, load_params
 from imgrate.paths import Paths
+from imgrate.shards import iter_members
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

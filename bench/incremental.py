@@ -89,7 +89,7 @@ def plan_world(params: dict[str, Any], users: list[str], posts: int, growth: flo
     w = world(interval, until)
     times = sorted(p.taken_at for u in users for p in w.posts(u))
     cut = times[int(len(times) * (1 - growth)) - 1]
-    first_until = dt.datetime.fromtimestamp(cut, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    first_until = dt.datetime.fromtimestamp(cut, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return interval, first_until, sum(1 for t in times if t <= cut), len(times)
 
 

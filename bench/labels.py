@@ -29,15 +29,15 @@ from pathlib import Path
 
 os.environ.setdefault("IMGRATE_QUIET", "1")
 
-import imgrate.demo.server as demo  # noqa: E402
-from imgrate.crawl.stage import run  # noqa: E402
-from imgrate.crawl.users import read_users  # noqa: E402
-from imgrate.crawl.verify import verify_raw  # noqa: E402
-from imgrate.export import run_stage as export  # noqa: E402
-from imgrate.io import read_jsonl  # noqa: E402
-from imgrate.params import load_params  # noqa: E402
-from imgrate.paths import Paths  # noqa: E402
-from imgrate.preprocess import run_stage as preprocess  # noqa: E402
+import imgrate.demo.server as demo
+from imgrate.crawl.stage import run
+from imgrate.crawl.users import read_users
+from imgrate.crawl.verify import verify_raw
+from imgrate.export import run_stage as export
+from imgrate.io import read_jsonl
+from imgrate.params import load_params
+from imgrate.paths import Paths
+from imgrate.preprocess import run_stage as preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,12 +27,12 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from imgrate.demo.world import DemoWorld  # noqa: E402
-from imgrate.params import DemoParams  # noqa: E402
-from imgrate.preprocess import load_thumbnail  # noqa: E402
+from imgrate.demo.world import DemoWorld
+from imgrate.params import DemoParams
+from imgrate.preprocess import load_thumbnail
 
 
 def naive(data: bytes, size: int) -> np.ndarray:

@@ -39,10 +39,9 @@ CPU = torch.device("cpu")
 def build_world(dest: Path, users: int) -> Paths:
     """Crawl, export and preprocess a small simulated world under ``dest``."""
     from imgrate.crawl.stage import run_stage as crawl
+    from imgrate.crawl.users import read_users
     from imgrate.export import run_stage as export
     from imgrate.preprocess import run_stage as preprocess
-
-    from imgrate.crawl.users import read_users
 
     names = read_users(ROOT / "users.txt")[:users]
     (dest / "users.txt").write_text("\n".join(names) + "\n")

@@ -22,27 +22,25 @@ are written without a timestamp, so the same data gives the same bytes.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from imgrate.shards import read_member
 from imgrate.dataset import Dataset, load_dataset
-from imgrate.errors import DataError
+from imgrate.errors import DataError, ImageError
 from imgrate.figures import DPI, figure, save
-from imgrate.io import atomic_open, atomic_path, read_jsonl
+from imgrate.images import fitted, image_info
+from imgrate.io import atomic_open, read_jsonl
 from imgrate.params import AnalyzeParams
 from imgrate.paths import Paths
+from imgrate.shards import read_member
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +153,11 @@ def render_report(c: dict[str, Any]) -> str:
 # Drawing
 
 
-def _user_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _user_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
     """A distinct (colour, marker) per user: tab10's colours x 3 markers, 30 before a repeat."""
     from matplotlib import colormaps
 
-    colours = colormaps["tab10"].colors
+    colours = colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
     markers = ("o", "s", "^")
     return {name: {"color": colours[i % 10], "marker": markers[(i // 10) % 3]} for i, name in enumerate(sorted(names))}
 
@@ -267,12 +265,8 @@ def plot_targets(path: Path, data: Dataset) -> Path:
 def _display_image(data: bytes, max_px: int) -> np.ndarray | None:
     """An image for display, at most ``max_px`` on its longer side (None if undecodable)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (max_px, max_px))
-            im = ImageOps.exif_transpose(im).convert("RGB")
-            im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
-            return np.asarray(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        return np.asarray(fitted(data, max_px))
+    except ImageError as err:
         log.warning("analyze: cannot decode an image for display: %s", err)
         return None
 
@@ -310,8 +304,7 @@ def plot_top_bottom(path: Path, paths: Paths, top: list[dict[str, Any]], bottom:
 
 def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np.ndarray) -> Path:
     data = read_member(paths.shards / post["shard"], post["member"])
-    with Image.open(io.BytesIO(data)) as im:
-        fmt, (w, h) = im.format, im.size
+    fmt, (w, h) = image_info(data)
     before = _display_image(data, 640)
     fig = figure(9, 4.6)
     a, b = fig.subplots(1, 2)

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -27,7 +26,7 @@ from imgrate.progress import console, handle, print_note, setup_logging
 class _Group(TyperGroup):
     """The one top-level error handler: every command (and sub-command) runs inside it."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer passes its (vendored) click Context
         try:
             return super().invoke(ctx)
         except (ImgrateError, KeyboardInterrupt) as err:
@@ -69,7 +68,6 @@ def login(
 ) -> None:
     """Log in to Instagram (password and 2FA asked here) and save the session for `imgrate crawl`."""
     from imgrate.crawl.session import SESSION_USER_ENV, interactive_login
-
     from imgrate.paths import find_project
 
     setup_logging()

@@ -65,7 +65,7 @@ class Report:
 
 
 def _pixels(data: Dataset, rows: np.ndarray) -> np.ndarray:
-    return data.images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0
+    return np.asarray(data.images[rows].reshape(len(rows), -1), dtype=np.float32) / 255.0
 
 
 def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, name: str) -> np.ndarray:
@@ -73,7 +73,7 @@ def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, name: s
 
     ridge = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(x_train, y_train)
     log.info("%s: alpha %.3g", name, ridge.alpha_)
-    return ridge.predict(x_test)
+    return np.asarray(ridge.predict(x_test))
 
 
 def baseline_predictions(data: Dataset, seed: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import io
 import json
 import logging
 from collections import Counter
@@ -32,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
+from imgrate.errors import DataError, ImageError
+from imgrate.images import image_info
+from imgrate.io import write_json, write_jsonl
 from imgrate.metadata import (
     BadMetadata,
     Observation,
@@ -43,12 +43,10 @@ from imgrate.metadata import (
     parse_counts_member,
     parse_member,
 )
-from imgrate.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
-from imgrate.errors import DataError
-from imgrate.io import write_json, write_jsonl
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +66,12 @@ class ShardRows:
 
     posts: list[dict[str, Any]] = field(default_factory=list)
     users: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)  # {shard, member, reason}
+    skipped: list[dict[str, str | None]] = field(default_factory=list)  # {shard, member, reason}
     counts: list[dict[str, Any]] = field(default_factory=list)  # re-read counts (Observation fields)
 
 
 def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _post_row(post: PostMeta, crawled_at: dt.datetime) -> dict[str, Any]:
@@ -115,7 +113,7 @@ def _crawled_at(shard: Path) -> dt.datetime:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise ShardDamaged(shard.name, f"its header's crawled_at {text[:40]!r} is not a time") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def _first_image(key: str, names: set[str]) -> str | None:
@@ -175,10 +173,9 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
             data = members[image]
             row["sha256"] = hashlib.sha256(data).hexdigest()
             try:
-                with Image.open(io.BytesIO(data)) as im:
-                    row["width"], row["height"] = im.size
-            except (OSError, Image.DecompressionBombError) as err:
-                skip(image, f"unreadable image ({type(err).__name__})")
+                _, (row["width"], row["height"]) = image_info(data)
+            except ImageError as err:
+                skip(image, f"unreadable image ({type(err.__cause__ or err).__name__})")
                 continue
         rows.posts.append(row)
     return rows
@@ -194,7 +191,7 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
         if strict and rows.skipped:
             s = rows.skipped[0]
             if s["member"] is None:
-                raise ShardDamaged(s["shard"], s.get("detail", s["reason"]))
+                raise ShardDamaged(str(s["shard"]), str(s.get("detail") or s["reason"]))
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
@@ -206,7 +203,7 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
 class Tables:
     posts: list[dict[str, Any]]
     users: list[dict[str, Any]]
-    skipped: list[dict[str, str]]
+    skipped: list[dict[str, str | None]]
 
 
 def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) -> Tables:
@@ -214,7 +211,7 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
     and users (latest snapshot wins)."""
     posts: dict[str, dict[str, Any]] = {}
     users: dict[str, dict[str, Any]] = {}
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str | None]] = []
     recounts: list[tuple[str, Observation]] = []
     shards = list(shards)
     for shard in track(shards, "export"):
@@ -240,7 +237,7 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
 
 
 def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, Observation]],
-                    skipped: list[dict[str, str]]) -> None:
+                    skipped: list[dict[str, str | None]]) -> None:
     """Give each post the counts of its latest observation: a re-read wins over the metadata
     when it is later, or of the same second."""
     for shard, o in sorted(recounts, key=lambda item: item[1].order):
@@ -249,7 +246,7 @@ def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, 
             skipped.append({"shard": shard, "member": o.shortcode, "reason": "counts of a post not stored"})
             continue
         observed = int(dt.datetime.strptime(row["likes_observed_at"], "%Y-%m-%dT%H:%M:%SZ")
-                       .replace(tzinfo=dt.timezone.utc).timestamp())
+                       .replace(tzinfo=dt.UTC).timestamp())
         if o.observed_at >= observed:
             _set_counts(row, o.likes, o.comments, o.hidden, o.observed_at)
 

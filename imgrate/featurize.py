@@ -43,7 +43,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgrate.shards import ShardDamaged, iter_members, read_manifest
 from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImageError, ModelError
 from imgrate.images import RESAMPLE, load_thumbnail
@@ -51,6 +50,7 @@ from imgrate.io import atomic_path, read_jsonl, write_json
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import ShardDamaged, iter_members, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +445,9 @@ class Summary:
     seconds: float
 
     def line(self) -> str:
-        rate = f", {self.images_extracted / self.seconds:.0f} images/s" if self.images_extracted and self.seconds else ""
+        rate = ""
+        if self.images_extracted and self.seconds:
+            rate = f", {self.images_extracted / self.seconds:.0f} images/s"
         return (f"featurize: {self.images} images of {self.shards} shards ({self.images_extracted} extracted from "
                 f"{self.shards_extracted} new shards{rate}, {self.failed} undecodable); "
                 f"{self.backbone} at {self.input_size}px on {self.device}, {self.workers} workers")

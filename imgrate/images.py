@@ -77,14 +77,32 @@ def read_image(path: Path, size: int) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
 
 
+def fitted(data: bytes, size: int) -> Image.Image:
+    """The image ``data`` shrunk to fit in ``size`` x ``size`` (aspect kept, Lanczos), decoded
+    and made RGB as :func:`load_thumbnail` does, for display; :class:`ImageError` if it cannot."""
+    try:
+        with Image.open(io.BytesIO(data)) as src:
+            im = _oriented_rgb(src, size)
+            im.thumbnail((size, size), Image.Resampling.LANCZOS)
+            im.load()
+            return im
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def image_info(data: bytes) -> tuple[str, tuple[int, int]]:
+    """(format, (width, height)) of the image ``data`` from its header, without decoding it."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return str(im.format), im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError(f"cannot read the image header: {type(err).__name__}: {err}") from err
+
+
 def jpeg_thumbnail(data: bytes, size: int, quality: int = 85) -> bytes:
-    """JPEG bytes of the image ``data`` shrunk to fit in ``size`` x ``size`` (aspect kept),
-    decoded and made RGB as :func:`load_thumbnail` does."""
-    with Image.open(io.BytesIO(data)) as src:
-        im = _oriented_rgb(src, size)
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality, optimize=True)
+    """JPEG bytes of :func:`fitted` (the MongoDB export's thumbnails)."""
+    buf = io.BytesIO()
+    fitted(data, size).save(buf, "JPEG", quality=quality, optimize=True)
     return buf.getvalue()
 
 

@@ -37,8 +37,8 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9._]{1,30}$")
 MAX_METADATA_BYTES = 4 * 2**20  # decompressed; Instaloader's post JSON is 2-20 KB, a profile's < 200 KB
 SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # base64url, as Instagram encodes media ids
 POST_TYPENAMES = ("GraphImage", "GraphVideo", "GraphSidecar")
-MIN_TIMESTAMP = int(dt.datetime(2010, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # Instagram: Oct 2010
-MAX_TIMESTAMP = int(dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+MIN_TIMESTAMP = int(dt.datetime(2010, 1, 1, tzinfo=dt.UTC).timestamp())  # Instagram: Oct 2010
+MAX_TIMESTAMP = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp())
 MAX_COUNT = 10**12  # likes, comments, followers: far above any account's
 _DATE = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC"
 COUNTS_FILE_RE = re.compile(rf"^(?P<user>[^/]+)/(?P=user)_counts_(?P<when>{_DATE})\.json$")
@@ -253,7 +253,7 @@ def counts_of_node(node: dict[str, Any]) -> Counts | None:
 
 def counts_member_name(user: str, observed_at: int) -> str:
     """The shard member of the counts a crawl re-read for ``user`` at ``observed_at``."""
-    when = dt.datetime.fromtimestamp(observed_at, dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    when = dt.datetime.fromtimestamp(observed_at, dt.UTC).strftime("%Y-%m-%d_%H-%M-%S")
     return f"{user}/{user}_counts_{when}_UTC.json"
 
 
@@ -302,7 +302,7 @@ def parse_counts_member(name: str, data: bytes) -> list[Observation]:
                 raise bad(f"posts[{i}]: {key} is not a count")
         if hidden != (likes is None):
             raise bad(f"posts[{i}]: likes must be null exactly when likes_hidden is true")
-        out.append(Observation(code, user, taken_at, observed_at, likes, comments, hidden, recount=True))
+        out.append(Observation(str(code), user, taken_at, observed_at, likes, comments, hidden, recount=True))
     return out
 
 

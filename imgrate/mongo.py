@@ -17,7 +17,6 @@ without chaining. pymongo is imported only when a database is actually used.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,14 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import unquote, unquote_plus
 
-from PIL import Image
-
+from imgrate.errors import DatabaseError, ImageError
 from imgrate.images import jpeg_thumbnail
-from imgrate.shards import iter_members
-from imgrate.errors import DatabaseError
 from imgrate.params import ExportParams, uri_parts, uri_password, uri_secret_options
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import iter_members
 
 if TYPE_CHECKING:  # pragma: no cover
     from pymongo import MongoClient
@@ -49,6 +46,7 @@ ENV_URI = "IMGRATE_MONGODB_URI"
 DOC_VERSION = 1  # bump when the document layout changes: every document is rewritten once
 HIDDEN_FIELDS = {"_id": 0, "row_hash": 0, "thumbnail": 0}  # what the query commands leave out
 T = TypeVar("T")
+Doc = dict[str, Any]  # a MongoDB document as pymongo returns it
 
 
 # --- URIs and secrets ---------------------------------------------------------------------
@@ -101,15 +99,16 @@ def _guarded(uri: str, action: str, fn: Callable[[], T], also: tuple[type[Except
     """
     from pymongo.errors import PyMongoError
 
+    errors: tuple[type[BaseException], ...] = (PyMongoError, *also)
     try:
         return fn()
-    except (PyMongoError, *also) as err:
+    except errors as err:
         text = str(err).split(", Topology Description:")[0]  # the rest repeats it per server
         message = redact(f"MongoDB at {mask_uri(uri)}: {action} failed: {type(err).__name__}: {text}", uri)
     raise DatabaseError(message)
 
 
-def connect(uri: str, timeout_s: float) -> MongoClient:
+def connect(uri: str, timeout_s: float) -> MongoClient[Doc]:
     """A client whose server selection, connects and socket operations give up after ``timeout_s``.
 
     The client connects lazily; call :func:`ping` to find out whether the server answers.
@@ -118,7 +117,7 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
 
     ms = int(timeout_s * 1000)
 
-    def make() -> MongoClient:
+    def make() -> MongoClient[Doc]:
         return MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, socketTimeoutMS=ms,
                            appname="imgrate")
 
@@ -126,7 +125,7 @@ def connect(uri: str, timeout_s: float) -> MongoClient:
     return _guarded(uri, "connecting", make, also=(ValueError, TypeError))
 
 
-def ping(client: MongoClient, uri: str) -> None:
+def ping(client: MongoClient[Doc], uri: str) -> None:
     """Ask the server for ``ping`` (``server_info()`` needs ``buildinfo``, which not every server has)."""
     _guarded(uri, "reaching the server", lambda: client.admin.command("ping"))
 
@@ -187,7 +186,7 @@ class MongoSink:
         return {"posts_written": p_written, "posts_unchanged": p_same,
                 "users_written": u_written, "users_unchanged": u_same}
 
-    def _upsert(self, coll: Collection, key: str, rows: list[dict[str, Any]], thumbnails: bool) -> tuple[int, int]:
+    def _upsert(self, coll: Collection[Doc], key: str, rows: list[dict[str, Any]], thumbnails: bool) -> tuple[int, int]:
         """Send the rows whose hash differs from the stored one; return (written, unchanged)."""
         from pymongo import ReplaceOne
 
@@ -206,7 +205,8 @@ class MongoSink:
                 if row[key] in thumbs:
                     doc["thumbnail"] = thumbs[row[key]]
                 ops.append(ReplaceOne({key: row[key]}, doc, upsert=True))
-            result = _guarded(self.uri, f"writing {coll.name}", lambda: coll.bulk_write(ops, ordered=False))
+            result = _guarded(self.uri, f"writing {coll.name}",
+                              lambda ops=ops: coll.bulk_write(ops, ordered=False))  # type: ignore[misc]
             if result.upserted_count + result.matched_count != len(ops):  # pragma: no cover - server bug
                 raise DatabaseError(f"MongoDB {self.where}: {coll.name} bulk write acknowledged "
                                     f"{result.upserted_count + result.matched_count} of {len(ops)} documents")
@@ -224,12 +224,12 @@ class MongoSink:
             for name, data in iter_members(self.shards_dir / shard, set(members)):
                 try:
                     out[members[name]] = jpeg_thumbnail(data, self.thumbnail_size)
-                except (OSError, ValueError, Image.DecompressionBombError) as err:
-                    log.warning("no thumbnail for shard %s member %s: %s", shard, name, type(err).__name__)
+                except ImageError as err:  # the post is still written, without a thumbnail
+                    log.warning("no thumbnail for shard %s member %s: %s", shard, name, err)
         return out
 
 
-def ensure_indexes(db: Database) -> None:
+def ensure_indexes(db: Database[Doc]) -> None:
     """Unique keys, and the indexes the ``imgrate db`` queries use (idempotent)."""
     from pymongo import ASCENDING, DESCENDING
 
@@ -251,7 +251,7 @@ def sink_from_params(params: ExportParams, paths: Paths, env: Mapping[str, str] 
 # --- queries (imgrate db) -----------------------------------------------------------------
 
 
-def _query(uri: str, database: str, timeout_s: float, action: str, fn: Callable[[Database], T]) -> T:
+def _query(uri: str, database: str, timeout_s: float, action: str, fn: Callable[[Database[Doc]], T]) -> T:
     client = connect(uri, timeout_s)
     try:
         ping(client, uri)
@@ -276,7 +276,7 @@ def extreme_posts(
         query["user"] = user.lower()
     hidden = {k: v for k, v in HIDDEN_FIELDS.items() if not (thumbnails and k == "thumbnail")}
 
-    def run(db: Database) -> list[dict[str, Any]]:
+    def run(db: Database[Doc]) -> list[dict[str, Any]]:
         cursor = db.posts.find(query, hidden).sort([("likes", order), ("shortcode", 1)]).limit(n)
         return list(cursor)
 
@@ -329,7 +329,7 @@ def user_stats(uri: str, database: str, *, timeout_s: float = 10.0) -> list[dict
     ``likes_per_follower`` is the mean likes divided by followers (None without followers).
     """
 
-    def run(db: Database) -> list[dict[str, Any]]:
+    def run(db: Database[Doc]) -> list[dict[str, Any]]:
         return list(db.users.aggregate(USER_STATS_PIPELINE))
 
     rows = _query(uri, database, timeout_s, "user statistics", run)

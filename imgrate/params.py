@@ -223,7 +223,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected a list, got {_shown(value)}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ParamsError(f"{key}: expected a mapping of keys, got {_shown(value)}")
         return _build(tp, value, key)
@@ -521,7 +521,7 @@ def uri_secret_options(uri: str) -> list[tuple[str, str]]:
 
 def read_yaml(text: str) -> Any:
     """Parse params YAML: ``1e-9`` is a number, a key given twice is an error."""
-    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=ParamsLoader)
 
 
 def load_params(path: Path) -> Params:

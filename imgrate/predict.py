@@ -22,8 +22,8 @@ import torch
 from imgrate.dataset import Dataset
 from imgrate.errors import DataError, ImageError
 from imgrate.featurize import Backbone
-from imgrate.models import dataset_inputs, load_model
 from imgrate.images import read_image, to_tensor_batch
+from imgrate.models import dataset_inputs, load_model
 from imgrate.paths import Paths
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ shard costs one decode of that shard's images; old shards cost two small file re
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections import Counter, defaultdict
@@ -30,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from imgrate.shards import ShardDamaged, check_shard_cached, iter_members
+
 from imgrate.errors import DataError, ImageError
 from imgrate.images import RESAMPLE, load_thumbnail
 from imgrate.io import atomic_path, read_jsonl, write_json, write_jsonl
 from imgrate.params import PreprocessParams
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import ShardDamaged, check_shard_cached, iter_members
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,8 @@ def _write_cache(cache_dir: Path, stem: str, members: list[str], failed: dict[st
     if members:
         digest = hashlib.blake2b("\n".join(members).encode(), digest_size=8).hexdigest()
         name = f"{stem}.{digest}.npy"
-        with atomic_path(cache_dir / name) as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, images)
+        with atomic_path(cache_dir / name) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, images)
     write_json(cache_dir / f"{stem}.json", {"members": members, "failed": failed, "images": name})
     if old_images and old_images != name:
         (cache_dir / old_images).unlink(missing_ok=True)
@@ -328,7 +327,7 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     ]
     write_jsonl(paths.dataset_index, index)
     counts = Counter(splits)
-    meta = {
+    meta: dict[str, Any] = {
         "size": params.size, "target": params.target, "split": params.split,
         "split_ratios": params.split_ratios, "images": paths.images_array(params.size).name,
         "n": len(rows), "users": sorted({r["user"] for r in rows}),

@@ -165,15 +165,15 @@ def _write(dest: Path, entries: Sequence[tuple[str, int, int, str, Callable[[], 
                         posts=sum(1 for n in names if POST_METADATA_RE.fullmatch(n)))
     pax = {PAX_PREFIX + k: str(v) for k, v in sorted(meta.items())}
     pax.update(manifest.to_pax())
-    with atomic_path(dest, tmp_dir=tmp_dir) as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
-            for name, size, mtime, _, source in entries:
-                info = tarfile.TarInfo(name)
-                info.size = size
-                info.mtime = mtime
-                info.mode = 0o644
-                with source() as fh:
-                    tar.addfile(info, fh)
+    with (atomic_path(dest, tmp_dir=tmp_dir) as tmp,
+          tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar):
+        for name, size, mtime, _, source in entries:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            info.mtime = mtime
+            info.mode = 0o644
+            with source() as fh:
+                tar.addfile(info, fh)
     return dest
 
 

@@ -170,14 +170,16 @@ class Inputs:
 
     def stats(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation per channel (images) or per feature, in chunks."""
-        total = sq = None
+        width = 3 if self.pixels else self.source.shape[-1]
+        total = torch.zeros(width, dtype=torch.float64)
+        sq = torch.zeros(width, dtype=torch.float64)
         count = 0
         for i in range(0, len(self.rows), chunk):
             x = self.x(np.arange(i, min(i + chunk, len(self.rows))), torch.device("cpu")).double()
             dims = (0, 2, 3) if self.pixels else (0,)
-            s, s2 = x.sum(dim=dims), (x * x).sum(dim=dims)
-            total, sq = (s, s2) if total is None else (total + s, sq + s2)
-            count += x.numel() // s.numel()
+            total += x.sum(dim=dims)
+            sq += (x * x).sum(dim=dims)
+            count += x.numel() // width
         mean = total / count
         var = (sq - count * mean * mean) / max(count - 1, 1)
         return mean.float(), var.clamp_min(0).sqrt().float()
@@ -290,7 +292,8 @@ class Checkpointer:
         if self.path is None or not self.path.exists():
             return None
         try:
-            return torch.load(self.path, map_location="cpu", weights_only=True)
+            state: dict[str, Any] = torch.load(self.path, map_location="cpu", weights_only=True)
+            return state
         except Exception as err:  # a damaged checkpoint only costs the epochs it held
             log.warning("ignoring unreadable checkpoint %s (%s)", self.path.name, type(err).__name__)
             return None
@@ -329,8 +332,9 @@ def fit(
 
     if len(train) == 0:
         raise DataError("the train split is empty")
-    if hasattr(model, "set_input_stats"):
-        model.set_input_stats(*train.stats())
+    set_input_stats = getattr(model, "set_input_stats", None)  # what the registry's models provide
+    if set_input_stats is not None:
+        set_input_stats(*train.stats())
     model.to(device)
     net: nn.Module = model
     if info.active:
@@ -338,8 +342,8 @@ def fit(
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = DistributedSampler(range(len(train)), num_replicas=info.world, rank=info.rank,  # type: ignore[arg-type]
-                                 shuffle=True, seed=cfg.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(train)), num_replicas=info.world, rank=info.rank, shuffle=True, seed=cfg.seed)  # type: ignore[arg-type]
     per_rank = max(1, math.ceil(cfg.batch_size / info.world))
     y_all = torch.from_numpy(train.y)
     users_all, days_all = torch.from_numpy(train.users), torch.from_numpy(train.days)
@@ -471,7 +475,7 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
     live = None
     staged: Path | None = None
     if info.main:
-        from dvclive import Live
+        from dvclive.live import Live
 
         # DVCLive empties its folder when it starts; the curves git tracks are replaced only by
         # those of a run that finishes (dvc.yaml keeps them with persist: true)

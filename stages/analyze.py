@@ -2,8 +2,8 @@
 
 The same function as ``imgrate analyze``: imgrate.analyze.main."""
 
-from imgrate.progress import run_main
 from imgrate.analyze import main
+from imgrate.progress import run_main
 
 if __name__ == "__main__":
     run_main(main)

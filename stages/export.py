@@ -3,8 +3,8 @@ and metrics/export.json.
 
 The same function as ``imgrate export``: imgrate.export.main."""
 
-from imgrate.progress import run_main
 from imgrate.export import main
+from imgrate.progress import run_main
 
 if __name__ == "__main__":
     run_main(main)

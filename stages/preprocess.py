@@ -2,8 +2,8 @@
 
 The same function as ``imgrate preprocess``: imgrate.preprocess.main."""
 
-from imgrate.progress import run_main
 from imgrate.preprocess import main
+from imgrate.progress import run_main
 
 if __name__ == "__main__":
     run_main(main)

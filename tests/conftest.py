@@ -231,8 +231,8 @@ def mangle_first_post(paths, dest: Path, mangle):
     through ``mangle`` (bytes -> bytes), for tests of corrupt or incomplete members."""
     import tarfile
 
-    from imgrate.shards import list_shards
     from imgrate.paths import Paths
+    from imgrate.shards import list_shards
 
     out = Paths(dest)
     shutil.copytree(paths.raw, out.raw)

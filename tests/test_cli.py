@@ -69,7 +69,6 @@ def test_stage_script_and_command_call_the_same_function() -> None:
     import ast
 
     import yaml
-
     from conftest import ROOT
 
     cli = {n.name: n for n in ast.parse((ROOT / "imgrate" / "cli.py").read_text()).body
@@ -128,7 +127,6 @@ def test_errors_exit_with_named_codes(tmp_path: Path, monkeypatch: pytest.Monkey
 def test_user_text_in_errors_is_printed_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A users.txt line that looks like Rich markup gives a clear error (no MarkupError)."""
     import yaml
-
     from conftest import tiny_params
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
@@ -142,7 +140,6 @@ def test_user_text_in_errors_is_printed_as_it_is(tmp_path: Path, monkeypatch: py
 
 def test_a_huge_users_line_is_quoted_as_an_excerpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
-
     from conftest import tiny_params
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
@@ -157,7 +154,6 @@ def test_a_huge_users_line_is_quoted_as_an_excerpt(tmp_path: Path, monkeypatch: 
 def test_non_utf8_users_file_and_params_name_the_file_and_line(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
-
     from conftest import tiny_params
 
     params = yaml.safe_dump(tiny_params()).encode()
@@ -180,7 +176,6 @@ def test_a_cut_posts_table_names_the_file_and_line_in_one_line(tiny_world, tmp_p
     import sys
 
     import yaml
-
     from conftest import ROOT, copy_world, tiny_params
 
     _, paths = tiny_world

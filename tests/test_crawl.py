@@ -11,13 +11,13 @@ from pathlib import Path
 import instaloader
 import pytest
 
-from imgrate.demo.world import DemoWorld
-from imgrate.shards import list_shards, member_names
 from imgrate.crawl.stage import run
 from imgrate.crawl.users import parse_users, read_users
+from imgrate.demo.world import DemoWorld
 from imgrate.errors import UsersFileError
 from imgrate.params import CrawlParams, DemoParams
 from imgrate.paths import Paths
+from imgrate.shards import list_shards, member_names
 
 USERS = ["alpha_lens_demo", "bravo_frames_demo"]
 

@@ -26,15 +26,15 @@ from typer.testing import CliRunner
 import imgrate.demo.server as demo
 from imgrate.cli import app
 from imgrate.crawl import instagram, session
-from imgrate.demo.world import DemoWorld
-from imgrate.shards import SHARD_RE, iter_members, list_shards
 from imgrate.crawl.stage import run, run_stage
 from imgrate.crawl.stamps import merged_stamps, post_timestamp
 from imgrate.crawl.users import select_part
 from imgrate.crawl.verify import verify_raw
+from imgrate.demo.world import DemoWorld
 from imgrate.errors import CrawlError
 from imgrate.params import FAULT_KINDS, BudgetParams, CrawlParams, DemoParams, FaultParams
 from imgrate.paths import Paths
+from imgrate.shards import SHARD_RE, iter_members, list_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo", "delta_light_demo"]

@@ -249,7 +249,7 @@ def test_oracle_is_recomputed_from_the_world_not_from_crawled_data(tiny_world) -
 # -------------------------------------------------------------------- DVC, end to end
 
 
-def _json(proc) -> dict:  # noqa: ANN001
+def _json(proc) -> dict:
     return json.loads(proc.stdout or "{}")
 
 

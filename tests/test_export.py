@@ -6,16 +6,15 @@ import lzma
 from pathlib import Path
 
 import pytest
+from conftest import TINY_USERS, mangle_first_post
 
 from imgrate.demo.world import DemoWorld
-from imgrate.shards import list_shards
 from imgrate.errors import DataError
 from imgrate.export import build_tables, run_stage
 from imgrate.io import read_jsonl
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
-
-from conftest import TINY_USERS, mangle_first_post
+from imgrate.shards import list_shards
 
 
 def _world(params) -> DemoWorld:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import copy_world
-from imgrate.shards import iter_members
+
 from imgrate.errors import DataError
 from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
 from imgrate.io import read_jsonl
 from imgrate.preprocess import load_thumbnail
+from imgrate.shards import iter_members
 
 
 def _files(paths) -> dict[str, tuple[bytes, int]]:

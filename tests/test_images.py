@@ -95,4 +95,4 @@ def test_read_image_names_the_file_and_tensor_batches_are_nchw(tmp_path) -> None
         read_image(tmp_path / "notes.txt", 32)
     (tmp_path / "a.png").write_bytes(_encode(_test_image(), "PNG"))
     x = to_tensor_batch(read_image(tmp_path / "a.png", 32)[None])
-    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+    assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0

@@ -8,8 +8,6 @@ import ast
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import ROOT, copy_world
 
 # Ground first. A module imports modules of its own floor or of floors below.

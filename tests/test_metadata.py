@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import repack_shard
 
+from imgrate.crawl.verify import verify_raw
+from imgrate.export import run_stage as export
+from imgrate.io import read_jsonl
 from imgrate.metadata import (
     MAX_METADATA_BYTES,
     BadMetadata,
@@ -29,16 +33,10 @@ from imgrate.metadata import (
     member_kind,
     parse_member,
 )
-from imgrate.shards import list_shards, pack_shard, shard_meta
-from imgrate.crawl.verify import verify_raw
-from imgrate.export import run_stage as export
-from imgrate.io import read_jsonl
 from imgrate.params import ExportParams, PreprocessParams
 from imgrate.paths import Paths
 from imgrate.preprocess import run_stage as preprocess
-
-from conftest import repack_shard
-
+from imgrate.shards import list_shards, pack_shard, shard_meta
 
 # ---- the rules
 

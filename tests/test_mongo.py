@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, TINY_USERS, mangle_first_post, tiny_params
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,8 +32,6 @@ from imgrate.io import read_jsonl
 from imgrate.mongo import ENV_URI, MongoSink, mask_uri, redact, resolve_uri, row_hash, sink_from_params
 from imgrate.params import ExportParams, parse_params
 from imgrate.paths import Paths
-
-from conftest import ROOT, TINY_USERS, mangle_first_post, tiny_params
 
 SECRET = "s3cret-pw"
 SECRET_URI = f"mongodb://imgrate:{SECRET}@127.0.0.1:1/"  # nothing listens on port 1

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import dvc, git, tiny_params, write_params
 
-from imgrate.demo.world import LIKES_SETTLE_DAYS, DemoWorld, likes_fraction
-from imgrate.params import DemoParams
 from imgrate.crawl.observations import (
     COUNTS_NAME_RE,
     Observation,
@@ -30,17 +29,16 @@ from imgrate.crawl.observations import (
     parse_counts_member,
     render_counts,
 )
-from imgrate.shards import iter_members, list_shards
 from imgrate.crawl.stage import run
 from imgrate.crawl.verify import verify_raw
+from imgrate.demo.world import LIKES_SETTLE_DAYS, DemoWorld, likes_fraction
 from imgrate.errors import DataError, ParamsError
 from imgrate.export import run_stage as export
 from imgrate.io import read_jsonl
 from imgrate.params import CrawlParams, DemoParams, ExportParams, PreprocessParams, parse_params
 from imgrate.paths import Paths
 from imgrate.preprocess import run_stage as preprocess
-
-from conftest import dvc, git, tiny_params, write_params
+from imgrate.shards import iter_members, list_shards
 
 USERS = ["alpha_lens_demo", "bravo_frames_demo", "hidden_charlie_demo"]
 TARGETS = ["max_ratio", "follower_ratio", "log_zscore", "percentile"]
@@ -111,6 +109,7 @@ def test_hidden_like_counts_are_served_as_instagram_does() -> None:
 
 def test_default_users_file_has_exactly_one_user_who_hides_likes() -> None:
     from conftest import ROOT
+
     from imgrate.crawl.users import read_users
 
     users = read_users(ROOT / "users.txt")
@@ -162,7 +161,7 @@ def test_counts_members_round_trip_and_bad_ones_are_named(tmp_path: Path) -> Non
         "a path as shortcode": {**doc, "posts": [{**doc["posts"][0], "shortcode": "../../etc"}]},
         "too many posts": {**doc, "posts": doc["posts"] * 20_001},
     }
-    for what, broken in bad.items():
+    for broken in bad.values():
         with pytest.raises(DataError, match=r"alpha_lens_demo/alpha_lens_demo_counts_"):
             parse_counts_member(name, json.dumps(broken).encode())
     with pytest.raises(DataError, match="not JSON"):

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import dvc, git, tiny_params, write_params
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 import tarfile
@@ -11,19 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_USERS
 from PIL import Image
+from test_images import _encode, _test_image
 
 from imgrate.crawl.stage import run as crawl
-from imgrate.errors import DataError, ImageError
+from imgrate.errors import DataError
 from imgrate.export import run_stage as export
+from imgrate.images import load_thumbnail
 from imgrate.io import read_jsonl
 from imgrate.paths import Paths
-from imgrate.shards import read_member
-from imgrate.images import load_thumbnail
 from imgrate.preprocess import assign_splits, balance, compute_targets, duplicate_groups, run_stage
-
-from conftest import TINY_USERS
-from test_images import _encode, _test_image
+from imgrate.shards import read_member
 
 
 def test_targets_on_a_hand_built_table() -> None:
@@ -176,6 +174,7 @@ def test_odd_and_corrupt_images_inside_a_shard(tiny_world, tmp_path: Path) -> No
 
 def test_new_shard_decodes_only_new_images_and_keeps_splits(tmp_path: Path) -> None:
     from conftest import tiny_params
+
     from imgrate.params import parse_params
 
     params = parse_params(tiny_params())

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import copy_world
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import copy_world
 from imgrate.cli import app
 from imgrate.shards import iter_members
 

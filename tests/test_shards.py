@@ -21,7 +21,16 @@ import pytest
 from typer.testing import CliRunner
 
 from imgrate.cli import app
+from imgrate.crawl.stage import run
+from imgrate.crawl.stamps import merged_stamps, post_timestamp
+from imgrate.crawl.verify import verify_raw
 from imgrate.demo.world import DemoWorld
+from imgrate.export import build_tables
+from imgrate.export import run_stage as export
+from imgrate.io import read_jsonl
+from imgrate.params import CrawlParams, DemoParams, ExportParams, PreprocessParams
+from imgrate.paths import Paths
+from imgrate.preprocess import run_stage as preprocess
 from imgrate.shards import (
     ShardDamaged,
     check_shard,
@@ -30,15 +39,6 @@ from imgrate.shards import (
     read_manifest,
     shard_meta,
 )
-from imgrate.crawl.stage import run
-from imgrate.crawl.stamps import merged_stamps, post_timestamp
-from imgrate.crawl.verify import verify_raw
-from imgrate.export import build_tables
-from imgrate.export import run_stage as export
-from imgrate.io import read_jsonl
-from imgrate.params import CrawlParams, DemoParams, ExportParams, PreprocessParams
-from imgrate.paths import Paths
-from imgrate.preprocess import run_stage as preprocess
 
 USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo"]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT, copy_world, tiny_params, write_params
+
 from imgrate.dataset import load_dataset
 from imgrate.devices import pick_device
 from imgrate.models import FitConfig, PaperCNN, PaperCNNConfig, dataset_inputs, load_model, model_spec
@@ -302,16 +302,16 @@ def test_a_failed_training_keeps_the_tracked_curves(tiny_world, tmp_path: Path,
             raise FloatingPointError("loss became nan")
         return real_fit(*args, on_epoch=log_then_fail, **kwargs)
 
+    four_epochs = dataclasses.replace(params, train=dataclasses.replace(
+        params.train, paper_cnn=dataclasses.replace(params.train.paper_cnn, epochs=4)))
     monkeypatch.setattr(train_module, "fit", fit_that_fails_after_one_epoch)
     with pytest.raises(FloatingPointError):
-        run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, paper_cnn=dataclasses.replace(
-        params.train.paper_cnn, epochs=4))), local)
+        run_stage("paper_cnn", four_epochs, local)
     after = {p.relative_to(live): p.read_bytes() for p in sorted(live.rglob("*")) if p.is_file()}
     assert after == before
     assert not list(local.tmp.glob("live-*")), "the failed run's scratch folder is removed"
     # and a run that finishes replaces them (4 epochs: 4 rows per curve)
     monkeypatch.setattr(train_module, "fit", real_fit)
-    run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, paper_cnn=dataclasses.replace(
-        params.train.paper_cnn, epochs=4))), local)
+    run_stage("paper_cnn", four_epochs, local)
     rows = (live / "plots" / "metrics" / "train_loss.tsv").read_text().splitlines()
     assert len(rows) == 1 + 4 and not list(local.tmp.glob("live-*"))

@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import socket
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -61,9 +60,8 @@ from instaloader.nodeiterator import NodeIterator
 
 from imgrate.crawl.observations import Counts, counts_of_node
 from imgrate.crawl.verify import file_problem
-from imgrate.errors import CrawlError, one_line
+from imgrate.errors import one_line
 from imgrate.params import BudgetParams, CrawlParams
-from imgrate.paths import find_project
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +222,7 @@ class ClockedRateController(instaloader.RateController):
         if waittime > 0:
             self.sleep(waittime)
         self._query_timestamps.setdefault(query_type, []).append(self.now())
-        self._last_query = query_type
+        self._last_query: str | None = query_type
 
     def forget_last_query(self) -> None:
         """The last query never reached Instagram (no connection): it does not count against
@@ -412,8 +410,8 @@ class CrawlContext(instaloader.InstaloaderContext):
             return None
         if resp.status_code == 401 and _PLEASE_WAIT.search(text):
             return "401 'Please wait a few minutes'"
-        if resp.status_code == 400 and _QUERY_ID_400.search(text):
-            return f"400 '{_QUERY_ID_400.search(text)[0]}'"
+        if resp.status_code == 400 and (found := _QUERY_ID_400.search(text)):
+            return f"400 '{found[0]}'"
         return None
 
     def _raise_for_status(self, resp: requests.Response) -> None:

@@ -30,7 +30,10 @@ import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from imgrate.errors import DataError
+from imgrate.io import atomic_path
 from imgrate.metadata import (
     COUNTS_FILE_RE,
     DAY,
@@ -47,8 +50,6 @@ from imgrate.metadata import (
     parse_profile,
 )
 from imgrate.shards import iter_members, shard_meta
-from imgrate.errors import DataError
-from imgrate.io import atomic_path
 
 __all__ = ["COUNTS_NAME_RE", "Counts", "Observation", "Stored", "changed", "counts_member_name", "counts_of_node",
            "needs_recount", "parse_counts_member", "profile_counts", "render_counts", "stored_facts"]
@@ -59,7 +60,7 @@ CACHE_VERSION = 2  # bump when what the per-shard cache holds changes
 COUNTS_NAME_RE = COUNTS_FILE_RE
 
 
-def profile_counts(node: dict) -> dict[str, int] | None:
+def profile_counts(node: dict[str, Any]) -> dict[str, int] | None:
     """Followers, followees and post count of a profile node (None when it is not valid)."""
     try:
         p = parse_profile(node)

@@ -74,7 +74,7 @@ def load_session(loader: instaloader.Instaloader, user: str, path: Path) -> None
     try:
         with open(path, "rb") as fh:
             loader.context.load_session_from_file(user, fh)
-    except Exception as err:  # noqa: BLE001 - unpickling can raise anything; never echo the content
+    except Exception as err:
         raise CrawlError(f"cannot load the Instagram session of {user} ({type(err).__name__}); "
                          f"run `imgrate login {user}` again") from None
 

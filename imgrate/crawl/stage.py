@@ -57,8 +57,6 @@ from imgrate.crawl.instagram import (
     make_loader,
     read_counts,
 )
-from imgrate.crawl.session import SESSION_ENV, SESSION_USER_ENV, load_session, session_from_env
-from imgrate.metadata import BadMetadata, is_username, load_document, parse_member
 from imgrate.crawl.observations import (
     COUNTS_NAME_RE,
     Observation,
@@ -70,15 +68,7 @@ from imgrate.crawl.observations import (
     render_counts,
     stored_facts,
 )
-from imgrate.shards import (
-    ShardCheck,
-    StagedFile,
-    check_shard_cached,
-    list_shards,
-    next_shard_path,
-    post_key,
-    write_shard,
-)
+from imgrate.crawl.session import SESSION_ENV, SESSION_USER_ENV, load_session, session_from_env
 from imgrate.crawl.stamps import (
     ISO_FORMAT,
     POST_TIMESTAMP,
@@ -92,9 +82,19 @@ from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
 from imgrate.io import atomic_open, write_json
+from imgrate.metadata import BadMetadata, is_username, load_document, parse_member
 from imgrate.params import CrawlParams
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import (
+    ShardCheck,
+    StagedFile,
+    check_shard_cached,
+    list_shards,
+    next_shard_path,
+    post_key,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator
             # requests-mock does not store Set-Cookie; without it Instaloader re-fetches the
             # start page before every GraphQL call.
             loader.context._session.cookies.set("csrftoken", "demo-csrf")
-            clock = dt.datetime.fromtimestamp(world.clock, dt.timezone.utc)
+            clock = dt.datetime.fromtimestamp(world.clock, dt.UTC)
             yield _Source(loader, controller, clock, simulated=True)
         return
 
@@ -217,7 +217,7 @@ def open_source(params: CrawlParams, users: list[str], paths: Paths) -> Iterator
         log.info("crawling logged in as %s", session[0])
     else:
         log.info("crawling anonymously (set %s to log in)", SESSION_USER_ENV)
-    yield _Source(loader, controller, dt.datetime.now(dt.timezone.utc), simulated=False)
+    yield _Source(loader, controller, dt.datetime.now(dt.UTC), simulated=False)
 
 
 class _ShardWriter:
@@ -545,7 +545,7 @@ def _lower_stamps(stamps: configparser.ConfigParser, damaged: list[ShardCheck], 
                 continue
             user, stem = key.split("/", 1)
             try:
-                when = dt.datetime.strptime(stem, "%Y-%m-%d_%H-%M-%S_UTC").replace(tzinfo=dt.timezone.utc)
+                when = dt.datetime.strptime(stem, "%Y-%m-%d_%H-%M-%S_UTC").replace(tzinfo=dt.UTC)
             except ValueError:
                 continue
             if is_username(user) and stamps.has_section(user):
@@ -635,7 +635,7 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     .imgrate-cache/logs/crawl/ (one file per run)."""
     report = run(params, paths, part=part)
     write_json(paths.stage_metrics("crawl"), report.to_metrics())
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
@@ -655,7 +655,8 @@ def main(part: str | None = None) -> None:
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
                   f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
-                  f"report in {paths.stage_metrics('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""),
+                  f"report in {paths.stage_metrics('crawl')}"
+                  + (f"; stopped: {report.status}" if report.stop_reason else ""),
                   highlight=False, soft_wrap=True)
     for user in report.users:
         if user.status not in ("ok", "skipped") and not user.unreachable:

@@ -57,7 +57,7 @@ def post_timestamp(stamps: configparser.ConfigParser, user: str) -> dt.datetime 
             value = dt.datetime.fromisoformat(text)
         except ValueError as err:
             raise DataError(f"stamp of {user} is not a timestamp: {text!r}") from err
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def merged_stamps(raw: Path) -> configparser.ConfigParser:

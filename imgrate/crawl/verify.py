@@ -21,6 +21,8 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
+from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
+from imgrate.errors import DataError
 from imgrate.metadata import (
     BadMetadata,
     PostMeta,
@@ -30,11 +32,9 @@ from imgrate.metadata import (
     parse_counts_member,
     parse_member,
 )
-from imgrate.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
-from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
-from imgrate.errors import DataError
 from imgrate.paths import Paths
 from imgrate.progress import track
+from imgrate.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -239,7 +239,7 @@ def _check_stamps(report: RawReport, paths: Paths, newest: dict[str, int]) -> No
                     report.problems.append(Problem("stamp", f"{path.name}[{user}]",
                                                    f"stamp {stamp.isoformat()} but no post of {user} is stored"))
                 elif stamp.timestamp() > newest[user]:
-                    stored = dt.datetime.fromtimestamp(newest[user], dt.timezone.utc).isoformat()
+                    stored = dt.datetime.fromtimestamp(newest[user], dt.UTC).isoformat()
                     report.problems.append(Problem("stamp", f"{path.name}[{user}]",
                                                    f"stamp {stamp.isoformat()} is newer than the newest "
                                                    f"stored post ({stored}): posts in between would be lost"))

@@ -21,7 +21,6 @@ import time
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -193,7 +192,7 @@ class DemoServer:
 
     def _profile_page(self, request: Any, context: Any) -> bytes:
         """www.instagram.com/<user>/: the profile and its first timeline page, embedded as JSON."""
-        username = _PROFILE_RE.match(request.url)["user"].lower()
+        username = _match(_PROFILE_RE, request.url)["user"].lower()
         self._record("profile", username, request)
         if (body := self._fault(context, "profile", username)) is not None:
             return body
@@ -203,7 +202,7 @@ class DemoServer:
             context.status_code = 404
             context.reason = "Not Found"
             return b"<!DOCTYPE html><html><body>Sorry, this page isn't available.</body></html>"
-        profile = {
+        profile: dict[str, Any] = {
             "pk": str(user.id), "id": self._page_id(username), "username": username,
             "full_name": user.full_name, "biography": "Fictional photographer (imgrate demo world).",
             "is_private": user.is_private, "is_verified": False, "is_business": False, "category": None,
@@ -337,7 +336,7 @@ class DemoServer:
 
     def _cdn(self, request: Any, context: Any) -> bytes:
         """The fake CDN: post images, video stand-ins, profile pictures."""
-        m = _CDN_RE.match(request.url)
+        m = _match(_CDN_RE, request.url)
         kind, username, filename = m["kind"], m["user"], m["file"]
         endpoint = {"img": "image", "vid": "video", "pic": "profile_pic"}[kind]
         self._record(endpoint, username, request)
@@ -384,6 +383,13 @@ class DemoServer:
 
 _MEDIA_TYPES = {"GraphImage": 1, "GraphVideo": 2, "GraphSidecar": 8}
 _PRODUCT_TYPES = {"GraphImage": "feed", "GraphVideo": "clips", "GraphSidecar": "carousel_container"}
+
+
+def _match(pattern: re.Pattern[str], url: str) -> re.Match[str]:
+    """``pattern`` on a URL that requests-mock routed here because it matched."""
+    m = pattern.match(url)
+    assert m is not None, url
+    return m
 
 
 def _script_json(obj: Any) -> str:

@@ -40,7 +40,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 from PIL import Image
@@ -176,13 +176,13 @@ def _parse_time(text: str, *, end_of_day: bool) -> int:
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)
-            moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return int(moment.timestamp()) + (DAY - 1 if end_of_day else 0)
         moment = datetime.fromisoformat(text)
     except ValueError as err:
         raise ParamsError(f"expected an ISO date or datetime, got {text!r}") from err
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 
@@ -528,8 +528,8 @@ class DemoWorld:
         img += 0.5
         pixels = img.astype(np.uint8)
         if s.blurred:  # a strong defocus, still visible after a downscale to 50 px
-            small = Image.fromarray(pixels).resize((max(2, w // 12), max(2, h // 12)), Image.BILINEAR)
-            pixels = np.asarray(small.resize((w, h), Image.BILINEAR))
+            small = Image.fromarray(pixels).resize((max(2, w // 12), max(2, h // 12)), Image.Resampling.BILINEAR)
+            pixels = np.asarray(small.resize((w, h), Image.Resampling.BILINEAR))
         return pixels
 
     def profile_picture(self, username: str) -> bytes:
