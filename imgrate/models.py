@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from imgrate.errors import ModelError
-from imgrate.params import TrainParams
+from imgrate.params import PretrainedParams, TrainParams
 
 if TYPE_CHECKING:
     from imgrate.dataset import Dataset
@@ -102,9 +102,9 @@ class PaperCNN(nn.Module):
 class PretrainedConfig:
     """A small head on frozen pretrained image features (the featurize stage computes them)."""
 
-    features: int = 1280  # the backbone's pooled feature width
-    hidden: int = 0  # 0 = dropout + linear; else one hidden layer of this many units
-    dropout: float = 0.5
+    features: int = 1280  # the backbone's pooled feature width (the featurize stage's meta says which)
+    hidden: int = PretrainedParams.hidden  # 0 = dropout + linear; else one hidden layer of this many units
+    dropout: float = PretrainedParams.dropout
 
 
 class PretrainedHead(nn.Module):
