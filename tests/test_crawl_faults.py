@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import instaloader
@@ -240,11 +239,6 @@ def _project(tmp_path: Path, users: list[str], rate: float, seed: int) -> Path:
     return project
 
 
-def _started(project: Path) -> bool:
-    work = project / ".imgrate-cache" / "crawl"
-    return work.is_dir() and any(p.is_dir() and any(p.iterdir()) for p in work.iterdir())
-
-
 def _assert_consistent(paths: Paths) -> None:
     """What a crawl killed at any moment leaves: complete shards only, nothing twice, stamps not ahead."""
     for p in paths.shards.iterdir():
@@ -255,23 +249,37 @@ def _assert_consistent(paths: Paths) -> None:
     assert report.ok, report.problems[:5]
 
 
+def _kill_moment(rng: random.Random, first: bool) -> tuple[str, int]:
+    """A seeded moment: a request (answered or not yet) or a rename (just before or after)."""
+    event = rng.choice(["request", "replace-before", "replace-after"])
+    top = (200 if event == "request" else 40) if first else (20 if event == "request" else 4)
+    return event, rng.randint(1, top)
+
+
 @pytest.mark.parametrize("trial", range(4))
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, trial: int) -> None:
+    """kill -9 lands at a moment the crawler itself reports reaching (tests/pause_crawl.py),
+    never after a sleep, so the test does not depend on the machine's speed."""
     rng = random.Random(trial)
     project = _project(tmp_path, USERS, rate=0.1, seed=trial)
     paths = Paths(project)
     env = {**os.environ, "IMGRATE_QUIET": "1"}
     env.pop("IMGRATE_ROOT", None)
     killed: list[bool] = []
-    for _ in range(2):
-        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "crawl.py")], cwd=project, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not _started(project) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.8))
-        proc.send_signal(signal.SIGKILL)
-        killed.append(proc.wait() == -signal.SIGKILL)
+    for run_no in range(2):
+        event, n = _kill_moment(rng, first=run_no == 0)
+        log = tmp_path / f"crawl{run_no}.log"  # a file, not a pipe: a full pipe would block the crawler
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "pause_crawl.py"), event, str(n)],
+                                    cwd=project, env=env, text=True, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the crawler's "paused ..." line, or "" when it ended first
+            if line:
+                assert line.strip() == f"paused {event} {n}", line
+                proc.send_signal(signal.SIGKILL)
+            code = proc.wait()
+        assert code in (0, -signal.SIGKILL), log.read_text()
+        killed.append(code == -signal.SIGKILL)
         if paths.shards.exists():
             _assert_consistent(paths)
     assert killed[0], "the crawl ended before the kill: the world is too small to show anything"
