@@ -25,10 +25,12 @@ app = typer.Typer(
 )
 
 
-def _setup(verbose: bool = False) -> tuple[Params, Paths]:
+def _setup(*sections: str, verbose: bool = False) -> tuple[Params, Paths]:
+    """Logging, the project's paths and its params: only ``sections`` are validated (a command
+    reads its own section, as its DVC stage does), all of them when none is named."""
     setup_logging(verbose)
     paths = project_paths()
-    return load_params(paths.params), paths
+    return load_params(paths.params, sections or None), paths
 
 
 def _fail(err: ImgrateError) -> typer.Exit:
@@ -47,7 +49,7 @@ def crawl(
     from imgrate.crawl.users import parse_part
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("crawl")
         report = run_stage(params.crawl, paths, part=parse_part(part) if part else None)
     except ImgrateError as err:
         raise _fail(err) from None
@@ -115,7 +117,7 @@ def export() -> None:
     from imgrate.mongo import sink_from_params
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("export")
         sink = sink_from_params(params.export, paths)
         m = run_stage(params.export, paths, sinks=[sink] if sink else [])
     except ImgrateError as err:
@@ -132,7 +134,7 @@ def preprocess() -> None:
     from imgrate.preprocess import run_stage
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("preprocess")
         m = run_stage(params.preprocess, paths)
     except ImgrateError as err:
         raise _fail(err) from None
@@ -146,7 +148,7 @@ def train(model: Annotated[str, typer.Argument(help="paper_cnn or pretrained")] 
     from imgrate.train import run_stage
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("train")
         s = run_stage(model, params, paths)
     except ImgrateError as err:
         raise _fail(err) from None
@@ -155,12 +157,13 @@ def train(model: Annotated[str, typer.Argument(help="paper_cnn or pretrained")] 
 
 @app.command()
 def evaluate() -> None:
-    """Score every model and baseline on the test split into metrics/evaluate.json and
-    metrics/leak.json, with plots/ and reports/figures/evaluate/ (stage evaluate)."""
+    """Score every model and baseline on the test split into metrics/evaluate/ (one row per
+    model), reports/evaluate.json and reports/leak.json, with plots/ and reports/figures/evaluate/
+    (stage evaluate)."""
     from imgrate.evaluate import run_stage
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("evaluate", "crawl")
         report = run_stage(params.evaluate, paths, params.crawl)
     except ImgrateError as err:
         raise _fail(err) from None
@@ -174,7 +177,7 @@ def analyze() -> None:
     from imgrate.analyze import run_stage
 
     try:
-        params, paths = _setup()
+        params, paths = _setup("analyze")
         c = run_stage(params.analyze, paths)
     except ImgrateError as err:
         raise _fail(err) from None
@@ -186,7 +189,12 @@ ModelOption = Annotated[Path | None, typer.Option(
     help="a trained model file (default: models/pretrained.pt, else models/paper_cnn.pt)")]
 
 
-def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None) -> None:
+UserOption = Annotated[str | None, typer.Option(
+    "--user", help="the photographer: percentiles against their own past posts (default: all photographers')")]
+
+
+def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None,
+           user: str | None = None) -> None:
     """Score ``files`` with ``model`` and print them ranked; unreadable files are reported.
     The table names files relative to ``base`` when given; JSON keeps the paths."""
     from imgrate.predict import Scorer
@@ -197,22 +205,37 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
                      paths.model("pretrained"))
     try:
         scorer = Scorer(model)
-        ranked, errors = scorer.score_files(files)
+        ranked, errors = scorer.score_files(files, user)
     except ImgrateError as err:
         raise _fail(err) from None
+    about = scorer.describe(user)
     if as_json:
-        print(json.dumps({**scorer.describe(), "scores": [{"rank": i, "file": r.file, "score": r.score}
-                                                          for i, r in enumerate(ranked, start=1)],
-                          "errors": errors}, indent=2))
+        print(json.dumps({**about, "scores": [
+            {"rank": i, "file": r.file, "score": r.score, "percentile": r.percentile,
+             "distance_percentile": r.distance_percentile, "unusual": r.unusual}
+            for i, r in enumerate(ranked, start=1)], "errors": errors}, indent=2))
     else:
         from rich.table import Table
 
         table = Table("rank", title=f"{title}\nranked by {model.name} ({scorer.input_size}px)")
         table.add_column("file", overflow="fold")
-        table.add_column("score", justify="right")
+        table.add_column("score", justify="right", no_wrap=True)
+        if scorer.reference:
+            table.add_column("percentile", justify="right", no_wrap=True)
+            table.add_column("note", overflow="fold")
         for i, r in enumerate(ranked, start=1):
-            table.add_row(str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}")
+            cells = [str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}"]
+            if scorer.reference:
+                cells += [f"{r.percentile:.0f}", "unusual photo: unlike the training photos" if r.unusual else ""]
+            table.add_row(*cells)
         console.print(table)
+        if scorer.reference:
+            if user is not None and user not in scorer.photographers():
+                console.print(f"[yellow]{user} is not among the model's photographers[/yellow]", highlight=False)
+            console.print(f"percentile: the share of {about['percentile_of']} that the model scores below "
+                          "the photo (README: Ranking new photos)", highlight=False)
+        else:
+            console.print("[yellow]this model file has no reference block: retrain it for percentiles[/yellow]")
         for e in errors:
             console.print(f"[yellow]not ranked:[/yellow] {e['error']}", highlight=False)
     if errors and not ranked:
@@ -223,11 +246,12 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files (any format and size Pillow reads)")],
     model: ModelOption = None,
+    user: UserOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Score photos with a trained model, best first; higher = predicted more popular for its photographer."""
     setup_logging()
-    _score(images, model, as_json, "photos")
+    _score(images, model, as_json, "photos", user=user)
 
 
 @app.command()
@@ -235,6 +259,7 @@ def rank(
     folder: Annotated[Path, typer.Argument(help="a folder of photos not posted yet (any format and size)")],
     model: ModelOption = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="include sub-folders")] = False,
+    user: UserOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Rank every photo in a folder, best first; files that are not images are reported and skipped."""
@@ -247,7 +272,7 @@ def rank(
         raise _fail(err) from None
     if not files:
         raise _fail(ImgrateError(f"{folder}: no files to rank"))
-    _score(files, model, as_json, str(folder), base=folder)
+    _score(files, model, as_json, str(folder), base=folder, user=user)
 
 
 db_app = typer.Typer(
@@ -266,7 +291,7 @@ def _db() -> tuple[str, str, float]:
     """(uri, database, timeout_s) from the environment and params.yaml; exits if none is configured."""
     from imgrate.mongo import ENV_URI, resolve_uri
 
-    params, _ = _setup()
+    params, _ = _setup("export")
     uri = resolve_uri(params.export)
     if uri is None:
         console.print(f"[red]error:[/red] no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")

@@ -13,6 +13,7 @@ shard costs one decode of that shard's images; old shards cost two small file re
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -329,12 +330,16 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     }
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {
-        "posts": len(posts), "decoded": decoded, "from_cache": from_cache, "skipped": len(skipped),
+        "posts": len(posts), "skipped": len(skipped),
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
     }
     write_json(paths.stage_metrics("preprocess"), metrics)
-    return metrics
+    # what the thumbnail cache saved depends on the cache, not on the inputs: a run log, not a metric
+    run = {**metrics, "decoded": decoded, "from_cache": from_cache}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    write_json(paths.stage_logs("preprocess") / f"{stamp}.json", run)
+    return run
 
 
 def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, ShardThumbs],

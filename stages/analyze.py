@@ -10,7 +10,7 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    c = run_stage(load_params(paths.params).analyze, paths)
+    c = run_stage(load_params(paths.params, ["analyze"]).analyze, paths)
     console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
                   f"figures in {paths.data_figures}, counts in {paths.data_report}")
 

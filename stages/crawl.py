@@ -10,7 +10,7 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    report = run_stage(load_params(paths.params).crawl, paths)
+    report = run_stage(load_params(paths.params, ["crawl"]).crawl, paths)
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
                   f"{totals['shards_written']} new shards in {report.seconds:.1f} s")

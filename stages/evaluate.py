@@ -10,7 +10,7 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    params = load_params(paths.params)
+    params = load_params(paths.params, ["evaluate", "crawl"])  # crawl.demo: the oracle
     report = run_stage(params.evaluate, paths, params.crawl)
     for table in report.tables():
         console.print(table)

@@ -12,7 +12,7 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    params = load_params(paths.params).export
+    params = load_params(paths.params, ["export"]).export
     sink = sink_from_params(params, paths)  # None unless $IMGRATE_MONGODB_URI or export.mongo_uri
     m = run_stage(params, paths, sinks=[sink] if sink else [])
     console.print(f"export: {m['posts']} posts, {m['users']} users, {m['posts_skipped']} skipped")

@@ -10,7 +10,7 @@ from imgrate.progress import console, setup_logging
 def main() -> None:
     setup_logging()
     paths = project_paths()
-    m = run_stage(load_params(paths.params).preprocess, paths)
+    m = run_stage(load_params(paths.params, ["preprocess"]).preprocess, paths)
     console.print(f"preprocess: {m['kept']} images ({m['decoded']} decoded, {m['from_cache']} from cache, "
                   f"{m['skipped']} skipped), splits {m['splits']}")
 

@@ -454,12 +454,42 @@ def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWrite
     finished.append(result.username)
 
 
+# The numbers metrics/crawl.json keeps for `dvc metrics show` / `diff`; everything else (per
+# user status, reason, requests, retries, waits; the budget; the shards) is in reports/crawl.json.
+METRIC_KEYS = ("users", "users_ok", "new_posts", "requests")
+
+
+def crawl_metrics(full: dict[str, Any]) -> dict[str, Any]:
+    """metrics/crawl.json from the full report (:meth:`CrawlReport.to_metrics`)."""
+    totals = {**full["totals"], "users_ok": full["totals"]["ok"]}
+    return {k: totals[k] for k in METRIC_KEYS}
+
+
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
-    """The DVC stage: crawl, then write metrics/crawl.json, and the same with timings under
-    .imgrate-cache/logs/crawl/ (one file per run)."""
+    """The DVC stage: crawl, then write metrics/crawl.json and reports/crawl.json, and the
+    report with timings under .imgrate-cache/logs/crawl/ (one file per run).
+
+    metrics/crawl.json and reports/crawl.json describe the crawl that last changed data/raw
+    (or the users' statuses): a crawl that finds nothing new and whose users fare as before
+    leaves them as they are (its report goes to the log), so the same data gives the same
+    bytes whether it was crawled now or pulled, and a no-op `dvc repro` leaves git clean.
+    """
     report = run(params, paths, part=part)
-    write_json(paths.stage_metrics("crawl"), report.to_metrics())
+    full = report.to_metrics()
+    metrics, metrics_path = crawl_metrics(full), paths.stage_metrics("crawl")
+    if report.shards or _statuses_differ(metrics_path, metrics):
+        write_json(paths.stage_report("crawl"), full)
+        write_json(metrics_path, metrics)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
+
+
+def _statuses_differ(path: Path, metrics: dict[str, Any]) -> bool:
+    """True when ``path`` is missing, unreadable or counts other users (or ok users)."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return any(old.get(k) != metrics[k] for k in ("users", "users_ok"))
+    except (OSError, ValueError, AttributeError):
+        return True
