@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from imgrate.errors import ImgrateError
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
 from imgrate.progress import console, setup_logging
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(
     help="imgrate: crawl photographers' posts, build a dataset, train CNNs, rank photos honestly.",
@@ -320,15 +323,53 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    console.print(posts_table(rows, f"{which} {n} liked posts" + (f" of {user}" if user else "")))
+    saved = [r["thumbnail_file"] for r in rows if r.get("thumbnail_file")]
+    if saved:
+        console.print(f"thumbnails: {len(saved)} files in {thumbnails}", highlight=False)
+
+
+def fitted_table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table that fits an 80-column terminal without cutting anything: ``columns`` are
+    (header, "num" or "text"); numbers never wrap, text wraps (folds) only when it must, and
+    no cell is ever shortened with an ellipsis. (The full rows: --json.)"""
     from rich.table import Table
 
-    title = f"{which} {n} liked posts" + (f" of {user}" if user else "")
-    table = Table("rank", "user", "shortcode", "date", "likes", "comments", "type", "shard", "image", title=title)
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0),
+                  header_style="bold underline")
+    for header, kind in columns:
+        if kind == "num":
+            table.add_column(header, justify="right", no_wrap=True, overflow="fold")
+        else:
+            table.add_column(header, overflow="fold")
+    return table
+
+
+TYPE_NAMES = {"GraphImage": "photo", "GraphSidecar": "sidecar", "GraphVideo": "video"}
+
+
+def posts_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """`imgrate db top/bottom`: rank, user, shortcode, date, likes, comments, type."""
+    table = fitted_table(title, [("#", "num"), ("user", "text"), ("shortcode", "text"), ("date", "num"),
+                                 ("likes", "num"), ("comments", "num"), ("type", "text")])
     for i, r in enumerate(rows, start=1):
-        image = r.get("thumbnail_file") or (r["member"].rsplit("/", 1)[-1] if r.get("member") else "-")
         table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], f"{r['likes']:,}", f"{r['comments']:,}",
-                      r["typename"], r["shard"], image)
-    console.print(table)
+                      TYPE_NAMES.get(r["typename"], r["typename"]))
+    return table
+
+
+def users_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """`imgrate db users`: followers, posts and likes statistics per user."""
+
+    def num(v: float | None, fmt: str = ",.0f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = fitted_table(title, [("user", "text"), ("followers", "num"), ("posts", "num"), ("likes", "num"),
+                                 ("mean", "num"), ("max", "num"), ("/follower", "num")])
+    for r in rows:  # std and min of the likes: --json (eight numbers and a name overflow 80 columns)
+        table.add_row(r["username"], num(r.get("followers")), str(r["posts"]), num(r["likes_total"]),
+                      num(r["likes_mean"]), num(r["likes_max"]), num(r["likes_per_follower"], ".4f"))
+    return table
 
 
 @db_app.command("top")
@@ -366,18 +407,7 @@ def db_users(as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    def num(v: float | None, fmt: str = ",.0f") -> str:
-        return "-" if v is None else format(v, fmt)
-
-    table = Table("user", "followers", "posts", "likes total", "mean", "std", "min", "max", "likes/follower",
-                  title=f"users in {database}")
-    for r in rows:
-        table.add_row(r["username"], num(r.get("followers")), str(r["posts"]), num(r["likes_total"]),
-                      num(r["likes_mean"], ",.1f"), num(r["likes_std"], ",.1f"), num(r["likes_min"]),
-                      num(r["likes_max"]), num(r["likes_per_follower"], ".4f"))
-    console.print(table)
+    console.print(users_table(rows, f"users in {database}: likes in all, per post (mean, max), per follower"))
 
 
 if __name__ == "__main__":

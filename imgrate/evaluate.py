@@ -342,15 +342,20 @@ def _write_figures(paths: Paths, y_test: np.ndarray, users_test: np.ndarray,
 
     histories: dict[str, list[dict[str, float]]] = {}
     losses: dict[str, str] = {}
+    kept: dict[str, int] = {}
     for path in sorted(paths.models.glob("*.pt")):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("history"):
             histories[path.stem] = ckpt["history"]
             losses[path.stem] = str((ckpt.get("fit") or {}).get("loss", "mse"))
+            best = (ckpt.get("summary") or {}).get("best_epoch")
+            if best is not None:
+                kept[path.stem] = int(best)
     out = paths.figures
+    counts = {str(u): int(n) for u, n in zip(*np.unique(users_test, return_counts=True))}
     figures.predicted_vs_actual(out / "predicted_vs_actual.png", y_test, predictions, users_test, results)
-    figures.spearman_per_user(out / "spearman_per_user.png", per_user)
-    figures.learning_curves(out / "learning_curves.png", histories, losses)
+    figures.spearman_per_user(out / "spearman_per_user.png", per_user, counts)
+    figures.learning_curves(out / "learning_curves.png", histories, losses, kept)
     figures.ranking_accuracy(out / "ranking_accuracy.png", results, params.set_sizes)
 
 

@@ -355,3 +355,25 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
         assert spearman is None or math.isfinite(spearman)
     table = dvc(project, "exp", "show", "--md", "--only-changed").stdout
     assert "lr-high" in table and "lr-low" in table
+
+
+def test_figures_tell_27_photographers_apart_and_mark_the_kept_epoch(tmp_path: Path) -> None:
+    """Issue 12.10: one (colour, marker) per photographer with a legend, n per user beside
+    the Spearman bars, the kept epoch marked on the learning curves."""
+    from PIL import Image
+
+    from imgrate import figures
+
+    users = np.array([f"photographer_{i:02d}" for i in range(27) for _ in range(7)])
+    styles = figures.user_styles(sorted(set(users)))
+    assert len({(s["color"], s["marker"]) for s in styles.values()}) == 27
+    rng = np.random.default_rng(0)
+    y = rng.random(len(users))
+    out = figures.predicted_vs_actual(tmp_path / "pva.png", y, {"a": y + rng.normal(0, 0.1, len(y))}, users,
+                                      {"a": {"spearman_within": 0.5}})
+    counts = {u: 7 for u in set(users)}
+    bars = figures.spearman_per_user(tmp_path / "spu.png", {"a": {u: 0.1 for u in set(users)}}, counts)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0 + (e - 5) ** 2 / 50} for e in range(1, 11)]
+    curves = figures.learning_curves(tmp_path / "lc.png", {"a": history}, kept={"a": 5})
+    for png in (out, bars, curves):
+        assert Image.open(png).size[0] > 300
