@@ -64,8 +64,8 @@ def render(page: Path, timeout_s: float = 300.0) -> dict[str, Any]:
         raise FileNotFoundError("chromium is not installed")
     probe = page.with_name(f".probe-{page.name}")
     text = page.read_text(encoding="utf-8")
-    probe.write_text(text.replace("</body>", PROBE + "</body>") if "</body>" in text else text + PROBE,
-                     encoding="utf-8")
+    head, body_end, tail = text.rpartition("</body>")  # the last one: vega-embed's code holds the string too
+    probe.write_text(head + PROBE + body_end + tail if body_end else text + PROBE, encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="imgrate-chromium-") as profile:
         cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                f"--user-data-dir={profile}", "--no-first-run", "--disable-background-networking",
