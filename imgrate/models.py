@@ -145,9 +145,15 @@ def save_checkpoint(path: Path, name: str, model: nn.Module, extra: dict[str, An
     """Save weights with everything needed to rebuild and use the model, atomically."""
     from imgrate.io import atomic_path
 
+    import io
+
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    # through memory: torch.save names the zip's folder after the file it writes, and the
+    # temporary file's name is random; from a buffer it is always "archive" (same bytes)
+    buf = io.BytesIO()
+    torch.save({"architecture": name, "config": config_dict(model), "state_dict": state, **extra}, buf)
     with atomic_path(path) as tmp:
-        torch.save({"architecture": name, "config": config_dict(model), "state_dict": state, **extra}, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:

@@ -80,3 +80,15 @@ def test_a_file_that_is_not_a_model_is_reported(tmp_path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable imgrate model"):
         load_checkpoint(bad)
+
+
+def test_the_same_model_saved_under_two_names_has_the_same_bytes(tmp_path) -> None:
+    """torch.save names the zip's folder after the file; the model file must not depend on
+    the (random) temporary name it is written under, or dvc.lock changes on every run."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model("pretrained", {"input_size": 64, "hidden": 8})
+    save_checkpoint(tmp_path / "a.pt", "pretrained", model, {"history": [{"epoch": 1, "train_loss": 0.5}]})
+    save_checkpoint(tmp_path / "other_name.pt", "pretrained", model, {"history": [{"epoch": 1, "train_loss": 0.5}]})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "other_name.pt").read_bytes()
