@@ -334,7 +334,10 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
     }
-    write_json(paths.stage_metrics("preprocess"), metrics)
+    # `dvc metrics show` gets three counts (one table line for every stage must fit a
+    # terminal); reports/preprocess.json has all of it (splits, skipped, duplicates)
+    write_json(paths.stage_report("preprocess"), metrics)
+    write_json(paths.stage_metrics("preprocess"), {k: metrics[k] for k in ("posts", "kept", "users")})
     # what the thumbnail cache saved depends on the cache, not on the inputs: a run log, not a metric
     run = {**metrics, "decoded": decoded, "from_cache": from_cache}
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")

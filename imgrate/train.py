@@ -542,11 +542,10 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
         # the epoch whose weights the model file holds (fit keeps the first best one)
         kept = history[-1] if cfg.patience is None else max(history, key=epoch_score)
         if live is not None:
-            # metrics.json (`dvc metrics show`, `dvc exp show`): the kept epoch and its validation
-            # score, not the last epoch's losses (the curves are in plots/); few columns, one line
+            # metrics.json (`dvc metrics show`, `dvc exp show`): the kept epoch, not the last
+            # epoch's losses (the curves are in plots/): one table of every stage's metrics
+            # must fit a terminal
             live.summary = {"kept_epoch": kept.epoch}
-            if math.isfinite(kept.val_spearman_within):
-                live.summary["val_spearman_within"] = kept.val_spearman_within
     finally:
         if live is not None:
             live.end()

@@ -153,7 +153,7 @@ def test_private_missing_and_rate_limited_users_are_reported_and_the_rest_crawle
     run_stage(params, paths)
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert json.loads(paths.stage_metrics("crawl").read_text()) == {
-        "users": 7, "users_ok": 2, "new_posts": metrics["totals"]["new_posts"], "requests": metrics["totals"]["requests"]}
+        "users": 7, "new_posts": metrics["totals"]["new_posts"], "requests": metrics["totals"]["requests"]}
     status = {u: m["status"] for u, m in metrics["users"].items()}
     assert status == {"alpha_lens_demo": "ok", "bravo_frames_demo": "ok", "quiet_private_lens": "private",
                       "ghost_of_nobody": "not_found", "missing_person_x": "not_found",

@@ -119,8 +119,8 @@ def test_paths_agree_with_paths_module() -> None:
     assert _outs(s["crawl"]) == {rel(p.raw), rel(p.stage_report("crawl"))}
     assert s["crawl"]["always_changed"] is True
     assert s["crawl"]["outs"][0][rel(p.raw)]["persist"] is True
-    assert _outs(s["export"]) == {rel(p.tables)}
-    assert _outs(s["preprocess"]) == {rel(p.dataset)}
+    assert _outs(s["export"]) == {rel(p.tables), rel(p.stage_report("export"))}
+    assert _outs(s["preprocess"]) == {rel(p.dataset), rel(p.stage_report("preprocess"))}
     assert {rel(p.raw), rel(p.tables)} <= _deps(s["preprocess"])
     assert rel(p.dataset) in _deps(s["train"])
     models = s["train"]["matrix"]["model"]

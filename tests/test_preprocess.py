@@ -172,11 +172,13 @@ def test_dataset_outputs(tiny_world) -> None:
     for user in TINY_USERS:
         assert max(r["target"] for r in index if r["user"] == user) == pytest.approx(1.0)
     metrics = json.loads(paths.stage_metrics("preprocess").read_text())
-    assert "decoded" not in metrics and "from_cache" not in metrics  # cache state: in the run log only
+    assert set(metrics) == {"posts", "kept", "users"}  # the rest in reports/preprocess.json
+    report = json.loads(paths.stage_report("preprocess").read_text())
+    assert "decoded" not in report and "from_cache" not in report  # cache state: in the run log only
     (run_log,) = sorted(paths.stage_logs("preprocess").glob("*.json"))[-1:]
     run = json.loads(run_log.read_text())
-    assert run["decoded"] + run["from_cache"] == run["posts"] == metrics["posts"]
-    assert sum(metrics["splits"].values()) == metrics["kept"] == len(index)
+    assert run["decoded"] + run["from_cache"] == run["posts"] == metrics["posts"] == report["posts"]
+    assert sum(report["splits"].values()) == metrics["kept"] == len(index)
 
 
 def test_first_image_of_sidecars_and_no_videos(tiny_world) -> None:

@@ -456,13 +456,12 @@ def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWrite
 
 # The numbers metrics/crawl.json keeps for `dvc metrics show` / `diff`; everything else (per
 # user status, reason, requests, retries, waits; the budget; the shards) is in reports/crawl.json.
-METRIC_KEYS = ("users", "users_ok", "new_posts", "requests")
+METRIC_KEYS = ("users", "new_posts", "requests")
 
 
 def crawl_metrics(full: dict[str, Any]) -> dict[str, Any]:
     """metrics/crawl.json from the full report (:meth:`CrawlReport.to_metrics`)."""
-    totals = {**full["totals"], "users_ok": full["totals"]["ok"]}
-    return {k: totals[k] for k in METRIC_KEYS}
+    return {k: full["totals"][k] for k in METRIC_KEYS}
 
 
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
@@ -476,20 +475,21 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     """
     report = run(params, paths, part=part)
     full = report.to_metrics()
-    metrics, metrics_path = crawl_metrics(full), paths.stage_metrics("crawl")
-    if report.shards or _statuses_differ(metrics_path, metrics):
-        write_json(paths.stage_report("crawl"), full)
-        write_json(metrics_path, metrics)
+    metrics_path, report_path = paths.stage_metrics("crawl"), paths.stage_report("crawl")
+    if report.shards or not metrics_path.exists() or _statuses_differ(report_path, full):
+        write_json(report_path, full)
+        write_json(metrics_path, crawl_metrics(full))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
 
 
-def _statuses_differ(path: Path, metrics: dict[str, Any]) -> bool:
-    """True when ``path`` is missing, unreadable or counts other users (or ok users)."""
+def _statuses_differ(path: Path, full: dict[str, Any]) -> bool:
+    """True when the report at ``path`` is missing, unreadable or gives users other statuses."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        return any(old.get(k) != metrics[k] for k in ("users", "users_ok"))
-    except (OSError, ValueError, AttributeError):
+        return {u: v.get("status") for u, v in old["users"].items()} != {
+            u: v["status"] for u, v in full["users"].items()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return True
