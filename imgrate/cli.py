@@ -312,10 +312,14 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
                              thumbnails=thumbnails is not None)
     except ImgrateError as err:
         raise _fail(err) from None
+    from imgrate.crawl.metadata import is_shortcode
+
     for i, r in enumerate(rows, start=1):
         data = r.pop("thumbnail", None)
         if thumbnails is not None and data:
-            r["thumbnail_file"] = str(thumbnails / f"{which}{i:02d}_{r['shortcode']}.jpg")
+            # the database is input too: a shortcode that is not base64url never becomes a path
+            code = r.get("shortcode")
+            r["thumbnail_file"] = str(thumbnails / f"{which}{i:02d}_{code if is_shortcode(code) else 'post'}.jpg")
             with atomic_path(Path(r["thumbnail_file"])) as tmp:
                 tmp.write_bytes(data)
     if thumbnails is not None and not any("thumbnail_file" in r for r in rows):

@@ -265,7 +265,7 @@ def shuffle_within_users(y: np.ndarray, users: np.ndarray, rng: np.random.Genera
 
 
 def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Report:
-    """The DVC stage: metrics/evaluate.json, metrics/leak.json, plots/ and reports/figures/evaluate/.
+    """The DVC stage: metrics/evaluate/, reports/evaluate.json, reports/leak.json, plots/ and reports/figures/evaluate/.
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """

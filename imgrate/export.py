@@ -1,7 +1,11 @@
 """The export stage: shards -> ``data/tables/posts.jsonl`` and ``users.jsonl``.
 
 Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
-with their shard, member and reason in ``data/tables/skipped.jsonl``.
+with their shard, member and reason in ``data/tables/skipped.jsonl``. Metadata is parsed and
+validated by :mod:`imgrate.crawl.metadata`, the parser ``imgrate verify`` uses. A damaged
+shard (cut, a zeroed header, a member that differs from its manifest) is skipped whole and
+listed with member null (``reports/export.json``: ``shards_damaged``); its posts come back
+with the next crawl.
 
 Instaloader's saved JSON is parsed directly (reading a missing field through Instaloader's
 ``Post`` would make it fetch over the network). Parsing is cached per shard, since shards
@@ -16,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import lzma
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -25,7 +28,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from imgrate.crawl.shards import iter_members, list_shards, post_key, shard_meta
+from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, member_kind, parse_member
+from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import write_json, write_jsonl
 from imgrate.params import ExportParams
@@ -34,7 +38,7 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 1  # bump when the row format changes, to invalidate the per-shard cache
+PARSER_VERSION = 2  # bump when the row format changes, to invalidate the per-shard cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -53,72 +57,44 @@ class ShardRows:
     skipped: list[dict[str, str]] = field(default_factory=list)  # {shard, member, reason}
 
 
-def _dig(node: dict[str, Any], *paths: str) -> Any:
-    """The first of the dotted ``paths`` present in ``node`` (None if none is)."""
-    for path in paths:
-        cur: Any = node
-        for part in path.split("."):
-            if not isinstance(cur, dict) or part not in cur:
-                cur = None
-                break
-            cur = cur[part]
-        if cur is not None:
-            return cur
-    return None
-
-
 def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _post_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
-    """A post row from Instaloader's saved node; KeyError names a missing field."""
-    fields = {
-        "shortcode": _dig(node, "shortcode", "code"),
-        "user": _dig(node, "owner.username", "user.username"),
-        "timestamp": _dig(node, "taken_at_timestamp", "date", "taken_at"),
-        "likes": _dig(node, "edge_media_preview_like.count", "edge_liked_by.count", "like_count"),
-        "comments": _dig(
-            node, "edge_media_to_comment.count", "edge_media_to_parent_comment.count",
-            "comments", "iphone_struct.comment_count", "comment_count",
-        ),
-        "typename": _dig(node, "__typename"),
-    }
-    for name, value in fields.items():
-        if value is None:
-            raise KeyError(name)
-    ts = int(fields.pop("timestamp"))
+def _post_row(post: PostMeta, crawled_at: dt.datetime) -> dict[str, Any]:
+    """A post row from its validated metadata."""
     return {
-        **fields,
-        "likes": int(fields["likes"]),
-        "comments": int(fields["comments"]),
-        "user": str(fields["user"]).lower(),
-        "date": _iso(ts),
-        "timestamp": ts,
-        "days_since_post": round((crawled_at.timestamp() - ts) / 86400, 4),
+        "shortcode": post.shortcode,
+        "user": post.user,
+        "likes": post.likes,
+        "comments": post.comments,
+        "typename": post.typename,
+        "date": _iso(post.timestamp),
+        "timestamp": post.timestamp,
+        "days_since_post": round((crawled_at.timestamp() - post.timestamp) / 86400, 4),
         "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
-def _user_row(node: dict[str, Any], crawled_at: dt.datetime) -> dict[str, Any]:
-    fields = {
-        "username": _dig(node, "username"),
-        "id": _dig(node, "id", "pk"),
-        "followers": _dig(node, "edge_followed_by.count", "follower_count"),
-        "followees": _dig(node, "edge_follow.count", "following_count"),
-        "media_count": _dig(node, "edge_owner_to_timeline_media.count", "media_count"),
-    }
-    for name, value in fields.items():
-        if value is None:
-            raise KeyError(name)
+def _user_row(profile: ProfileMeta, crawled_at: dt.datetime) -> dict[str, Any]:
     return {
-        "username": str(fields["username"]).lower(),
-        "id": str(fields["id"]),
-        "followers": int(fields["followers"]),
-        "followees": int(fields["followees"]),
-        "media_count": int(fields["media_count"]),
+        "username": profile.username,
+        "id": profile.id,
+        "followers": profile.followers,
+        "followees": profile.followees,
+        "media_count": profile.media_count,
         "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _crawled_at(shard: Path) -> dt.datetime:
+    """When the shard's crawl ran (its PAX header); :class:`ShardDamaged` if that is not a time."""
+    text = shard_meta(shard).get("crawled_at", "1970-01-01T00:00:00+00:00")
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ShardDamaged(shard.name, f"its header's crawled_at {text[:40]!r} is not a time") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _first_image(key: str, names: set[str]) -> str | None:
@@ -131,36 +107,41 @@ def _first_image(key: str, names: set[str]) -> str | None:
 
 
 def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
-    """Parse one shard into post and user rows; bad members are skipped (or raise if strict)."""
-    meta = shard_meta(shard)
-    crawled_at = dt.datetime.fromisoformat(meta.get("crawled_at", "1970-01-01T00:00:00+00:00"))
-    members = dict(iter_members(shard))
-    names = set(members)
+    """Parse one shard into post and user rows; bad members are skipped (or raise if strict),
+    and so is a damaged shard, whole."""
     rows = ShardRows()
 
-    def skip(member: str, reason: str) -> None:
+    def skip(member: str, reason: str, detail: str = "") -> None:
         if strict:
-            raise DataError(f"shard {shard.name}, member {member}: {reason}")
-        log.warning("skipping shard %s member %s: %s", shard.name, member, reason)
+            raise DataError(f"shard {shard.name}, member {member}: {detail or reason}")
+        log.warning("skipping shard %s member %s: %s", shard.name, member, detail or reason)
         rows.skipped.append({"shard": shard.name, "member": member, "reason": reason})
 
-    for name in sorted(n for n in names if n.endswith(".json.xz")):
+    try:
+        crawled_at = _crawled_at(shard)
+        members = dict(iter_members(shard))
+    except ShardDamaged as err:
+        if strict:
+            raise
+        log.warning("skipping %s", err)
+        rows.skipped.append({"shard": shard.name, "member": None, "reason": "damaged shard", "detail": err.detail})
+        return rows
+    names = set(members)
+    for name in sorted(names):
+        if member_kind(name) is None:
+            skip(name[:200], "bad member name", f"{name[:80]!r} is not a file of Instaloader's layout")
+    for name in sorted(n for n in names if n.endswith(".json.xz") and member_kind(n) is not None):
         try:
-            doc = json.loads(lzma.decompress(members[name]))
-            node, node_type = doc["node"], doc["instaloader"]["node_type"]
-        except (lzma.LZMAError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
-            skip(name, f"corrupt metadata ({type(err).__name__})")
+            record = parse_member(name, members[name])
+        except BadMetadata as err:
+            skip(name, err.reason, err.detail)
             continue
-        try:
-            if node_type == "Profile":
-                rows.users.append(_user_row(node, crawled_at))
-                continue
-            if node_type != "Post":
-                continue
-            row = _post_row(node, crawled_at)
-        except (KeyError, TypeError, ValueError) as err:
-            skip(name, f"missing field {err}")
+        if isinstance(record, ProfileMeta):
+            rows.users.append(_user_row(record, crawled_at))
             continue
+        if record is None:
+            continue
+        row = _post_row(record, crawled_at)
         key = post_key(name)
         image = _first_image(key, names) if key else None
         row.update(shard=shard.name, member=image, sha256=None, width=None, height=None)
@@ -186,6 +167,8 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
         rows = ShardRows(data["posts"], data["users"], data["skipped"])
         if strict and rows.skipped:
             s = rows.skipped[0]
+            if s["member"] is None:
+                raise ShardDamaged(s["shard"], s.get("detail", s["reason"]))
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
@@ -227,7 +210,7 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
 
 
 def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
-    """The DVC stage: write the JSON tables, then any sinks, then metrics/export.json."""
+    """The DVC stage: write the JSON tables, then any sinks, then metrics/export.json and reports/export.json."""
     shards = list_shards(paths.shards)
     if not shards:
         raise DataError(f"no shards in {paths.shards}: run the crawl stage first")
@@ -239,8 +222,9 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         "shards": len(shards),
         "posts": len(tables.posts),
         "users": len(tables.users),
-        "posts_skipped": len(tables.skipped),
-        "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped)),
+        "posts_skipped": sum(s["member"] is not None for s in tables.skipped),
+        "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped if s["member"] is not None)),
+        "shards_damaged": sum(s["member"] is None for s in tables.skipped),
     }
     for sink in sinks:
         metrics.update(sink.write(tables.posts, tables.users))

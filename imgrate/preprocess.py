@@ -3,7 +3,9 @@
 The paper's recipe: the first image of each post (``_1`` of a sidecar; videos have none
 unless the crawl kept their thumbnails), ``size`` x ``size`` RGB uint8, likes divided by the
 user's most-liked post, per-user balance, a stable 8:1:1 split. Images that fail to decode
-are skipped and listed (``meta.json`` ``skipped``, ``metrics/preprocess.json``).
+are skipped and listed (``meta.json`` ``skipped``, ``reports/preprocess.json``), and so are
+the posts of a shard that is damaged (checked through a cache keyed by the shard's name,
+size and mtime; export already skips such shards, so this guards a shard damaged since).
 
 Incremental: decoded thumbnails are cached per (shard, size, resampling) in
 ``.imgrate-cache/thumbs/`` (outside DVC's outputs, so ``dvc repro`` never deletes it) as one
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgrate.crawl.shards import iter_members
+from imgrate.crawl.shards import ShardDamaged, check_shard_cached, iter_members
 from imgrate.errors import DataError, ImageError
 from imgrate.io import atomic_path, read_jsonl, write_json, write_jsonl
 from imgrate.params import PreprocessParams
@@ -283,12 +285,22 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     shards: dict[str, ShardThumbs] = {}
     where: dict[tuple[str, str], int] = {}  # (shard, member) -> row in that shard's thumbnails
     decoded = from_cache = 0
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str | None]] = []
+    damaged: list[str] = []
     for shard_name in track(sorted(by_shard), "decode"):
         shard = paths.shards / shard_name
         if not shard.exists():
             raise DataError(f"posts table names shard {shard_name}, which is not in {paths.shards}")
-        got = decode_shard(shard, by_shard[shard_name], params.size, cache_dir)
+        try:
+            check = check_shard_cached(shard, paths.cache / "shard-checks")
+            if not check.ok:
+                raise ShardDamaged(shard_name, check.problem or "", check.member)
+            got = decode_shard(shard, by_shard[shard_name], params.size, cache_dir)
+        except ShardDamaged as err:
+            log.warning("skipping the posts of %s", err)
+            damaged.append(shard_name)
+            skipped.append({"shard": shard_name, "member": None, "reason": f"damaged shard: {err.detail}"})
+            continue
         shards[shard_name] = got
         decoded += got.decoded
         from_cache += got.from_cache
@@ -330,7 +342,8 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     }
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {
-        "posts": len(posts), "skipped": len(skipped),
+        "posts": len(posts),
+        "skipped": sum(s["member"] is not None for s in skipped), "shards_damaged": len(damaged),
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
     }

@@ -213,10 +213,25 @@ def mongo_db(mongo_uri: str, request: pytest.FixtureRequest):
         client.close()
 
 
+def repack_shard(shard: Path, replace: dict[str, bytes]) -> None:
+    """Test only: rewrite a shard with some members' bytes swapped, and a manifest that
+    matches them (as a crawler that stored bad content would write it; real shards are never
+    rewritten)."""
+    import tarfile
+
+    from imgrate.crawl.shards import pack_shard, shard_meta
+
+    meta = shard_meta(shard)
+    with tarfile.open(shard) as tar:
+        entries = [(m.name, replace.get(m.name, tar.extractfile(m).read()), int(m.mtime))
+                   for m in tar.getmembers() if m.isfile()]
+    shard.unlink()
+    pack_shard(shard, entries, meta)
+
+
 def mangle_first_post(paths, dest: Path, mangle):
     """A copy of ``paths``' raw data whose first shard has one post's metadata passed
     through ``mangle`` (bytes -> bytes), for tests of corrupt or incomplete members."""
-    import io
     import tarfile
 
     from imgrate.crawl.shards import list_shards
@@ -226,14 +241,7 @@ def mangle_first_post(paths, dest: Path, mangle):
     shutil.copytree(paths.raw, out.raw)
     shard = list_shards(out.shards)[0]
     with tarfile.open(shard) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-        pax = tar.pax_headers
-    victim = next(m.name for m, _ in members if m.name.endswith("_UTC.json.xz"))
-    shard.unlink()
-    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
-        for m, data in members:
-            if m.name == victim:
-                data = mangle(data)
-                m.size = len(data)
-            tar.addfile(m, io.BytesIO(data))
+        victim = next(m.name for m in tar.getmembers() if m.name.endswith("_UTC.json.xz"))
+        data = tar.extractfile(victim).read()
+    repack_shard(shard, {victim: mangle(data)})
     return out

@@ -363,3 +363,28 @@ def test_export_without_a_uri_never_imports_pymongo(tiny_world, tmp_path: Path) 
                           env={**env, "IMGRATE_QUIET": "1"}, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "posts_written" not in (tmp_path / "metrics" / "export.json").read_text()
+
+
+def test_db_top_thumbnails_never_write_outside_the_folder(db_project, mongo_uri: str, tmp_path: Path) -> None:
+    """A document whose shortcode is a path (written by another tool: the database is input
+    too) gets a file inside the folder, under a plain name."""
+    from pymongo import MongoClient
+
+    root, database = db_project
+    with MongoClient(mongo_uri) as client:
+        coll = client[database].posts
+        doc = coll.find_one({"thumbnail": {"$exists": True}}, {"_id": 0})
+        evil = {**doc, "shortcode": "../../../escape", "likes": 10**9}
+        coll.insert_one(evil)
+        try:
+            out = tmp_path / "a" / "thumbs"
+            result = _cli(["db", "top", "--n", "2", "--json", "--thumbnails", str(out)], root, mongo_uri)
+        finally:
+            coll.delete_one({"shortcode": "../../../escape"})
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert rows[0]["shortcode"] == "../../../escape"
+    assert Path(rows[0]["thumbnail_file"]) == out / "top01_post.jpg"
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
+    assert written and all(p.parent == out for p in written)
+    assert not (tmp_path / "escape.jpg").exists() and not list(tmp_path.parent.glob("*escape*"))

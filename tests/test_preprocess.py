@@ -195,15 +195,11 @@ def test_first_image_of_sidecars_and_no_videos(tiny_world) -> None:
 
 
 def _rewrite_shard(shard: Path, replace: dict[str, bytes]) -> None:
-    """Test only: swap some members' bytes (real shards are never rewritten)."""
-    with tarfile.open(shard) as tar:
-        pax = dict(tar.pax_headers)
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
-    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT, pax_headers=pax) as tar:
-        for info, data in members:
-            data = replace.get(info.name, data)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    """Test only: swap some members' bytes, with a manifest that matches (real shards are
+    never rewritten)."""
+    from conftest import repack_shard
+
+    repack_shard(shard, replace)
 
 
 def test_odd_and_corrupt_images_inside_a_shard(tiny_world, tmp_path: Path) -> None:

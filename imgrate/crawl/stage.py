@@ -12,7 +12,11 @@ its stamp committed and its work folder removed. So:
   the images already there (after a kill);
 - a post already in a shard (a run killed between a shard and the stamps) is not stored
   twice; no partial shard is ever visible;
-- a crawl that finds nothing new writes nothing: data/raw stays byte-identical.
+- a crawl that finds nothing new writes nothing: data/raw stays byte-identical;
+- a damaged shard (cut, a zeroed header, altered; see imgrate.crawl.shards) counts as not
+  stored: its members are not "already stored", and a user's stamp is taken back to just
+  before the oldest of its posts that no intact shard holds, so this crawl fetches them
+  again (metrics: ``shards_damaged``).
 
 ``--part I/N`` crawls a deterministic 1/N of the users, writes shards named
 ``partIofN-NNNNNN.tar`` and its own ``latest-stamps.partIofN.ini``: the data/raw folders of N
@@ -52,15 +56,25 @@ from imgrate.crawl.instagram import (
     make_loader,
     session_from_env,
 )
+from imgrate.crawl.metadata import BadMetadata, is_username, parse_member
 from imgrate.crawl.shards import (
+    ShardCheck,
     StagedFile,
+    check_shard_cached,
     list_shards,
-    member_names_cached,
     next_shard_path,
     post_key,
     write_shard,
 )
-from imgrate.crawl.stamps import merged_stamps, part_tag, post_timestamp, read_stamps, render
+from imgrate.crawl.stamps import (
+    ISO_FORMAT,
+    POST_TIMESTAMP,
+    merged_stamps,
+    part_tag,
+    post_timestamp,
+    read_stamps,
+    render,
+)
 from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
@@ -93,13 +107,15 @@ class CrawlReport:
     max_requests: int | None = None
     requests: int = 0  # every request of the run, the start page included
     simulated: bool = False  # waits were added up, not slept (the demo world)
+    damaged: list[str] = field(default_factory=list)  # shards found damaged: their posts are fetched again
+    stamps_lowered: list[str] = field(default_factory=list)  # users whose stamp claimed a lost post
 
     @property
     def new_posts(self) -> int:
         return sum(u.new_posts for u in self.users)
 
     def to_metrics(self, *, timings: bool = False) -> dict[str, Any]:
-        """The report as metrics/crawl.json holds it; ``timings`` adds the wall-clock seconds
+        """The report as reports/crawl.json holds it; ``timings`` adds the wall-clock seconds
         (kept out of the metrics: they differ on every run, so git and DVC would see a change
         after each crawl that found nothing)."""
         totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in STATUSES}
@@ -111,6 +127,7 @@ class CrawlReport:
             refusals=sum(u.refusals for u in self.users),
             wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
+            shards_damaged=len(self.damaged),
         )
         if timings:
             totals["seconds"] = round(self.seconds, 3)
@@ -134,6 +151,8 @@ class CrawlReport:
             "waits_simulated": self.simulated,
             "budget": {"max_requests": self.max_requests, "requests": self.requests},
             "shards_written": self.shards,
+            "shards_damaged": self.damaged,
+            "stamps_lowered": self.stamps_lowered,
             "totals": totals,
             "users": users,
         }
@@ -233,15 +252,20 @@ class _ShardWriter:
 
 def _group_files(
     user: str, files: list[Path], user_dir: Path, known: set[str]
-) -> tuple[list[list[StagedFile]], list[tuple[Path, str]]]:
-    """A user's new files grouped per post (profile file last), and the files that do not decode.
+) -> tuple[list[list[StagedFile]], list[tuple[Path, str]], list[str]]:
+    """A user's new files grouped per post (profile file last), the files that do not decode,
+    and the posts left out because their metadata, though complete, is not valid.
 
     Posts already stored in a shard are left out; a post counts only with its metadata (a
     stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
+    A file that does not decode may be a cut download (fetched again); metadata that decodes
+    but fails :mod:`imgrate.crawl.metadata`'s checks would fail every time, so its post is
+    left out (and named) rather than stored for export to skip.
     """
     groups: dict[str, list[StagedFile]] = {}
     profile: list[StagedFile] = []
     bad: list[tuple[Path, str]] = []
+    rejected: dict[str, str] = {}  # post key (or profile file) -> why
     profile_re = re.compile(rf"^{re.escape(user)}_\d+\.json\.xz$")
     for path in files:
         rel = path.relative_to(user_dir).as_posix()
@@ -253,15 +277,24 @@ def _group_files(
             target = groups.setdefault(key, [])
         else:
             continue
-        if (problem := file_problem(rel, path.read_bytes())) is not None:
+        data = path.read_bytes()
+        if (problem := file_problem(rel, data)) is not None:
             bad.append((path, problem))
             continue
+        if rel.endswith(".json.xz"):
+            try:
+                parse_member(arcname, data)
+            except BadMetadata as err:
+                rejected[key or arcname] = f"{arcname}: {err}"
+                continue
         target.append(StagedFile(arcname, path))
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
-             if any(f.arcname.endswith(".json.xz") for f in g)]
+             if k not in rejected and any(f.arcname.endswith(".json.xz") for f in g)]
     if posts and profile:
         posts.append(profile)
-    return posts, bad
+    for why in rejected.values():
+        log.warning("%s: left out, its metadata is not valid (%s)", user, why)
+    return posts, bad, sorted(rejected.values())
 
 
 def _same_section(a: configparser.ConfigParser, b: configparser.ConfigParser, user: str) -> bool:
@@ -374,9 +407,9 @@ def run(
     start = time.monotonic()
     with _crawl_lock(paths):
         _clean_stale(paths)
-        known = {name for shard in list_shards(paths.shards)
-                 for name in member_names_cached(shard, paths.cache / "members")}
+        known, damaged = _stored(paths)
         seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
+        lowered = _lower_stamps(seen, damaged, known)
         visits_path = _visits_file(paths, tag)
         visits: dict[str, int] = json.loads(visits_path.read_text()) if visits_path.exists() else {}
         run_no = max(visits.values(), default=0) + 1
@@ -387,7 +420,8 @@ def run(
             stamps = instaloader.LatestStamps(str(staged_stamps))
             with open_source(params, users, paths) as source:
                 report = CrawlReport(params.source, source.crawled_at, part=tag,
-                                     max_requests=params.budget.max_requests, simulated=source.simulated)
+                                     max_requests=params.budget.max_requests, simulated=source.simulated,
+                                     damaged=[c.shard for c in damaged], stamps_lowered=lowered)
                 meta = {"crawled_at": source.crawled_at.isoformat(), "source": params.source,
                         "instaloader": instaloader.__version__}
                 if tag:
@@ -435,10 +469,59 @@ def run(
     return report
 
 
+def _stored(paths: Paths) -> tuple[set[str], list[ShardCheck]]:
+    """The members of the intact shards, and the damaged shards (each checked once, cached)."""
+    known: set[str] = set()
+    damaged: list[ShardCheck] = []
+    for shard in list_shards(paths.shards):
+        check = check_shard_cached(shard, paths.cache / "shard-checks")
+        if check.ok:
+            known.update(check.members)
+        else:
+            damaged.append(check)
+            log.warning("shard %s is damaged (%s): its posts count as not stored and are fetched again",
+                        check.shard, check.problem)
+            if check.format == 1:
+                log.warning("shard %s has no manifest: only the posts read before the damage are known; "
+                            "posts after it cannot be named (restore the shard, e.g. dvc pull, or remove it "
+                            "and drop the stamps of its users)", check.shard)
+    return known, damaged
+
+
+def _lower_stamps(stamps: configparser.ConfigParser, damaged: list[ShardCheck], known: set[str]) -> list[str]:
+    """Take each stamp back to just before the oldest post of its user that a damaged shard
+    held and no intact shard holds (a stamp says "every post up to here is stored"); return
+    the users whose stamp moved. Only existing sections are touched: names from a shard are
+    never trusted further than that."""
+    intact = {key for name in known if (key := post_key(name))}
+    oldest: dict[str, dt.datetime] = {}
+    for check in damaged:
+        for name in check.members:
+            key = post_key(name)
+            if key is None or key in intact:
+                continue
+            user, stem = key.split("/", 1)
+            try:
+                when = dt.datetime.strptime(stem, "%Y-%m-%d_%H-%M-%S_UTC").replace(tzinfo=dt.timezone.utc)
+            except ValueError:
+                continue
+            if is_username(user) and stamps.has_section(user):
+                oldest[user] = min(oldest.get(user, when), when)
+    lowered = []
+    for user, when in sorted(oldest.items()):
+        stamp = post_timestamp(stamps, user)
+        if stamp is not None and stamp >= when:
+            stamps.set(user, POST_TIMESTAMP, (when - dt.timedelta(seconds=1)).strftime(ISO_FORMAT))
+            log.warning("%s: stamp taken back from %s to before %s: posts of a damaged shard are fetched again",
+                        user, stamp.isoformat(), when.isoformat())
+            lowered.append(user)
+    return lowered
+
+
 def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWriter, finished: list[str]) -> None:
     """Queue a finished user's new posts for the shards, or fail it when a file does not decode."""
     user_dir = paths.crawl_work / result.username
-    groups, bad = _group_files(result.username, result.files, user_dir, known)
+    groups, bad, rejected = _group_files(result.username, result.files, user_dir, known)
     if bad:
         for path, _ in bad:
             path.unlink(missing_ok=True)
@@ -449,6 +532,8 @@ def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWrite
                          "removed, fetched again next run")
         return
     result.new_posts = sum(1 for g in groups if post_key(g[0].arcname))
+    if rejected:
+        result.reason = f"{len(rejected)} post(s) left out, metadata not valid: {rejected[0]}"
     if groups:
         writer.add(result.username, groups)
     finished.append(result.username)

@@ -1,25 +1,28 @@
-"""Checks of the crawled data: every file decodes, every post is stored once, stamps hold.
+"""Checks of the crawled data: shards intact, every file decodes, every post is stored once,
+stamps hold.
 
 :func:`image_problem` and :func:`metadata_problem` are also the crawler's own checks: an
 image is verified before it gets its final name (a truncated download is fetched again), and
 every staged file is checked once more before it goes into a shard. :func:`verify_raw` is
-``imgrate verify``.
+``imgrate verify``: it reads every shard through the shard reader's checks (manifest, end of
+archive) and every metadata member through :mod:`imgrate.crawl.metadata`, the parser export
+uses, so the two agree on what a bad post is. A damaged shard is named and none of its posts
+count (export skips it whole, and the crawler fetches its posts again).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
-import json
-import lzma
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageFile
 
-from imgrate.crawl.shards import SHARD_RE, list_shards, post_key
+from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, load_document, member_kind, parse_member
+from imgrate.crawl.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
 from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
 from imgrate.paths import Paths
@@ -41,13 +44,12 @@ def image_problem(data: bytes) -> str | None:
 
 
 def metadata_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a complete ``.json.xz`` written by Instaloader, or None."""
+    """Why ``data`` is not a complete ``.json.xz`` written by Instaloader, or None (decoding
+    only, within the size cap; :func:`imgrate.crawl.metadata.parse_member` validates fields)."""
     try:
-        obj = json.loads(lzma.decompress(data))
-    except (lzma.LZMAError, EOFError, ValueError) as err:
+        load_document(data)
+    except BadMetadata as err:
         return f"metadata does not decode: {err}"
-    if not isinstance(obj, dict) or not isinstance(obj.get("node"), dict):
-        return "metadata has no node"
     return None
 
 
@@ -60,18 +62,13 @@ def file_problem(name: str, data: bytes) -> str | None:
     return None
 
 
-def post_facts(node: dict[str, Any]) -> tuple[str | None, int | None, str | None]:
-    """(shortcode, unix time, typename) of a saved post node, logged in or out."""
-    shortcode = node.get("shortcode") or node.get("code")
-    when = node.get("taken_at_timestamp") or node.get("date") or node.get("taken_at")
-    return shortcode, int(when) if when is not None else None, node.get("__typename")
-
-
 @dataclass
 class Problem:
     """One thing wrong in data/raw."""
 
-    kind: str  # unreadable_shard, stray_file, bad_file, duplicate, orphan, missing_image, stamp
+    # damaged_shard, unreadable_shard, stray_file, bad_member, bad_metadata, bad_file, duplicate,
+    # orphan, missing_image, stamp
+    kind: str
     where: str
     detail: str
 
@@ -111,21 +108,25 @@ def verify_raw(paths: Paths) -> RawReport:
     newest: dict[str, int] = {}
     users: set[str] = set()
     for shard in track(shards, "verify"):
-        posts: dict[str, dict[str, Any]] = defaultdict(dict)  # post key -> facts of its members
+        found = _ShardFindings()
         try:
-            with tarfile.open(shard, "r:") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    fh = tar.extractfile(member)
-                    data = fh.read() if fh is not None else b""
-                    if len(data) != member.size:
-                        raise tarfile.ReadError(f"{member.name}: {len(data)} of {member.size} bytes")
-                    _check_member(report, shard.name, member.name, data, posts, seen_members, users)
-        except (tarfile.TarError, OSError, EOFError) as err:
+            for name, data in iter_members(shard):
+                _check_member(found, shard.name, name, data)
+        except ShardDamaged as err:
+            report.problems.append(Problem("damaged_shard", shard.name, _damage_detail(shard, err)))
+            continue
+        except DataError as err:  # not a tar file at all
             report.problems.append(Problem("unreadable_shard", shard.name, str(err)))
             continue
-        for key, facts in sorted(posts.items()):
+        report.problems += found.problems
+        report.images += found.images
+        users |= found.users
+        for name in found.members:
+            if name in seen_members:
+                report.problems.append(Problem("duplicate", f"{shard.name}:{name}",
+                                               f"member also in {seen_members[name]}"))
+            seen_members[name] = shard.name
+        for key, facts in sorted(found.posts.items()):
             where = f"{shard.name}:{key}"
             if "shortcode" not in facts:
                 report.problems.append(Problem("orphan", where, "image without the post's metadata"))
@@ -138,36 +139,64 @@ def verify_raw(paths: Paths) -> RawReport:
             if facts.get("typename") == "GraphImage" and not facts.get("image"):
                 report.problems.append(Problem("missing_image", where, f"post {code} has no image"))
             user = key.split("/", 1)[0]
-            if facts.get("time") is not None:
-                newest[user] = max(newest.get(user, 0), facts["time"])
+            newest[user] = max(newest.get(user, 0), facts["time"])
     report.users = len(users)
     _check_stamps(report, paths, newest)
     return report
 
 
-def _check_member(report: RawReport, shard: str, name: str, data: bytes,
-                  posts: dict[str, dict[str, Any]], seen: dict[str, str], users: set[str]) -> None:
+@dataclass
+class _ShardFindings:
+    """What one shard holds; used only when the whole shard reads intact."""
+
+    posts: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
+    members: list[str] = field(default_factory=list)  # members of posts (not profile snapshots)
+    users: set[str] = field(default_factory=set)
+    images: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _damage_detail(shard: Path, err: ShardDamaged) -> str:
+    try:
+        manifest = read_manifest(shard)
+    except DataError:
+        manifest = None
+    lost = (f"none of its {manifest.posts} posts is used; the next crawl fetches them again" if manifest
+            else "none of its posts is used (a shard without a manifest: what was lost is not known)")
+    return f"{err.detail}; {lost}"
+
+
+def _check_member(found: _ShardFindings, shard: str, name: str, data: bytes) -> None:
     where = f"{shard}:{name}"
-    if (problem := file_problem(name, data)) is not None:
-        report.problems.append(Problem("bad_file", where, problem))
+    kind = member_kind(name)
+    if kind is None:
+        found.problems.append(Problem("bad_member", where, "not a file of Instaloader's layout under a valid "
+                                      "username (never used, never extracted)"))
         return
-    users.add(name.split("/", 1)[0])
-    key = post_key(name)
-    if key is None:  # the profile's metadata: a new snapshot in every run that observed it
-        return
-    if name in seen:
-        report.problems.append(Problem("duplicate", where, f"member also in {seen[name]}"))
-    seen[name] = shard
     if name.endswith(".json.xz"):
-        node = json.loads(lzma.decompress(data))["node"]
-        shortcode, when, typename = post_facts(node)
-        if shortcode is None:
-            report.problems.append(Problem("bad_file", where, "post metadata without a shortcode"))
+        try:
+            record = parse_member(name, data)
+        except BadMetadata as err:
+            found.problems.append(Problem("bad_metadata", where, str(err)))
             return
-        posts[key].update(shortcode=shortcode, time=when, typename=typename)
+    elif (problem := file_problem(name, data)) is not None:
+        found.problems.append(Problem("bad_file", where, problem))
+        return
+    else:
+        record = None
+    found.users.add(name.split("/", 1)[0])
+    if kind == "profile":  # the profile's metadata: a new snapshot in every run that observed it
+        return
+    key = post_key(name)
+    assert key is not None
+    found.members.append(name)
+    if isinstance(record, PostMeta):
+        found.posts[key].update(shortcode=record.shortcode, time=record.timestamp, typename=record.typename)
+    elif isinstance(record, ProfileMeta):
+        found.problems.append(Problem("bad_metadata", where, "a profile saved under a post's name"))
     elif name.lower().endswith(IMAGE_SUFFIXES):
-        report.images += 1
-        posts[key]["image"] = True
+        found.images += 1
+        found.posts[key]["image"] = True
 
 
 def _check_stamps(report: RawReport, paths: Paths, newest: dict[str, int]) -> None:

@@ -1,0 +1,211 @@
+"""The one boundary for metadata read from shards: untrusted bytes -> typed, validated records.
+
+Shards come from other crawlers and from Instagram, so nothing in them is trusted. Every
+``.json.xz`` member is parsed here, by verify, export and the crawler alike, so all three
+agree on what a bad post is:
+
+- member names must be Instaloader's layout under a valid username (``<user>/<date>_UTC...``,
+  ``<user>/<user>_<id>.json.xz``); nothing read from a shard is ever used as a path;
+- decompression is capped at :data:`MAX_METADATA_BYTES` (a post's JSON is a few KB, a
+  profile's a few dozen): an xz bomb costs that much memory, not what it inflates to;
+- shortcodes are base64url characters, usernames Instagram's (letters, digits, ``.`` and
+  ``_``, at most 30), counts non-negative integers (not booleans, not strings), times integer
+  seconds between Instagram's launch and 2100, ``__typename`` one of the three post types.
+
+A bad member raises :class:`BadMetadata` whose ``reason`` is a short category (for
+metrics) and ``detail`` the specifics (for logs and ``imgrate verify``).
+New kinds of members (e.g. later observations of a post's counts) get their parser here, so
+they cross the same boundary.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import lzma
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from imgrate.crawl.users import USERNAME_RE
+from imgrate.errors import DataError
+
+MAX_METADATA_BYTES = 4 * 2**20  # decompressed; Instaloader's post JSON is 2-20 KB, a profile's < 200 KB
+SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # base64url, as Instagram encodes media ids
+POST_TYPENAMES = ("GraphImage", "GraphVideo", "GraphSidecar")
+MIN_TIMESTAMP = int(dt.datetime(2010, 1, 1, tzinfo=dt.timezone.utc).timestamp())  # Instagram: Oct 2010
+MAX_TIMESTAMP = int(dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp())
+MAX_COUNT = 10**12  # likes, comments, followers: far above any account's
+_DATE = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC"
+POST_FILE_RE = re.compile(rf"^(?P<user>[^/]+)/(?P<key>{_DATE})(?:_\d+)?\.(?:jpg|jpeg|png|webp|json\.xz)$")
+PROFILE_FILE_RE = re.compile(r"^(?P<user>[^/]+)/(?P=user)_\d+\.json\.xz$")
+
+
+class BadMetadata(DataError):
+    """A metadata member that cannot be used: ``reason`` is its category, ``detail`` the specifics."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason, self.detail = reason, detail or reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+@dataclass(frozen=True)
+class PostMeta:
+    """A post as its saved node says, validated."""
+
+    shortcode: str
+    user: str  # lower-cased
+    timestamp: int  # unix seconds, UTC
+    likes: int
+    comments: int
+    typename: str
+
+
+@dataclass(frozen=True)
+class ProfileMeta:
+    """A profile snapshot, validated."""
+
+    username: str  # lower-cased
+    id: str  # digits
+    followers: int
+    followees: int
+    media_count: int
+
+
+def is_username(name: object) -> bool:
+    """Instagram's rule: letters, digits, '.' and '_', 1-30 characters, not only dots."""
+    return isinstance(name, str) and bool(USERNAME_RE.fullmatch(name)) and name.strip(".") != ""
+
+
+def is_shortcode(code: object) -> bool:
+    return isinstance(code, str) and bool(SHORTCODE_RE.fullmatch(code))
+
+
+def member_kind(name: str) -> str | None:
+    """``post`` or ``profile`` for a member name of Instaloader's layout under a valid
+    username, else None (the member is not used)."""
+    if (m := POST_FILE_RE.fullmatch(name)) and is_username(m["user"]):
+        return "post"
+    if (m := PROFILE_FILE_RE.fullmatch(name)) and is_username(m["user"]):
+        return "profile"
+    return None
+
+
+def decompress(data: bytes, cap: int = MAX_METADATA_BYTES) -> bytes:
+    """An ``.xz`` member's content, never more than ``cap`` bytes of it (then :class:`BadMetadata`)."""
+    dec = lzma.LZMADecompressor()
+    try:
+        out = dec.decompress(data, max_length=cap + 1)
+    except lzma.LZMAError as err:
+        raise BadMetadata("corrupt metadata (LZMAError)", f"does not decompress: {err}") from None
+    if len(out) > cap:
+        raise BadMetadata("metadata too large", f"inflates to more than {cap} bytes (a post's is a few KB)")
+    if not dec.eof:
+        raise BadMetadata("corrupt metadata (EOFError)", "the xz stream is cut")
+    if dec.unused_data:
+        raise BadMetadata("corrupt metadata (trailing data)", "bytes follow the xz stream")
+    return out
+
+
+def load_document(data: bytes) -> tuple[dict[str, Any], str]:
+    """(node, node_type) of a ``.json.xz`` that Instaloader wrote."""
+    try:
+        doc = json.loads(decompress(data))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadMetadata(f"corrupt metadata ({type(err).__name__})", str(err)[:200]) from None
+    except RecursionError:
+        raise BadMetadata("corrupt metadata (nesting)", "JSON nested too deeply") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("node"), dict):
+        raise BadMetadata("missing field 'node'", "metadata has no node")
+    info = doc.get("instaloader")
+    node_type = info.get("node_type") if isinstance(info, dict) else None
+    if not isinstance(node_type, str):
+        raise BadMetadata("missing field 'node_type'", "metadata does not say what it holds")
+    return doc["node"], node_type
+
+
+def _dig(node: dict[str, Any], *paths: str) -> Any:
+    """The first of the dotted ``paths`` present in ``node`` (None if none is)."""
+    for path in paths:
+        cur: Any = node
+        for part in path.split("."):
+            if not isinstance(cur, dict) or part not in cur:
+                cur = None
+                break
+            cur = cur[part]
+        if cur is not None:
+            return cur
+    return None
+
+
+def _field(node: dict[str, Any], name: str, *paths: str) -> Any:
+    value = _dig(node, *paths)
+    if value is None:
+        raise BadMetadata(f"missing field '{name}'")
+    return value
+
+
+def _bad(name: str, value: Any, want: str) -> BadMetadata:
+    shown = repr(value) if isinstance(value, (int, float, str, bool)) else type(value).__name__
+    return BadMetadata(f"bad field '{name}'", f"{name} is {shown[:60]}, not {want}")
+
+
+def _count(node: dict[str, Any], name: str, *paths: str) -> int:
+    value = _field(node, name, *paths)
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise _bad(name, value, "a count")
+    return value
+
+
+def parse_post(node: dict[str, Any]) -> PostMeta:
+    """A post from Instaloader's saved node (logged in or out); :class:`BadMetadata` if unusable."""
+    shortcode = _field(node, "shortcode", "shortcode", "code")
+    if not is_shortcode(shortcode):
+        raise _bad("shortcode", shortcode, "base64url characters")
+    user = _field(node, "user", "owner.username", "user.username")
+    if not is_username(user):
+        raise _bad("user", user, "an Instagram username")
+    when = _field(node, "timestamp", "taken_at_timestamp", "date", "taken_at")
+    if type(when) is not int or not MIN_TIMESTAMP <= when < MAX_TIMESTAMP:
+        raise _bad("timestamp", when, "unix seconds")
+    likes = _count(node, "likes", "edge_media_preview_like.count", "edge_liked_by.count", "like_count")
+    comments = _count(node, "comments", "edge_media_to_comment.count", "edge_media_to_parent_comment.count",
+                      "comments", "iphone_struct.comment_count", "comment_count")
+    typename = _field(node, "typename", "__typename")
+    if typename not in POST_TYPENAMES:
+        raise _bad("typename", typename, "a post type")
+    return PostMeta(shortcode, user.lower(), when, likes, comments, typename)
+
+
+def parse_profile(node: dict[str, Any]) -> ProfileMeta:
+    """A profile from Instaloader's saved node; :class:`BadMetadata` if unusable."""
+    username = _field(node, "username", "username")
+    if not is_username(username):
+        raise _bad("username", username, "an Instagram username")
+    pid = _field(node, "id", "id", "pk")
+    if type(pid) is int and pid >= 0:
+        pid = str(pid)
+    if not isinstance(pid, str) or not pid.isascii() or not pid.isdigit() or len(pid) > 40:
+        raise _bad("id", pid, "digits")
+    return ProfileMeta(
+        username.lower(), pid,
+        _count(node, "followers", "edge_followed_by.count", "follower_count"),
+        _count(node, "followees", "edge_follow.count", "following_count"),
+        _count(node, "media_count", "edge_owner_to_timeline_media.count", "media_count"),
+    )
+
+
+def parse_member(name: str, data: bytes) -> PostMeta | ProfileMeta | None:
+    """A ``.json.xz`` member of a shard as a typed record; None for a kind that holds neither
+    (Instaloader's other structures). :class:`BadMetadata` for anything unusable."""
+    kind = member_kind(name)
+    if kind is None or not name.endswith(".json.xz"):
+        raise BadMetadata("bad member name", f"{name[:80]!r} is not a metadata file of Instaloader's layout")
+    node, node_type = load_document(data)
+    if node_type == "Post":
+        if kind != "post":
+            raise BadMetadata("bad member name", f"a post saved under a profile's name {name[:80]!r}")
+        return parse_post(node)
+    if node_type == "Profile":
+        return parse_profile(node)
+    return None
