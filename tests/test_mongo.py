@@ -193,7 +193,7 @@ def test_stage_script_exports_to_mongo(db_project, mongo_uri: str) -> None:
     from pymongo import MongoClient
 
     root, database = db_project
-    metrics = json.loads((root / "metrics" / "export.json").read_text())
+    metrics = json.loads((root / "reports" / "export.json").read_text())  # the full report
     posts = read_jsonl(root / "data" / "tables" / "posts.jsonl")
     assert metrics["posts_written"] == metrics["posts"] == len(posts)
     assert metrics["users_written"] == len(TINY_USERS)
