@@ -50,6 +50,8 @@ from imgrate.crawl.instagram import (
     SESSION_USER_ENV,
     STATUSES,
     BudgetRateController,
+    RunHealth,
+    RunStatus,
     UserResult,
     crawl_user,
     load_session,
@@ -107,6 +109,8 @@ class CrawlReport:
     max_requests: int | None = None
     requests: int = 0  # every request of the run, the start page included
     simulated: bool = False  # waits were added up, not slept (the demo world)
+    status: RunStatus = "complete"  # endpoint_changed / unreachable: the run stopped for that
+    stop_reason: str | None = None
     damaged: list[str] = field(default_factory=list)  # shards found damaged: their posts are fetched again
     stamps_lowered: list[str] = field(default_factory=list)  # users whose stamp claimed a lost post
 
@@ -149,6 +153,8 @@ class CrawlReport:
             "part": self.part,
             "crawled_at": self.crawled_at.isoformat(),
             "waits_simulated": self.simulated,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
             "budget": {"max_requests": self.max_requests, "requests": self.requests},
             "shards_written": self.shards,
             "shards_damaged": self.damaged,
@@ -431,6 +437,7 @@ def run(
                 committer = _Committer(paths, own_stamps, staged_stamps, seen)
                 stopped: str | None = None
                 limited_in_a_row = 0
+                health = RunHealth()
                 try:
                     for user in track(_crawl_order(users, paths, visits), "crawl"):
                         if stopped is not None:
@@ -441,14 +448,21 @@ def run(
                         report.users.append(result)
                         if result.stops_run:
                             stopped = (result.reason or result.status).split(";")[0]
+                            report.status, report.stop_reason = "stopped", stopped
+                        if (verdict := health.observe(result)) is not None:
+                            report.status, report.stop_reason = verdict
+                            stopped = verdict[0]  # the front ends print the reason once
                         limited_in_a_row = limited_in_a_row + 1 if result.status == "rate_limited" else 0
                         if limited_in_a_row == params.budget.stop_after_rate_limited:
                             stopped = (f"{limited_in_a_row} users in a row were rate limited: Instagram is "
                                        "limiting this session or address, not these users")
+                            report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
                             _take(result, paths, known, writer, finished)  # fails it if a file is bad
                         if result.status != "ok":
-                            log.warning("%s: %s (%s)", user, result.status, result.reason)
+                            # a user that could not connect says nothing new: the run's verdict says it once
+                            (log.debug if result.unreachable else log.warning)(
+                                "%s: %s (%s)", user, result.status, result.reason)
                             if result.status in ("not_found", "private"):  # nothing worth keeping
                                 shutil.rmtree(paths.crawl_work / user, ignore_errors=True)
                             if params.strict and result.status != "skipped":
@@ -571,10 +585,11 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
 
 
 def _statuses_differ(path: Path, full: dict[str, Any]) -> bool:
-    """True when the report at ``path`` is missing, unreadable or gives users other statuses."""
+    """True when the report at ``path`` is missing, unreadable, or gives the run or a user
+    another status."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
-        return {u: v.get("status") for u, v in old["users"].items()} != {
+        return old.get("status") != full.get("status") or {u: v.get("status") for u, v in old["users"].items()} != {
             u: v["status"] for u, v in full["users"].items()}
     except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return True
