@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import instaloader
@@ -474,7 +475,7 @@ def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path
     users = [*USERS, "echo_frames_demo", "foxtrot_lens_demo"]
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
     run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths)
-    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "endpoint_changed", metrics["stop_reason"]
     assert metrics["totals"]["wait_s"] < 60 and metrics["waits_simulated"] is True
     reason = metrics["stop_reason"]
@@ -520,7 +521,7 @@ def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch:
     t0 = time.monotonic()
     report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
     assert time.monotonic() - t0 < 30
-    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "unreachable"
     assert metrics["stop_reason"].startswith("cannot reach www.instagram.com: the name does not resolve")
     assert metrics["totals"]["requests"] == 2 and metrics["totals"]["wait_s"] == 0
@@ -552,7 +553,7 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     stopped = [line for line in proc.stderr.splitlines() if line.startswith("crawl stopped (unreachable)")]
     assert len(stopped) == 1 and "cannot reach www.instagram.com" in stopped[0], proc.stderr
     assert "Traceback" not in proc.stderr and sum("www.instagram.com" in line for line in proc.stderr.splitlines()) == 1
-    assert json.loads((tmp_path / "metrics" / "crawl.json").read_text())["status"] == "unreachable"
+    assert json.loads((tmp_path / "reports" / "crawl.json").read_text())["status"] == "unreachable"
 
 
 def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:
