@@ -131,11 +131,11 @@ def test_two_clones_reproduce_the_same_bytes(tmp_path: Path) -> None:
     assert (second / "dvc.lock").read_bytes() == (first / "dvc.lock").read_bytes()
 
     params = tiny_params()
-    params["train"]["lr"] = "fast"
+    params["train"]["paper_cnn"]["lr"] = "fast"
     write_params(second, params)
     proc = dvc(second, "repro", check=False)
     assert proc.returncode != 0
-    assert "train.lr: expected a number, got 'fast'" in proc.stdout + proc.stderr
+    assert "train.paper_cnn.lr: expected a number, got 'fast'" in proc.stdout + proc.stderr
     assert ran(proc.stdout)[0] == "crawl"  # the crawl does not read train: it ran and passed
     changed = git(second, "status", "--porcelain").stdout.splitlines()
     deleted = [line[3:] for line in changed if line.startswith(" D")]

@@ -79,13 +79,12 @@ def test_percentiles_against_the_training_photos_and_unusual_photos_flagged(
     training photos (of one photographer with --user, else of all), and a black frame and a
     black-and-white checkerboard, unlike any crawled photo, are flagged unusual while the
     crawled photos are not."""
-    import torch
-
     from imgrate import reference
+    from imgrate.models import read_model_file
 
     model_file = trained / "models" / f"{model}.pt"
-    ckpt = torch.load(model_file, weights_only=True)
-    ref = ckpt[reference.KEY]
+    info, _ = read_model_file(model_file)
+    ref = info.extra[reference.KEY]  # the model file's reference block
     users = sorted(ref["scores"]["by_user"])
     assert len(ref["scores"]["all"]) == sum(len(v) for v in ref["scores"]["by_user"].values()) > 0
     Image.new("RGB", (200, 200), (0, 0, 0)).save(folder / "black.webp")
