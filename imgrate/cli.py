@@ -321,7 +321,8 @@ def posts_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = fitted_table(title, [("#", "num"), ("user", "text"), ("shortcode", "text"), ("date", "num"),
                                  ("likes", "num"), ("comments", "num"), ("type", "text")])
     for i, r in enumerate(rows, start=1):
-        table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], f"{r['likes']:,}", f"{r['comments']:,}",
+        likes = "hidden" if r.get("likes") is None else f"{r['likes']:,}"
+        table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], likes, f"{r['comments']:,}",
                       TYPE_NAMES.get(r["typename"], r["typename"]))
     return table
 
