@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError, ImageError
-from imgrate.figures import DPI, figure, save
+from imgrate.figures import DPI, figure, save, user_styles
 from imgrate.images import fitted, image_info
 from imgrate.io import atomic_open, read_jsonl
 from imgrate.params import AnalyzeParams
@@ -153,15 +153,6 @@ def render_report(c: dict[str, Any]) -> str:
 # Drawing
 
 
-def _user_styles(names: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """A distinct (colour, marker) per user: tab10's colours x 3 markers, 30 before a repeat."""
-    from matplotlib import colormaps
-
-    colours = colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
-    markers = ("o", "s", "^")
-    return {name: {"color": colours[i % 10], "marker": markers[(i // 10) % 3]} for i, name in enumerate(sorted(names))}
-
-
 def _compact(value: float, _pos: object = None) -> str:
     """1,500 -> 1.5k; 2,000,000 -> 2M: short tick labels for counts on a log axis."""
     for div, unit in ((1e6, "M"), (1e3, "k")):
@@ -242,7 +233,7 @@ def plot_likes_vs_age(path: Path, posts: list[dict[str, Any]]) -> Path:
 
 
 def plot_targets(path: Path, data: Dataset) -> Path:
-    styles = _user_styles({r["user"] for r in data.index})
+    styles = user_styles(sorted({r["user"] for r in data.index}))
     fig = figure(10, 6)
     ax = fig.add_subplot()
     per_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -367,6 +358,6 @@ def main() -> None:
 
     setup_logging()
     paths = project_paths()
-    c = run_stage(load_params(paths.params).analyze, paths)
+    c = run_stage(load_params(paths.params, ["analyze"]).analyze, paths)
     console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
                   f"figures in {paths.data_figures}, counts in {paths.data_report}", highlight=False, soft_wrap=True)

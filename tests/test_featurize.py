@@ -13,8 +13,8 @@ from conftest import copy_world
 
 from imgrate.errors import DataError
 from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
+from imgrate.images import load_thumbnail
 from imgrate.io import read_jsonl
-from imgrate.preprocess import load_thumbnail
 from imgrate.shards import iter_members
 
 

@@ -18,7 +18,7 @@ FLOORS: list[list[str]] = [
      "imgrate.demo", "imgrate.demo.world"],
     ["imgrate.demo.server", "imgrate.crawl", "imgrate.crawl.users", "imgrate.crawl.stamps", "imgrate.crawl.session",
      "imgrate.crawl.observations", "imgrate.crawl.verify", "imgrate.crawl.instagram", "imgrate.dataset",
-     "imgrate.mongo"],
+     "imgrate.mongo", "imgrate.reference"],
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize"],
     ["imgrate.models"],
     ["imgrate.train", "imgrate.predict"],
