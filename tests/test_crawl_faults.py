@@ -552,7 +552,7 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     assert "Traceback" not in proc.stderr and sum("www.instagram.com" in line for line in proc.stderr.splitlines()) == 1
     report = (tmp_path / "reports" / "crawl.json").read_text()
     assert json.loads(report)["status"] == "unreachable"
-    assert "pr0xy-pw" not in proc.stderr + proc.stdout + report
+    assert "pr0xy-pw" not in proc.stderr + proc.stdout + report + (tmp_path / "metrics" / "crawl.json").read_text()
 
 
 def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:
