@@ -36,7 +36,7 @@ import numpy as np
 from imgrate import metrics
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError
-from imgrate.io import atomic_open, write_json
+from imgrate.io import atomic_open, remove_stale_tmp, write_json
 from imgrate.params import CrawlParams, EvaluateParams
 from imgrate.paths import Paths
 
@@ -255,6 +255,9 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """
+    remove_stale_tmp(paths.metrics, [paths.stage_metrics("evaluate").name, paths.leak_metrics.name])
+    for folder in (paths.plots / "predictions", paths.plots / "spearman_per_user", paths.figures):
+        remove_stale_tmp(folder)  # left by a killed run
     data = load_dataset(paths)
     test = data.split("test")
     if len(test) == 0:

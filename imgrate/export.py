@@ -31,7 +31,7 @@ from PIL import Image
 from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, member_kind, parse_member
 from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
-from imgrate.io import write_json, write_jsonl
+from imgrate.io import remove_stale_tmp, write_json, write_jsonl
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -211,6 +211,8 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
 
 def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
     """The DVC stage: write the JSON tables, then any sinks, then metrics/export.json."""
+    remove_stale_tmp(paths.tables)  # left by a killed run: data/tables is this stage's alone
+    remove_stale_tmp(paths.metrics, [paths.stage_metrics("export").name])
     shards = list_shards(paths.shards)
     if not shards:
         raise DataError(f"no shards in {paths.shards}: run the crawl stage first")

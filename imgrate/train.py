@@ -44,7 +44,7 @@ from torch import nn
 from imgrate import metrics
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError, ImgrateError
-from imgrate.io import atomic_path
+from imgrate.io import atomic_path, remove_stale_tmp
 from imgrate.models import build_model, save_checkpoint
 from imgrate.params import Params, TrainParams
 from imgrate.paths import Paths
@@ -491,6 +491,8 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
     info = dist_from_env()
     if not info.main:
         logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
+    if info.main:  # left by a killed run
+        remove_stale_tmp(paths.models, [paths.model(model_name).name])
     device = pick_device(params.train.device, info.local_rank)
     init_distributed(info, device)
     try:

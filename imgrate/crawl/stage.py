@@ -78,7 +78,7 @@ from imgrate.crawl.stamps import (
 from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
-from imgrate.io import atomic_open, write_json
+from imgrate.io import atomic_open, remove_stale_tmp, write_json
 from imgrate.params import CrawlParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -542,6 +542,7 @@ def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWrite
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
     """The DVC stage: crawl, then write metrics/crawl.json, and the same with timings under
     .imgrate-cache/logs/crawl/ (one file per run)."""
+    remove_stale_tmp(paths.metrics, [paths.stage_metrics("crawl").name])  # left by a killed run
     report = run(params, paths, part=part)
     write_json(paths.stage_metrics("crawl"), report.to_metrics())
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
