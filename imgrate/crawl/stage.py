@@ -299,8 +299,7 @@ def _group_files(
              if k not in rejected and any(f.arcname.endswith(".json.xz") for f in g)]
     # a profile snapshot goes with new posts, or alone when no intact shard holds one of this
     # user (all its posts went in at checkpoints, in this run or in one that was killed)
-    if profile and (posts or not any(profile_re.match(n.split("/", 1)[-1]) for n in known
-                                     if n.startswith(f"{user}/"))):
+    if profile and (posts or not any(f.arcname in known for f in profile)):
         posts.append(profile)
     for why in rejected.values():
         log.warning("%s: left out, its metadata is not valid (%s)", user, why)
