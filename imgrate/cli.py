@@ -15,7 +15,7 @@ import typer
 from imgrate.errors import ImgrateError
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, setup_logging
+from imgrate.progress import console, print_error, print_note, setup_logging
 
 app = typer.Typer(
     help="imgrate: crawl photographers' posts, build a dataset, train CNNs, rank photos honestly.",
@@ -32,7 +32,7 @@ def _setup(verbose: bool = False) -> tuple[Params, Paths]:
 
 
 def _fail(err: ImgrateError) -> typer.Exit:
-    console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+    print_error(err)  # the message is printed as it is: it can quote user text
     return typer.Exit(code=2)
 
 
@@ -56,8 +56,12 @@ def crawl(
                   f"{totals['shards_written']} new shards, {totals['requests']} requests; "
                   f"report in {paths.stage_metrics('crawl')}")
     for user in report.users:
-        if user.status != "ok":
-            console.print(f"[yellow]{user.username}[/yellow]: {user.status}: {user.reason}", highlight=False)
+        if user.status not in ("ok", "skipped") and not user.unreachable:
+            print_note(user.username, f"{user.status}: {user.reason}")
+    if report.stop_reason:
+        skipped = sum(u.status == "skipped" for u in report.users)
+        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
+                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")
 
 
 @app.command()
@@ -69,9 +73,13 @@ def login(
     """Log in to Instagram (password and 2FA asked here) and save the session for `imgrate crawl`."""
     from imgrate.crawl.instagram import SESSION_USER_ENV, interactive_login
 
+    from imgrate.paths import find_project
+
     setup_logging()
     try:
-        path = interactive_login(user, session_file, project_paths().root)
+        # the project is found by its files (dvc.yaml upwards), not taken to be the current folder:
+        # from ~ or / there is none, and ~/.config/imgrate/ is fine
+        path = interactive_login(user, session_file, find_project())
     except ImgrateError as err:
         raise _fail(err) from None
     console.print(f"session saved to {path} (mode 600). Crawl logged in with: "
@@ -214,7 +222,7 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
             table.add_row(str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}")
         console.print(table)
         for e in errors:
-            console.print(f"[yellow]not ranked:[/yellow] {e['error']}", highlight=False)
+            print_note("not ranked", e["error"])
     if errors and not ranked:
         raise typer.Exit(code=2)
 
@@ -269,7 +277,7 @@ def _db() -> tuple[str, str, float]:
     params, _ = _setup()
     uri = resolve_uri(params.export)
     if uri is None:
-        console.print(f"[red]error:[/red] no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")
+        print_error(f"no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")
         raise typer.Exit(code=2)
     return uri, params.export.database, params.export.timeout_s
 
@@ -295,7 +303,7 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
             with atomic_path(Path(r["thumbnail_file"])) as tmp:
                 tmp.write_bytes(data)
     if thumbnails is not None and not any("thumbnail_file" in r for r in rows):
-        console.print("[yellow]no thumbnails stored:[/yellow] set export.thumbnail_size and export again")
+        print_note("no thumbnails stored", "set export.thumbnail_size and export again")
     if as_json:
         print(json.dumps(rows, indent=2))
         return

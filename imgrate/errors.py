@@ -14,6 +14,28 @@ class ImgrateError(Exception):
     """Base class of every error imgrate raises on purpose."""
 
 
+MESSAGE_LIMIT = 2000  # characters of an error message shown; the rest is counted, not printed
+
+
+def excerpt(text: str, limit: int = 80) -> str:
+    """``text`` as ``repr`` would quote it, cut to about ``limit`` characters.
+
+    For quoting user input (a users.txt line, a params value) in a message: a 2 MB line
+    is named by its start and its length, not echoed whole.
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+def error_message(err: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:
+    """An error's message as printed: cut to ``limit`` characters (the rest counted)."""
+    text = str(err)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
+
 class ParamsError(ImgrateError, ValueError):
     """params.yaml is missing a key, has an unknown one, or a value of the wrong type."""
 
@@ -49,7 +71,7 @@ def run_main(main: Callable[[], object]) -> None:
     try:
         main()
     except ImgrateError as err:
-        print(f"imgrate: error: {err}", file=sys.stderr)
+        print(f"imgrate: error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         print("imgrate: interrupted", file=sys.stderr)

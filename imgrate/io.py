@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from imgrate.errors import DataError
+
 
 def _file_mode() -> int:
     """The mode a plain ``open()`` would give a new file (0666 less the umask)."""
@@ -98,6 +100,34 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file written by :func:`write_jsonl`."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    """Read a JSON-lines file written by :func:`write_jsonl`.
+
+    A line that is not a JSON object (a cut or edited file) raises :class:`DataError` naming
+    the file and the line, with a hint to rebuild it.
+    """
+    rows = []
+    for lineno, line in enumerate(read_utf8(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not a JSON line ({err.msg} at column {err.colno}); the file "
+                            "is cut or was edited: rebuild it (dvc repro, or the stage that writes it)") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}; "
+                            "rebuild the file (dvc repro)")
+        rows.append(row)
+    return rows
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; bytes that are not UTF-8 raise :class:`DataError` naming the file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                        "save the file as UTF-8") from None

@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from PIL import Image, ImageOps
 
 from imgrate.crawl.shards import iter_members
 from imgrate.errors import DatabaseError
-from imgrate.params import ExportParams, uri_password
+from imgrate.params import ExportParams, uri_parts, uri_password, uri_secret_options
 from imgrate.paths import Paths
 from imgrate.progress import track
 
@@ -53,15 +54,15 @@ T = TypeVar("T")
 
 
 def _secrets(uri: str) -> list[str]:
-    """The password of ``uri`` as written and as decoded (what could show up in a message)."""
-    password = uri_password(uri)
-    if not password:
-        return []
-    return sorted({password, unquote(password), unquote_plus(password)}, key=len, reverse=True)
+    """The secrets of ``uri`` (its password and secret options' values) as written and as decoded:
+    what could show up in a message."""
+    written = [v for v in (uri_password(uri), *(value for _, value in uri_secret_options(uri))) if v]
+    found = {form for secret in written for form in (secret, unquote(secret), unquote_plus(secret))}
+    return sorted(found, key=len, reverse=True)
 
 
 def redact(text: str, uri: str | None) -> str:
-    """``text`` with every occurrence of the password of ``uri`` replaced by ``***``."""
+    """``text`` with every occurrence of a secret of ``uri`` replaced by ``***``."""
     if not uri:
         return text
     for secret in _secrets(uri):
@@ -70,14 +71,19 @@ def redact(text: str, uri: str | None) -> str:
 
 
 def mask_uri(uri: str) -> str:
-    """``mongodb://user:***@host:port/...``: the URI with its password hidden, for messages."""
-    password = uri_password(uri)
-    if not password:
-        return uri
-    scheme, sep, rest = uri.partition("://")
-    at = rest.rfind("@")
-    user = rest[:at].partition(":")[0]
-    return f"{scheme}{sep}{user}:***{rest[at:]}"
+    """``mongodb://user:***@host:port/db?tlsCertificateKeyFilePassword=***``: the URI with its
+    password and the values of its secret options hidden, for messages."""
+    scheme, userinfo, rest = uri_parts(uri)
+    head = ""
+    if userinfo is not None:
+        user, sep, password = userinfo.partition(":")
+        head = f"{user}:***@" if sep and password else f"{userinfo}@"
+    base, q, query = rest.partition("?")
+    secret = {name for name, _ in uri_secret_options(uri)}
+    if secret:
+        query = "".join(f"{part.partition('=')[0]}=***" if part.partition("=")[0] in secret and "=" in part else part
+                        for part in re.split(r"([&;])", query))
+    return f"{scheme}{head}{base}{q}{query}"
 
 
 def resolve_uri(params: ExportParams, env: Mapping[str, str] | None = None) -> str | None:

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from urllib.parse import unquote
 
 import yaml
 
-from imgrate.errors import ParamsError
+from imgrate.errors import DataError, ParamsError, excerpt
+from imgrate.io import read_utf8
 
 T = TypeVar("T")
 
 
-FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow"]
+FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow", "endpoint_changed"]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 
 
@@ -170,38 +174,40 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ParamsError as err:
                 errors.append(str(err))
-        raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        raise ParamsError(f"{key}: expected {_type_name(tp)}, got {_shown(value)}")
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ParamsError(f"{key}: must be one of {choices}, got {value!r}")
+            raise ParamsError(f"{key}: must be one of {choices}, got {_shown(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ParamsError(f"{key}: expected a list, got {value!r}")
+            raise ParamsError(f"{key}: expected a list, got {_shown(value)}")
         (item_tp,) = get_args(tp)
         return [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ParamsError(f"{key}: expected a mapping of keys, got {value!r}")
+            raise ParamsError(f"{key}: expected a mapping of keys, got {_shown(value)}")
         return _build(tp, value, key)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{key}: expected true or false, got {value!r}")
+            raise ParamsError(f"{key}: expected true or false, got {_shown(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {value!r}")
+            raise ParamsError(f"{key}: expected an integer, got {_shown(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {value!r}")
+            raise ParamsError(f"{key}: expected a number, got {_shown(value)}")
+        if not math.isfinite(value):  # .inf / .nan: no rate, size or wait works with it
+            raise ParamsError(f"{key}: must be a finite number, got {_shown(value)}")
         return float(value)
     if tp is str:
         if isinstance(value, (dt.date, dt.datetime)):  # YAML reads 2025-01-01 as a date
             return value.isoformat()
         if not isinstance(value, str):
-            raise ParamsError(f"{key}: expected a string, got {value!r}")
+            raise ParamsError(f"{key}: expected a string, got {_shown(value)}")
         return value
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this module
 
@@ -231,6 +237,7 @@ def parse_params(data: Any) -> Params:
         raise ParamsError("params.yaml must be a mapping with one section per stage")
     params = _build(Params, data, "")
     _check_values(params)
+    check_workable(params)
     return params
 
 
@@ -304,6 +311,13 @@ def _check_values(p: Params) -> None:
             "export.mongo_uri: must not contain a password (params.yaml is tracked by git); "
             "put the URI with credentials in the IMGRATE_MONGODB_URI environment variable",
         ),
+        (
+            p.export.mongo_uri is None or not uri_secret_options(p.export.mongo_uri),
+            "export.mongo_uri: must not contain a secret option ("
+            + ", ".join(excerpt(n, 40) for n, _ in uri_secret_options(p.export.mongo_uri or ""))
+            + ": params.yaml is tracked by git); put the URI with credentials in the IMGRATE_MONGODB_URI "
+            "environment variable",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
@@ -312,27 +326,163 @@ def _check_values(p: Params) -> None:
         try:
             dt.datetime.fromisoformat(value)
         except ValueError as err:
-            raise ParamsError(f"{key}: expected an ISO date such as 2025-12-31, got {value!r}") from err
+            raise ParamsError(f"{key}: expected an ISO date such as 2025-12-31, got {_shown(value)}") from err
+
+
+# Largest sizes that still fit a machine's memory: the demo draws a photo of image_size^2
+# pixels in float arrays, preprocess keeps N x size^2 x 3 bytes in memory, the pretrained
+# backbone sees input_size^2 images in batches. Instagram serves photos of at most 1440 px.
+MAX_IMAGE_SIZE = 2048
+MAX_DATASET_SIZE = 512
+MAX_INPUT_SIZE = 1024
+MAX_THUMBNAIL_SIZE = 1080
+MIN_INTERVAL_DAYS = 0.01  # the demo world's mean posting interval: at most ~100 posts a day per user
+
+
+def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> None:
+    """Values that pass the type and range checks but cannot work: an empty list of set sizes,
+    zero bootstrap resamples, sizes whose arrays no machine can allocate. Each message names
+    the key. ``sections`` limits the checks to those params.yaml sections (default: all)."""
+    checks: dict[str, list[tuple[bool, str]]] = {
+        "crawl": [
+            (p.crawl.demo.image_size <= MAX_IMAGE_SIZE,
+             f"crawl.demo.image_size: must be at most {MAX_IMAGE_SIZE} px, got {p.crawl.demo.image_size} "
+             "(each photo is drawn in memory; Instagram serves at most 1440 px)"),
+            (p.crawl.demo.mean_interval_days >= MIN_INTERVAL_DAYS,
+             f"crawl.demo.mean_interval_days: must be at least {MIN_INTERVAL_DAYS}, got "
+             f"{p.crawl.demo.mean_interval_days:g} (the world would hold more posts than memory)"),
+        ],
+        "export": [
+            (p.export.thumbnail_size is None or p.export.thumbnail_size <= MAX_THUMBNAIL_SIZE,
+             f"export.thumbnail_size: must be at most {MAX_THUMBNAIL_SIZE} px, got {p.export.thumbnail_size}"),
+        ],
+        "preprocess": [
+            (p.preprocess.size <= MAX_DATASET_SIZE,
+             f"preprocess.size: must be at most {MAX_DATASET_SIZE} px, got {p.preprocess.size} "
+             "(the dataset holds every image at size x size in memory; the paper used 50)"),
+        ],
+        "train": [
+            (p.train.pretrained.input_size <= MAX_INPUT_SIZE,
+             f"train.pretrained.input_size: must be at most {MAX_INPUT_SIZE} px, got {p.train.pretrained.input_size}"),
+        ],
+        "evaluate": [
+            (len(p.evaluate.set_sizes) >= 1, "evaluate.set_sizes: must name at least one set size, e.g. [2, 5, 10]"),
+            (p.evaluate.n_boot >= 1, f"evaluate.n_boot: must be at least 1 bootstrap resample, got {p.evaluate.n_boot}"),
+            (p.evaluate.min_items >= 2,
+             f"evaluate.min_items: must be at least 2 (a ranking needs two posts), got {p.evaluate.min_items}"),
+        ],
+    }
+    for section, section_checks in checks.items():
+        if sections is not None and section not in sections:
+            continue
+        for ok, msg in section_checks:
+            if not ok:
+                raise ParamsError(msg)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value for a message: its repr, cut when long."""
+    if isinstance(value, str):
+        return excerpt(value, limit)
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+# YAML 1.2 floats: PyYAML follows YAML 1.1, where 1e-9 (no dot) is a string.
+_FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class DuplicateKeyError(ParamsError):
+    """A YAML mapping names the same key twice (YAML would silently keep the last)."""
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-9`` as a number and refusing a key given twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base class says what is wrong
+                break
+            if first != key_node.start_mark.line:
+                raise DuplicateKeyError(
+                    f"line {key_node.start_mark.line + 1}: key {_shown(key)} is given twice (first on line "
+                    f"{first + 1}); YAML would keep only the last one: merge the two"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def uri_parts(uri: str) -> tuple[str, str | None, str]:
+    """``(scheme://, userinfo or None, hosts/db?options)`` of a MongoDB URI.
+
+    The user info ends at the last "@" before the options ("?"); an unescaped "?" in a
+    password (which MongoDB refuses anyway) still counts as password when no "/" precedes it,
+    so that a message never shows part of it.
+    """
+    scheme, sep, rest = uri.partition("://")
+    q = rest.find("?")
+    at = rest.rfind("@", 0, q if q >= 0 else len(rest))
+    if at < 0 and q >= 0:
+        last = rest.rfind("@")
+        at = last if last >= 0 and "/" not in rest[:last] else -1
+    if at < 0:
+        return scheme + sep, None, rest
+    return scheme + sep, rest[:at], rest[at + 1:]
 
 
 def uri_password(uri: str) -> str | None:
     """The password in a ``mongodb://user:password@host/`` URI as written (None if it has none)."""
-    rest = uri.split("://", 1)[-1]
-    at = rest.rfind("@")  # a password must escape "@"; the last one ends the user info
-    if at < 0:
+    _, userinfo, _ = uri_parts(uri)
+    if userinfo is None:
         return None
-    user, sep, password = rest[:at].partition(":")
+    user, sep, password = userinfo.partition(":")
     return password if sep and password else None
+
+
+# URI options whose value is a credential, matched by name: MongoDB's tlsCertificateKeyFilePassword
+# (and the older sslPEMKeyPassword), authMechanismProperties (it can carry AWS_SESSION_TOKEN:...),
+# and anything named like a password, secret, token, key or credential.
+_SECRET_OPTION = re.compile(r"pass|pwd|secret|token|credential|apikey|api_key|privatekey|"
+                            r"authmechanismproperties", re.IGNORECASE)
+
+
+def uri_secret_options(uri: str) -> list[tuple[str, str]]:
+    """``(name, value)`` of the options of ``uri`` that hold a secret, as written."""
+    _, _, rest = uri_parts(uri)
+    query = rest.partition("?")[2].partition("#")[0]
+    found = []
+    for part in re.split(r"[&;]", query):
+        name, sep, value = part.partition("=")
+        if sep and value and _SECRET_OPTION.search(unquote(name)):
+            found.append((name, value))
+    return found
+
+
+def read_yaml(text: str) -> Any:
+    """Parse params YAML: ``1e-9`` is a number, a key given twice is an error."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_params(path: Path) -> Params:
     """Read and validate params.yaml."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except FileNotFoundError as err:
         raise ParamsError(f"params file not found: {path}") from err
+    except DataError as err:
+        raise ParamsError(str(err)) from None
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
+    except DuplicateKeyError as err:
+        raise DuplicateKeyError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
     return parse_params(data)

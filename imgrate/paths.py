@@ -150,3 +150,19 @@ def project_paths(root: Path | str | None = None) -> Paths:
     if root is None:
         root = os.environ.get("IMGRATE_ROOT") or Path.cwd()
     return Paths(Path(root).resolve())
+
+
+PROJECT_MARKER = "dvc.yaml"  # a folder holding it is an imgrate project
+
+
+def find_project(start: Path | str | None = None) -> Path | None:
+    """The project that holds ``start`` (default: ``$IMGRATE_ROOT``, else the current folder),
+    found by its files: the nearest folder upwards with a dvc.yaml. None outside any project."""
+    if start is None:
+        env = os.environ.get("IMGRATE_ROOT")
+        start = env or Path.cwd()
+    here = Path(start).expanduser().resolve()
+    for folder in (here, *here.parents):
+        if (folder / PROJECT_MARKER).is_file():
+            return folder
+    return None

@@ -1,4 +1,9 @@
-"""Progress bars and console output on stderr (stdout stays free for ``--json``)."""
+"""Progress bars and console output on stderr (stdout stays free for ``--json``).
+
+The console reads no Rich markup: file names, usernames and messages are user text
+(``IMG_001 [edit].jpg`` prints as it is). Styled output goes through :func:`print_error`
+and :func:`print_note`, which style a label and print the message literally.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,25 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.text import Text
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False)  # user text is never read as markup
+
+
+def print_note(label: str, message: object, style: str = "yellow") -> None:
+    """``label: message`` with the label styled and the message printed as it is (cut when huge)."""
+    from imgrate.errors import error_message
+
+    console.print(Text.assemble((f"{label}:", style), " ", error_message(str(message))), highlight=False)
+
+
+def print_error(message: object) -> None:
+    """``error: message`` for the CLI's error handler: the one place errors are printed."""
+    print_note("error", message, style="red")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:

@@ -30,6 +30,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -517,10 +519,14 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
              sum(p.numel() for p in model.parameters()), len(train), len(val))
 
     live = None
+    staged: Path | None = None
     if info.main:
         from dvclive import Live
 
-        live = Live(dir=str(paths.live_dir(model_name)), dvcyaml=None, save_dvc_exp=False, report=None)
+        # DVCLive empties its folder when it starts; the curves git tracks are replaced only by
+        # those of a run that finishes (dvc.yaml keeps them with persist: true)
+        staged = stage_live_dir(paths, model_name)
+        live = Live(dir=str(staged), dvcyaml=None, save_dvc_exp=False, report=None)
 
     def on_epoch(e: EpochLog) -> None:
         if live is None:
@@ -531,6 +537,7 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
                 live.log_metric(k, value)
         live.next_step()
 
+    trained = False
     try:
         history = fit(model, train, val, cfg, device, info=info, on_epoch=on_epoch, checkpoint=checkpoint)
         # the epoch whose weights the model file holds (fit keeps the first best one)
@@ -539,9 +546,12 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
             live.summary["kept_epoch"] = kept.epoch
             if math.isfinite(kept.val_spearman_within):
                 live.summary["kept_val_spearman_within"] = kept.val_spearman_within
+        trained = True
     finally:
         if live is not None:
             live.end()
+        if staged is not None and not trained:  # the tracked curves stay as they were
+            shutil.rmtree(staged, ignore_errors=True)
     if cfg.loss == "pairwise" and hasattr(model, "set_output_affine"):
         calibrate(model, train, device)
     summary = {
@@ -570,5 +580,28 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
             },
         )
         checkpoint.remove()
+        if staged is not None:
+            publish_live_dir(staged, paths.live_dir(model_name), paths.tmp)
     _barrier(info)
     return summary
+
+
+def stage_live_dir(paths: Paths, model_name: str) -> Path:
+    """A new scratch folder for this run's DVCLive files (those of killed runs are removed)."""
+    paths.tmp.mkdir(parents=True, exist_ok=True)
+    for stale in paths.tmp.glob(f"live-{model_name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"live-{model_name}-", dir=paths.tmp))
+
+
+def publish_live_dir(staged: Path, final: Path, tmp: Path) -> None:
+    """Replace ``final``'s metrics.json and plots/ by those in ``staged`` (renames on one filesystem)."""
+    final.mkdir(parents=True, exist_ok=True)
+    old = Path(tempfile.mkdtemp(prefix=f"live-{final.name}-old-", dir=tmp))
+    for name in ("plots", "metrics.json"):
+        if (final / name).exists():
+            os.replace(final / name, old / name)
+        if (staged / name).exists():
+            os.replace(staged / name, final / name)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(staged, ignore_errors=True)

@@ -4,7 +4,7 @@ from imgrate.crawl.stage import run_stage
 from imgrate.errors import run_main
 from imgrate.params import load_params
 from imgrate.paths import project_paths
-from imgrate.progress import console, setup_logging
+from imgrate.progress import console, print_note, setup_logging
 
 
 def main() -> None:
@@ -13,7 +13,10 @@ def main() -> None:
     report = run_stage(load_params(paths.params).crawl, paths)
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
-                  f"{totals['shards_written']} new shards in {report.seconds:.1f} s")
+                  f"{totals['shards_written']} new shards in {report.seconds:.1f} s"
+                  + (f"; stopped: {report.status}" if report.stop_reason else ""))
+    if report.stop_reason:
+        print_note(f"crawl stopped ({report.status})", report.stop_reason, style="red")
 
 
 if __name__ == "__main__":

@@ -51,3 +51,76 @@ def test_predict_scores_images_and_reports_non_images(tiny_world, tmp_path: Path
     assert payload["errors"][0]["file"].endswith("notes.txt") and "not a readable image" in payload["errors"][0]["error"]
     missing = runner.invoke(app, ["predict", str(tmp_path / "red.jpg"), "--model", str(tmp_path / "none.pt")])
     assert missing.exit_code == 2 and "model file not found" in missing.output
+
+
+def test_user_text_in_errors_is_printed_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A users.txt line that looks like Rich markup gives a clear error (no MarkupError)."""
+    import yaml
+
+    from conftest import tiny_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (tmp_path / "users.txt").write_text("alpha_lens_demo\n[/bold] x\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["crawl"])
+    assert result.exit_code == 2, result.output
+    assert "users.txt:2: invalid Instagram username '[/bold] x'" in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_huge_users_line_is_quoted_as_an_excerpt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from conftest import tiny_params
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (tmp_path / "users.txt").write_text("alpha_lens_demo\n" + "x" * 2_000_000 + "\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["crawl"])
+    assert result.exit_code == 2
+    assert "users.txt:2" in result.output and "2,000,000 characters" in " ".join(result.output.split())
+    assert len(result.output) < 1000
+
+
+def test_non_utf8_users_file_and_params_name_the_file_and_line(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from conftest import tiny_params
+
+    params = yaml.safe_dump(tiny_params()).encode()
+    (tmp_path / "params.yaml").write_bytes(params)
+    (tmp_path / "users.txt").write_bytes(b"alpha_lens_demo\nbr\xe9sil_photo\n")  # Latin-1
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["crawl"])
+    assert result.exit_code == 2
+    assert "users.txt:2: not UTF-8 text (byte 0xe9 at column 3)" in " ".join(result.output.split())
+    (tmp_path / "params.yaml").write_bytes(b"# caf\xe9\n" + params)
+    result = runner.invoke(app, ["crawl"])
+    assert result.exit_code == 2
+    assert "params.yaml:1: not UTF-8 text" in " ".join(result.output.split())
+
+
+def test_a_cut_posts_table_names_the_file_and_line_in_one_line(tiny_world, tmp_path: Path) -> None:
+    """A posts.jsonl cut in the middle of a line: one line naming the file and the line, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT, copy_world, tiny_params
+
+    _, paths = tiny_world
+    local = copy_world(paths, tmp_path / "p")
+    (local.root / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    data = local.posts_table.read_bytes()
+    cut = data.index(b"\n", data.index(b"\n", data.index(b"\n") + 1) + 1) + 20  # inside line 4
+    local.posts_table.write_bytes(data[:cut])
+    env = {**os.environ, "IMGRATE_QUIET": "1", "IMGRATE_ROOT": str(local.root), "COLUMNS": "40"}
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "preprocess.py")], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{local.posts_table}:4: not a JSON line" in lines[0]

@@ -107,7 +107,8 @@ def test_the_instaloader_internals_we_hook_still_exist() -> None:
     assert instaloader.__version__ == "4.16"
     ctx = instaloader.InstaloaderContext
     for name in ("_get_page", "_raise_for_status", "_raise_for_download_status", "_response_error",
-                 "_raise_if_login_redirect", "get_raw", "head", "write_raw", "error", "do_sleep"):
+                 "_raise_if_login_redirect", "get_raw", "head", "write_raw", "error", "do_sleep", "get_json",
+                 "_graphql_session", "_rate_limit_key"):
         assert callable(getattr(ctx, name, None)), name
     for name in ("handle_429", "wait_before_query", "query_waittime", "sleep"):
         assert callable(getattr(instaloader.RateController, name, None)), name
@@ -123,7 +124,7 @@ def test_twenty_percent_faults_of_every_kind_converge_to_exactly_the_world(
         tmp_path: Path, servers: list[demo.DemoServer]) -> None:
     paths = Paths(tmp_path)
     # two tries per request, so that faults do abort users' crawls and later runs must finish them
-    reports = crawl_until_done(lambda i: crawl_params(rate=0.2, seed=100 + i, max_attempts=2), paths, USERS)
+    reports = crawl_until_done(lambda i: crawl_params(rate=0.2, seed=500 + i, max_attempts=2), paths, USERS)
     assert_exactly_the_world(paths, crawl_params(), USERS)
     injected = sum((s.faults_by_kind for s in servers), start=type(servers[0].faults_by_kind)())
     assert set(injected) == set(FAULT_KINDS), injected
@@ -374,6 +375,7 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     project, home = tmp_path / "project", tmp_path / "home"
     project.mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")  # what makes a folder a project
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
     monkeypatch.delenv(instagram.SESSION_ENV, raising=False)
     monkeypatch.delenv(instagram.SESSION_USER_ENV, raising=False)
@@ -416,3 +418,167 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
     with pytest.raises(CrawlError) as err:
         instagram.load_session(loader, "me_the_crawler", broken)
     assert "SECRET" not in str(err.value) and "me_the_crawler" in str(err.value)
+
+
+def test_login_finds_the_project_by_its_files_and_works_from_home_or_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`imgrate login` from ~ or / saves to ~/.config/imgrate/ (no project there); from a
+    project's sub-folder it still refuses a session file inside the project."""
+    home, project = tmp_path / "home", tmp_path / "work" / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.delenv("IMGRATE_ROOT", raising=False)
+
+    def fake_login(self, user):  # Instagram's login itself needs the network and a password
+        self.context._session.cookies.set("sessionid", "cookie")
+        self.context.username = user
+
+    monkeypatch.setattr(instaloader.Instaloader, "interactive_login", fake_login)
+    for cwd in (home, Path("/")):
+        monkeypatch.chdir(cwd)
+        result = CliRunner().invoke(app, ["login", "me_the_crawler"])
+        assert result.exit_code == 0, (cwd, result.output)
+        assert (home / ".config" / "imgrate" / "session-me_the_crawler").stat().st_mode & 0o777 == 0o600
+    # inside the project (from a sub-folder, too): a session file there is refused before any login
+    monkeypatch.chdir(project / "data")
+    result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "s")])
+    assert result.exit_code == 2 and "outside the project" in result.output and not (project / "s").exists()
+    # from elsewhere, a session file inside some project is refused too: the project is found from the file
+    monkeypatch.chdir(home)
+    result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "data" / "s")])
+    assert result.exit_code == 2 and "outside the project" in result.output
+
+
+# ---- a changed endpoint, no network (issue 13.7) and the throttle's messages (issue 12.9)
+
+
+def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path,
+                                                                  servers: list[demo.DemoServer]) -> None:
+    """Instagram revoked Instaloader's query ids: every GraphQL query is refused (401 "Please
+    wait" / 400 "invalid request") and every page loads. Backing off cannot help: the crawl
+    stops after three users with `endpoint_changed`, having waited (simulated) under a minute."""
+    paths = Paths(tmp_path)
+    users = [*USERS, "echo_frames_demo", "foxtrot_lens_demo"]
+    (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
+    run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths)
+    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    assert metrics["status"] == "endpoint_changed", metrics["stop_reason"]
+    assert metrics["totals"]["wait_s"] < 60 and metrics["waits_simulated"] is True
+    reason = metrics["stop_reason"]
+    assert "Upgrade Instaloader" in reason and "instaloader==4.16 in pyproject.toml" in reason
+    assert "rate limit" not in reason  # no query ever worked in this run
+    status = [metrics["users"][u]["status"] for u in users]
+    assert status == ["failed"] * 3 + ["skipped"] * 3, status
+    assert all("first query" in metrics["users"][u]["reason"] for u in users[:3])
+    assert servers[-1].faults_by_kind["endpoint_changed"] == 3 * 5  # five tries of each user's first query
+    assert servers[-1].count("profile") == 3  # the pages loaded: only the queries fail
+    assert not list_shards(paths.shards)
+
+
+def test_only_first_query_rejections_in_a_row_mean_a_changed_endpoint() -> None:
+    """A user whose queries succeed in between resets the count; a rate limit later in a
+    user's crawl (after a success) is not a first-query rejection."""
+    def result(name: str, *, rejected: bool = False, ok: bool = False) -> instagram.UserResult:
+        r = instagram.UserResult(name, "ok" if ok else "failed", reached=True, graphql_ok=5 if ok else 0)
+        r.first_query_rejected = "401 'Please wait a few minutes'" if rejected else None
+        return r
+
+    health = instagram.RunHealth()
+    seq = [result("a", rejected=True), result("b", rejected=True), result("c", ok=True),
+           result("d", rejected=True), result("e", rejected=True), instagram.UserResult("gone", "not_found")]
+    assert [health.observe(r) for r in seq] == [None] * 6
+    verdict = health.observe(result("f", rejected=True))
+    assert verdict is not None and verdict[0] == "endpoint_changed"
+    assert "if upgrading does not help, it is a rate limit" in verdict[1]  # queries worked earlier (user c)
+
+
+def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`crawl.source: instagram` on a machine that resolves no name: two users fail at once,
+    the run stops `unreachable` naming the host, and no throttle wait follows (nothing reached
+    Instagram). The test never touches the network: name resolution fails in-process."""
+    import socket
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(
+        socket.gaierror(socket.EAI_NONAME, "Name or service not known")))
+    for name in (instagram.SESSION_ENV, instagram.SESSION_USER_ENV):
+        monkeypatch.delenv(name, raising=False)
+    paths = Paths(tmp_path)
+    shutil.copy(ROOT / "users.txt", tmp_path / "users.txt")  # the paper's 27 photographers
+    t0 = time.monotonic()
+    report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
+    assert time.monotonic() - t0 < 30
+    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    assert metrics["status"] == "unreachable"
+    assert metrics["stop_reason"].startswith("cannot reach www.instagram.com: the name does not resolve")
+    assert metrics["totals"]["requests"] == 2 and metrics["totals"]["wait_s"] == 0
+    assert [u.status for u in report.users][:2] == ["failed", "failed"]
+    assert {u.status for u in report.users[2:]} == {"skipped"} and len(report.users) == 27
+
+
+def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) -> None:
+    """`imgrate crawl` behind a proxy that refuses (a closed port on loopback: offline-safe):
+    ends within 30 s of wall-clock time, status unreachable, one line naming the host."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "users.txt").write_text("\n".join(USERS) + "\n")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["crawl"]["source"] = "instagram"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proxy = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "imgrate_root")
+           and not k.startswith("IMGRATE_INSTAGRAM")}
+    env.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy, IMGRATE_QUIET="1", COLUMNS="200")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "imgrate.cli", "crawl"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert proc.returncode == 0, proc.stderr
+    stopped = [line for line in proc.stderr.splitlines() if line.startswith("crawl stopped (unreachable)")]
+    assert len(stopped) == 1 and "cannot reach www.instagram.com" in stopped[0], proc.stderr
+    assert "Traceback" not in proc.stderr and sum("www.instagram.com" in line for line in proc.stderr.splitlines()) == 1
+    assert json.loads((tmp_path / "metrics" / "crawl.json").read_text())["status"] == "unreachable"
+
+
+def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:
+    """Instaloader allows 75 page loads per 11 minutes, then waits. Loads that failed to connect
+    never reached Instagram: 100 of them must not make the crawler wait; 100 that reached it
+    (connection reset after the request was sent) do."""
+    import socket
+
+    import requests
+    import requests_mock
+
+    def waited(error: Exception) -> float:
+        loader, controller = instagram.make_loader(tmp_path, sleep=False, video_thumbnails=False,
+                                                   simulated=True, max_attempts=5)
+        controller.responses = 1  # the network worked before: retried, not stopped at once
+        with requests_mock.Mocker() as mocker:
+            mocker.get("https://www.instagram.com/somebody/", exc=error)
+            for _ in range(20):  # 5 tries each
+                with pytest.raises(instaloader.exceptions.ConnectionException):
+                    loader.context._get_page(loader.context._session, "somebody/")
+        return controller.user.wait_s
+
+    no_dns = requests.exceptions.ConnectionError(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    assert waited(no_dns) == 0
+    reset = requests.exceptions.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
+    assert waited(reset) > 60  # the throttle's sliding window, on the simulated clock
+
+
+def test_throttle_messages_say_simulated_and_name_the_query_kind(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    _, controller = instagram.make_loader(tmp_path, sleep=False, video_thumbnails=False, simulated=True)
+    caplog.set_level("INFO", logger="imgrate.crawl.instagram")
+    for _ in range(201):  # Instaloader allows 200 queries of one kind per 11 minutes
+        controller.wait_before_query(demo.TIMELINE_DOC_ID)
+    messages = [r.getMessage() for r in caplog.records if "throttle" in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("simulated throttle: ") and "before the next timeline query" in messages[0]
+    assert demo.TIMELINE_DOC_ID not in messages[0]
+    assert instagram.query_kind(demo.POST_DOC_ID) == "post metadata"

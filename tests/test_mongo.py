@@ -388,3 +388,48 @@ def test_db_top_thumbnails_never_write_outside_the_folder(db_project, mongo_uri:
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert written and all(p.parent == out for p in written)
     assert not (tmp_path / "escape.jpg").exists() and not list(tmp_path.parent.glob("*escape*"))
+
+
+QUERY_SECRET = "k3y-pa55"
+QUERY_SECRET_URI = f"mongodb://127.0.0.1:1/?tls=true&tlsCertificateKeyFilePassword={QUERY_SECRET}&retryWrites=true"
+
+
+@pytest.mark.parametrize("option", ["tlsCertificateKeyFilePassword", "sslPEMKeyPassword", "apiToken", "clientSecret",
+                                    "authMechanismProperties"])
+def test_a_secret_in_the_uri_query_is_refused_in_params_by_key_and_option(option: str) -> None:
+    data = tiny_params()
+    data["export"]["mongo_uri"] = f"mongodb://db.example.invalid:27017/?tls=true&{option}={QUERY_SECRET}"
+    with pytest.raises(ParamsError, match=rf"export\.mongo_uri: must not contain a secret option \('{option}'"
+                       ) as info:
+        parse_params(data)
+    assert QUERY_SECRET not in str(info.value)
+
+
+def test_query_secrets_are_masked_like_passwords() -> None:
+    assert mask_uri(QUERY_SECRET_URI) == (
+        "mongodb://127.0.0.1:1/?tls=true&tlsCertificateKeyFilePassword=***&retryWrites=true")
+    assert mask_uri("mongodb://u:pw@h/?authMechanismProperties=AWS_SESSION_TOKEN:abc") == (
+        "mongodb://u:***@h/?authMechanismProperties=***")
+    # an unescaped "@" in the option's value is not taken for the end of a user name
+    assert mask_uri("mongodb://h:27017/?tlsCertificateKeyFilePassword=p@ss") == (
+        "mongodb://h:27017/?tlsCertificateKeyFilePassword=***")
+    assert redact("bad key password k3y-pa55 (k3y%2Dpa55)", "mongodb://h/?sslPEMKeyPassword=k3y%2Dpa55") == (
+        "bad key password *** (***)")
+
+
+def test_a_query_secret_never_reaches_the_output_of_the_stage_or_the_cli(tiny_world, tmp_path: Path) -> None:
+    _, world = tiny_world
+    shutil.copytree(world.raw, tmp_path / "data" / "raw")
+    params = tiny_params()
+    params["export"]["timeout_s"] = 1.0
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, ENV_URI: QUERY_SECRET_URI, "IMGRATE_QUIET": "1"}
+    env.pop("IMGRATE_ROOT", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "export.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "tlsCertificateKeyFilePassword=***" in proc.stderr, proc.stderr
+    assert QUERY_SECRET not in proc.stdout + proc.stderr
+    for args in (["export"], ["db", "top"]):
+        result = _cli(args, tmp_path, QUERY_SECRET_URI)
+        assert result.exit_code == 2, (args, result.output)
+        assert "127.0.0.1:1" in result.output and QUERY_SECRET not in result.output

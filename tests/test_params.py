@@ -63,3 +63,72 @@ def test_yaml_dates_are_accepted_as_strings() -> None:
 def test_missing_params_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="params file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["evaluate"].update(set_sizes=[]), "evaluate.set_sizes: must name at least one"),
+        (lambda d: d["evaluate"].update(n_boot=0), "evaluate.n_boot: must be at least 1"),
+        (lambda d: d["evaluate"].update(min_items=1), "evaluate.min_items"),
+        (lambda d: d["train"].update(lr=float("inf")), "train.lr: must be a finite number"),
+        (lambda d: d["train"].update(lr=float("nan")), "train.lr: must be a finite number"),
+        (lambda d: d["train"]["pretrained"].update(weight_decay=float("-inf")), "train.pretrained.weight_decay"),
+        (lambda d: d["crawl"]["budget"].update(backoff_max_s=float("inf")), "crawl.budget.backoff_max_s"),
+        (lambda d: d["preprocess"].update(split_ratios=[0.8, float("nan"), 0.1]), r"preprocess.split_ratios\[1\]"),
+        (lambda d: d["crawl"]["demo"].update(image_size=60000), "crawl.demo.image_size: must be at most 2048"),
+        (lambda d: d["crawl"]["demo"].update(mean_interval_days=1e-9), "crawl.demo.mean_interval_days"),
+        (lambda d: d["preprocess"].update(size=60000), "preprocess.size: must be at most"),
+        (lambda d: d["train"]["pretrained"].update(input_size=60000), "train.pretrained.input_size"),
+        (lambda d: d["export"].update(thumbnail_size=60000), "export.thumbnail_size"),
+    ],
+)
+def test_params_that_cannot_work_fail_at_load_naming_the_key(edit, message: str) -> None:
+    data = copy.deepcopy(_raw())
+    edit(data)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data)
+
+
+def _params_text(**replace: str) -> str:
+    text = (ROOT / "params.yaml").read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_yaml_exponent_floats_read_as_numbers_and_inf_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(_params_text(**{"lr: 0.001  ": "lr: 1e-3  ", "weight_decay: 0.0001": "weight_decay: 1e-9"}))
+    p = load_params(path)
+    assert p.train.lr == 1e-3 and p.train.pretrained.weight_decay == 1e-9
+    path.write_text(_params_text(**{"lr: 0.001  ": "lr: .inf  "}))
+    with pytest.raises(ParamsError, match="train.lr: must be a finite number, got inf"):
+        load_params(path)
+
+
+def test_a_section_given_twice_is_refused_naming_the_key_and_lines(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    text = (ROOT / "params.yaml").read_text()
+    path.write_text(text + "\ntrain:\n  epochs: 3\n")  # a second train: section, as an edit might add
+    with pytest.raises(ParamsError, match=r"params.yaml: line \d+: key 'train' is given twice \(first on line \d+\)"):
+        load_params(path)
+    path.write_text(text.replace("  epochs: 50 ", "  epochs: 50\n  epochs: 3 ", 1))
+    with pytest.raises(ParamsError, match="key 'epochs' is given twice"):
+        load_params(path)
+
+
+def test_non_utf8_params_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes().replace(b"# the paper: 50x50 RGB", b"# 50\xd750 RGB"))
+    with pytest.raises(ParamsError, match=r"params.yaml:\d+: not UTF-8 text \(byte 0xd7"):
+        load_params(path)
+
+
+def test_a_huge_value_is_quoted_as_an_excerpt() -> None:
+    data = copy.deepcopy(_raw())
+    data["train"]["device"] = "x" * 1_000_000
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    assert "train.device" in str(err.value) and len(str(err.value)) < 300

@@ -74,6 +74,13 @@ def test_repro_lifecycle(project: Path) -> None:
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "three epochs")
 
+    # 3b. a rate that cannot work fails at load naming the key; the git-tracked curves stay
+    write_params(project, {**params, "train": {**params["train"], "lr": float("inf")}})  # YAML .inf
+    proc = dvc(project, "repro", "-s", "train@paper_cnn", check=False)
+    assert proc.returncode != 0 and "train.lr: must be a finite number" in proc.stdout + proc.stderr
+    assert git(project, "status", "--porcelain", "dvclive").stdout == ""
+    write_params(project, params)
+
     # 4. the world's clock moves: new shards, old shards untouched, everything downstream reruns
     params["crawl"]["demo"]["until"] = "2025-04-01"
     write_params(project, params)

@@ -99,3 +99,17 @@ def test_only_non_images_or_a_missing_model_fail_clearly(trained: Path, tmp_path
     assert result.exit_code == 2 and "model file not found" in result.output
     result = CliRunner().invoke(app, ["rank", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "not a folder" in result.output
+
+
+def test_bracketed_file_names_print_as_they_are(trained: Path, folder: Path) -> None:
+    """Rich markup in file names is text: `IMG_001 [edit].jpg` is not printed as `IMG_001 .jpg`."""
+    for name in ("IMG_001 [edit].jpg", "IMG_001 [final].jpg"):
+        (folder / name).write_bytes((folder / "a.jpg").read_bytes())
+    (folder / "[bold]notes [red].txt").write_text("not an image\n")
+    result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / "pretrained.pt")])
+    assert result.exit_code == 0, result.output
+    # the file column, whatever the width: cells fold over lines, so join its pieces
+    column = "".join(line.split("│")[2] for line in result.output.splitlines() if line.count("│") >= 3)
+    column = "".join(column.split())
+    assert "IMG_001[edit].jpg" in column and "IMG_001[final].jpg" in column, result.output
+    assert "[bold]notes [red].txt" in " ".join(result.output.split())

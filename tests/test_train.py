@@ -284,3 +284,36 @@ def test_a_checkpoint_of_other_params_or_data_is_never_resumed(tiny_world, tmp_p
     history = fit(build_model("paper_cnn", config), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
                   checkpoint=checkpoint(cfg))
     assert [e.epoch for e in history] == [1, 2, 3] and seen == [1, 2, 3]  # 1-2 replayed to DVCLive, 3 trained
+
+
+def test_a_failed_training_keeps_the_tracked_curves(tiny_world, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """DVCLive empties its folder when it starts: a run that then fails must not leave the
+    git-tracked dvclive/<model>/ files deleted or half-written."""
+    import imgrate.train as train_module
+
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    run_stage("paper_cnn", params, local)
+    live = local.live_dir("paper_cnn")
+    before = {p.relative_to(live): p.read_bytes() for p in sorted(live.rglob("*")) if p.is_file()}
+    assert any(p.suffix == ".tsv" for p in before) and Path("metrics.json") in before
+    real_fit = train_module.fit
+
+    def fit_that_fails_after_one_epoch(*args, on_epoch, **kwargs):
+        def log_then_fail(e):
+            on_epoch(e)  # DVCLive has written this epoch
+            raise FloatingPointError("loss became nan")
+        return real_fit(*args, on_epoch=log_then_fail, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit", fit_that_fails_after_one_epoch)
+    with pytest.raises(FloatingPointError):
+        run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=4)), local)
+    after = {p.relative_to(live): p.read_bytes() for p in sorted(live.rglob("*")) if p.is_file()}
+    assert after == before
+    assert not list(local.tmp.glob("live-*")), "the failed run's scratch folder is removed"
+    # and a run that finishes replaces them (4 epochs: 4 rows per curve)
+    monkeypatch.setattr(train_module, "fit", real_fit)
+    run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=4)), local)
+    rows = (live / "plots" / "metrics" / "train_loss.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and not list(local.tmp.glob("live-*"))

@@ -599,9 +599,12 @@ _GRAPHQL_RE = re.compile(r"^https://www\.instagram\.com/api/graphql/?(\?.*)?$")
 _CDN_RE = re.compile(r"^https://scontent\.demo\.invalid/(?P<kind>img|vid|pic)/(?P<user>[a-z0-9._]+)/"
                      r"(?P<file>[^/?]+)(\?.*)?$")
 _IMAGE_FILE_RE = re.compile(r"^(?P<code>[A-Za-z0-9_-]+)_(?P<index>\d+)\.jpg$")
-FAULT_KINDS = ("429", "401", "500", "503", "reset", "timeout", "truncated", "slow")
+FAULT_KINDS = ("429", "401", "500", "503", "reset", "timeout", "truncated", "slow", "endpoint_changed")
 _FAULT_KINDS = FAULT_KINDS
 _CDN_KINDS = frozenset({"image", "profile_pic"})  # endpoints whose body can arrive truncated
+_GRAPHQL_KINDS = frozenset({"post", "timeline"})  # endpoints that take a query id (doc_id)
+# What Instagram answers a query whose id it revoked (Instaloader issues #2426, #2695, #2711)
+QUERY_ID_400 = "invalid request"
 PLEASE_WAIT = "Please wait a few minutes before you try again."
 SLOW_SECONDS = 0.02  # real delay of a "slow" response: enough to show, too little to slow tests
 
@@ -619,7 +622,11 @@ class FaultConfig:
       ``timeout``: it raises ``requests.exceptions.ReadTimeout``;
     - ``truncated``: an image served with valid headers and a cut JPEG body (image and
       profile-picture downloads only; other requests draw among the remaining kinds);
-    - ``slow``: served correctly after a real :data:`SLOW_SECONDS` delay.
+    - ``slow``: served correctly after a real :data:`SLOW_SECONDS` delay;
+    - ``endpoint_changed``: a GraphQL query answered as after Instagram revoked the query ids
+      Instaloader uses: 401 "Please wait a few minutes" or 400 "invalid request", in turn
+      (GraphQL queries only; other requests draw among the remaining kinds). With ``rate: 1``
+      and only this kind, every query fails and every page loads: a changed endpoint.
 
     Users whose name contains ``throttled`` are always refused (429 / 401 "Please wait"), whatever
     the rate: the test bed for a user that stays rate limited.
@@ -658,6 +665,7 @@ class DemoServer:
         self._lock = threading.Lock()
         self._fault_rng = random.Random(self.faults.seed)
         self._throttle_count = 0
+        self._endpoint_count = 0
         self._page_ids = {self._page_id(name): name for name in self.world.usernames}
 
     def count(self, kind: str | None = None, username: str | None = None) -> int:
@@ -707,7 +715,8 @@ class DemoServer:
         with self._lock:
             if self._fault_rng.random() >= self.faults.rate:
                 return None
-            kinds = [k for k in self.faults.kinds if k != "truncated" or endpoint in _CDN_KINDS]
+            kinds = [k for k in self.faults.kinds if (k != "truncated" or endpoint in _CDN_KINDS)
+                     and (k != "endpoint_changed" or endpoint in _GRAPHQL_KINDS)]
             if not kinds:
                 return None
             kind = self._fault_rng.choice(kinds)
@@ -726,6 +735,10 @@ class DemoServer:
         if kind == "slow":
             time.sleep(SLOW_SECONDS)
             return None
+        if kind == "endpoint_changed":
+            with self._lock:
+                self._endpoint_count += 1
+                kind = "401" if self._endpoint_count % 2 else "query_id_400"
         return _fault_response(kind, context)
 
     # ---- URLs
@@ -984,6 +997,8 @@ def _fault_response(kind: str, context: Any) -> bytes:
         context.headers["Content-Type"] = "application/json; charset=utf-8"
         message = PLEASE_WAIT if kind == "401" else "rate limited (demo fault)"
         return json.dumps({"message": message, "require_login": kind == "401", "status": "fail"}).encode()
+    if kind == "query_id_400":
+        return _json_error(context, 400, QUERY_ID_400)
     if kind in ("500", "503"):
         context.status_code = int(kind)
         context.reason = "Internal Server Error" if kind == "500" else "Service Unavailable"

@@ -17,6 +17,11 @@ tests/test_crawl_faults.py checks that they still exist):
   budget; gives a downloaded image its final name only once it decodes fully, so a truncated
   body is fetched again by ``download_pic``'s retry loop; counts retries; logs through
   :mod:`logging` instead of printing.
+- a changed endpoint and no network (:class:`RunHealth`): a user's first GraphQL query that
+  Instagram rejects as it does revoked query ids is retried without a backoff, and several
+  such users in a row stop the run (``endpoint_changed``); a request that never reached
+  Instagram (``_watch`` on every session) leaves Instaloader's throttle windows, and before
+  any answer it fails its user at once (``unreachable``).
 - ``raise_all_errors``: a post that fails aborts its user's crawl instead of being skipped
   (Instaloader would log it and move on, and the stamp would then pass over it for good).
   Instaloader saves its resume file; the next run continues where this one stopped.
@@ -24,14 +29,18 @@ tests/test_crawl_faults.py checks that they still exist):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
 import re
 import shutil
+import socket
 import tempfile
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +60,7 @@ from instaloader.exceptions import (
 
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
+from imgrate.paths import find_project
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +72,28 @@ SESSION_USER_ENV = "IMGRATE_INSTAGRAM_USER"  # the account the session belongs t
 _RETRY_NOTICE = "[retrying; skip with ^C]"  # how Instaloader's retry loops announce a retry
 _PLEASE_WAIT = re.compile(r"wait a few minutes", re.IGNORECASE)
 _REFUSAL_TEXT = re.compile(r"\b429\b|wait a few minutes", re.IGNORECASE)
+# What Instagram answers every query with once it revoked the query ids (doc_id) an Instaloader
+# release uses (Instaloader issues #2425, #2426, #2663, #2695, #2706): 401 "Please wait a few
+# minutes" or 400 "invalid request" / "execution error" -- not a soft ban or a checkpoint.
+_QUERY_ID_400 = re.compile(r"invalid request|execution error|invalid doc_id|persisted query", re.IGNORECASE)
+_NOT_QUERY_ID = re.compile(r"feedback_required|checkpoint_required|challenge_required|login_required", re.IGNORECASE)
+INSTALOADER_PIN = f"the pin is instaloader=={instaloader.__version__} in pyproject.toml"
+# Instaloader's rate-control buckets, named for messages (doc_ids of Instaloader 4.16)
+QUERY_KINDS = {
+    "27128499623469141": "post metadata",
+    "28904005159232689": "timeline",
+    "27937681195819736": "profile",
+    "27234427476213202": "clip play count",
+    "29104886249145907": "reels",
+    "7845543455542541": "reels",
+    "other": "page",
+    "iphone": "iPhone API",
+}
+
+
+def query_kind(query_type: str) -> str:
+    """A rate-control bucket as a person reads it: ``timeline``, not ``28904005159232689``."""
+    return QUERY_KINDS.get(query_type, f"GraphQL {query_type}")
 
 
 class PleaseWaitException(TooManyRequestsException):
@@ -76,6 +108,45 @@ class UserRateLimited(AbortDownloadException):
     """Instagram keeps refusing one user's requests and the per-user backoff cap is reached."""
 
 
+class Unreachable(AbortDownloadException):
+    """No request of this run has reached Instagram (DNS, refused, unreachable): no retry, no wait."""
+
+
+class FirstQueryRejected(ConnectionException):
+    """Instagram rejected a user's first GraphQL query in the shape of revoked query ids
+    (401 "Please wait" / 400 "invalid request"): retried without a backoff."""
+
+
+def connect_failure(err: BaseException) -> str | None:
+    """Why a request never reached the server (name resolution, refused, unreachable, proxy,
+    connect timeout), or None when it did reach it (a reset or read timeout came after)."""
+    seen: set[int] = set()
+    stack: list[BaseException] = [err]
+    found: str | None = None
+    while stack:
+        e = stack.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        name = type(e).__name__
+        if isinstance(e, socket.gaierror) or name == "NameResolutionError":
+            return "the name does not resolve (no DNS: is this machine offline?)"
+        if isinstance(e, requests.exceptions.ProxyError):
+            found = found or "the proxy (HTTPS_PROXY) refused or is down"
+        elif isinstance(e, requests.exceptions.ConnectTimeout) or name == "ConnectTimeoutError":
+            found = found or "the connection timed out"
+        elif isinstance(e, ConnectionRefusedError):
+            found = found or "connection refused"
+        elif isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN):
+            found = found or "the network is unreachable"
+        elif name == "NewConnectionError":
+            found = found or "no connection could be made"
+        for nxt in (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args):
+            if isinstance(nxt, BaseException):
+                stack.append(nxt)
+    return found
+
+
 @dataclass
 class UserStats:
     """What crawling the current user has cost so far."""
@@ -86,6 +157,10 @@ class UserStats:
     wait_s: float = 0.0  # rate-control waits: throttle and backoff (simulated in the demo world)
     backoff_s: float = 0.0  # the part of wait_s spent backing off after refusals
     streak: int = 0  # refusals since the last success: drives the backoff
+    responses: int = 0  # answers from Instagram (any status)
+    graphql_ok: int = 0  # GraphQL queries answered with success
+    first_query_rejected: str | None = None  # how Instagram rejected the first GraphQL query, if it did
+    unreachable: str | None = None  # the last request that never reached Instagram, and why
 
 
 @dataclass
@@ -103,6 +178,10 @@ class UserResult:
     seconds: float = 0.0
     files: list[Path] = field(default_factory=list)
     stops_run: bool = False  # the budget is used up, or Instagram wants no more requests
+    reached: bool = False  # Instagram answered at least one request for this user
+    graphql_ok: int = 0  # GraphQL queries answered with success
+    first_query_rejected: str | None = None  # failed with Instagram rejecting its very first query
+    unreachable: str | None = None  # failed because its requests never reached Instagram: why
 
 
 class ClockedRateController(instaloader.RateController):
@@ -132,10 +211,24 @@ class ClockedRateController(instaloader.RateController):
         """Instaloader's ``RateController.wait_before_query``, on this controller's clock."""
         waittime = self.query_waittime(query_type, self.now(), False)
         if waittime > 15:
-            log.info("Instaloader's throttle: waiting %.0f s before the next %s query", waittime, query_type)
+            if self.simulated:
+                log.info("simulated throttle: %.0f s before the next %s query (Instaloader's limits; "
+                         "added up, not slept)", waittime, query_kind(query_type))
+            else:
+                log.info("Instaloader's throttle: waiting %.0f s before the next %s query",
+                         waittime, query_kind(query_type))
         if waittime > 0:
             self.sleep(waittime)
         self._query_timestamps.setdefault(query_type, []).append(self.now())
+        self._last_query = query_type
+
+    def forget_last_query(self) -> None:
+        """The last query never reached Instagram (no connection): it does not count against
+        Instaloader's sliding windows, so no throttle wait follows it."""
+        query_type = getattr(self, "_last_query", None)
+        if query_type is not None and self._query_timestamps.get(query_type):
+            self._query_timestamps[query_type].pop()
+        self._last_query = None
 
 
 class BudgetRateController(ClockedRateController):
@@ -168,6 +261,7 @@ class BudgetRateController(ClockedRateController):
         self.rng = rng or random.Random()
         self.requests = 0  # every request of the run
         self.retries = 0
+        self.responses = 0  # answers from Instagram in the run (any status)
         self.user = UserStats()
 
     def start_user(self) -> None:
@@ -201,6 +295,19 @@ class BudgetRateController(ClockedRateController):
     def note_success(self) -> None:
         self.user.streak = 0
 
+    def note_response(self) -> None:
+        """Instagram answered (any status): the network works."""
+        self.responses += 1
+        self.user.responses += 1
+        self.user.unreachable = None
+
+    def note_unreachable(self, what: str) -> None:
+        """A request never reached Instagram: forget its throttle slot, and remember why."""
+        self.forget_last_query()
+        self.user.unreachable = what
+        if self.responses == 0:  # nothing ever got through: this is no network, not a bad moment
+            raise Unreachable(what)
+
     def handle_429(self, query_type: str) -> None:
         """Back off before retrying a refused request (Instaloader would wait out its window)."""
         self.user.streak += 1
@@ -226,6 +333,43 @@ class CrawlContext(instaloader.InstaloaderContext):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pages: dict[str, str] = {}
+
+    def _watch(self, session: requests.Session) -> requests.Session:
+        """Count Instagram's answers, and tell a request that never reached it (no network) from
+        one that did: the first forgets its throttle slot and, before any answer, fails at once."""
+        if getattr(session, "_imgrate_watched", False):
+            return session
+        send = session.send
+
+        def watched(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+            try:
+                resp = send(request, **kwargs)
+            except requests.exceptions.ConnectionError as err:
+                if (why := connect_failure(err)) is not None:
+                    host = urllib.parse.urlsplit(request.url or "").hostname or "Instagram"
+                    self._rate_controller.note_unreachable(f"cannot reach {host}: {why}")
+                raise
+            self._rate_controller.note_response()
+            return resp
+
+        session.send = watched  # type: ignore[method-assign]
+        session._imgrate_watched = True  # type: ignore[attr-defined]
+        return session
+
+    def do_sleep(self) -> None:
+        """Instaloader's pause between requests, skipped until Instagram has answered once."""
+        if self._rate_controller.responses:
+            super().do_sleep()
+
+    def get_json(self, path: str, params: dict[str, Any], host: str = "www.instagram.com",
+                 session: requests.Session | None = None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self._watch(session or self._session)
+        return super().get_json(path, params, host, session, *args, **kwargs)
+
+    @contextmanager
+    def _graphql_session(self, *args: Any, **kwargs: Any) -> Iterator[requests.Session]:
+        with super()._graphql_session(*args, **kwargs) as session:
+            yield self._watch(session)
 
     @property
     def controller(self) -> BudgetRateController:
@@ -256,16 +400,40 @@ class CrawlContext(instaloader.InstaloaderContext):
         self._rate_controller.note_refusal()
         return error
 
+    def _first_query_rejection(self, resp: requests.Response) -> str | None:
+        """How Instagram rejected this user's first GraphQL query, when it has the shape of
+        revoked query ids (None otherwise, and once a query of the user succeeded)."""
+        path = urllib.parse.urlsplit(resp.url or "").path
+        if "graphql" not in path or self._rate_controller.user.graphql_ok:
+            return None
+        text = resp.text[:2000]
+        if _NOT_QUERY_ID.search(text):
+            return None
+        if resp.status_code == 401 and _PLEASE_WAIT.search(text):
+            return "401 'Please wait a few minutes'"
+        if resp.status_code == 400 and _QUERY_ID_400.search(text):
+            return f"400 '{_QUERY_ID_400.search(text)[0]}'"
+        return None
+
     def _raise_for_status(self, resp: requests.Response) -> None:
+        graphql = "graphql" in urllib.parse.urlsplit(resp.url or "").path
+        if (rejection := self._first_query_rejection(resp)) is not None:
+            # revoked query ids, or a refusal: tried again without a backoff; several users in a
+            # row tell which (imgrate.crawl.stage stops with endpoint_changed)
+            self._rate_controller.user.first_query_rejected = rejection
+            raise FirstQueryRejected(f"{self._response_error(resp)} (first query of this user)")
         if (refusal := self._refusal(resp)) is not None:
             raise refusal
         super()._raise_for_status(resp)
         self._rate_controller.note_success()
+        if graphql:
+            self._rate_controller.user.graphql_ok += 1
 
     def _get_page(self, session: requests.Session, path: str) -> str:
         """Instaloader 4.16's ``_get_page``, retried like ``get_json`` and cached per user."""
         if path and path in self._pages:
             return self._pages[path]
+        self._watch(session)
         url = f"https://www.instagram.com/{path}"
         # Instagram only embeds the data when the request looks like a browser's page navigation.
         headers = {"Accept": "text/html", "Sec-Fetch-Dest": "document", "Sec-Fetch-Mode": "navigate",
@@ -447,6 +615,8 @@ def crawl_user(
     except BudgetExhausted as err:
         result.status, result.stops_run = "skipped", True
         result.reason = f"{err}; this user's crawl continues in the next run"
+    except Unreachable as err:
+        result.status, result.reason = "failed", str(err)
     except UserRateLimited as err:
         result.status, result.reason = "rate_limited", str(err)
     except AbortDownloadException as err:  # checkpoint / challenge / feedback_required, or logged out
@@ -469,11 +639,66 @@ def crawl_user(
     stats = context.controller.user
     result.requests, result.retries, result.refusals, result.wait_s = (
         stats.requests, stats.retries, stats.refusals, stats.wait_s)
+    result.reached, result.graphql_ok = stats.responses > 0, stats.graphql_ok
+    if result.status == "failed" and stats.unreachable is not None:
+        result.unreachable = result.reason = stats.unreachable
+    elif result.status in ("failed", "rate_limited") and stats.first_query_rejected and not stats.graphql_ok:
+        # not counted as a rate limit: several users in a row like this mean revoked query ids
+        result.status, result.first_query_rejected = "failed", stats.first_query_rejected
+        result.reason = (f"Instagram rejected this user's first query on every try ({stats.first_query_rejected}); "
+                         "tried again without a backoff")
     result.seconds = time.monotonic() - start
     user_dir = work / username
     if result.status == "ok" and user_dir.is_dir():
         result.files = sorted(p for p in user_dir.rglob("*") if p.is_file())
     return result
+
+
+RunStatus = Literal["complete", "stopped", "endpoint_changed", "unreachable"]
+ENDPOINT_CHANGED_AFTER = 3  # users in a row whose first query was rejected, no success in between
+UNREACHABLE_AFTER = 2  # users in a row whose requests never reached Instagram
+
+
+@dataclass
+class RunHealth:
+    """Tells a changed Instagram or no network from trouble with single users, over one run.
+
+    - ``endpoint_changed``: :data:`ENDPOINT_CHANGED_AFTER` users in a row fail on their very
+      first GraphQL query (401 "Please wait" / 400 "invalid request") with no successful query
+      in between: Instagram has revoked the query ids of this Instaloader release, which no
+      waiting fixes (a rate limit lets some queries through first).
+    - ``unreachable``: :data:`UNREACHABLE_AFTER` users in a row whose requests never reached
+      Instagram (name resolution, refused, unreachable).
+    """
+
+    rejected_in_a_row: int = 0
+    unreachable_in_a_row: int = 0
+    queries_ok: int = 0  # successful GraphQL queries earlier in the run
+
+    def observe(self, result: UserResult) -> tuple[RunStatus, str] | None:
+        """Count one user's result; ``(status, message)`` when the run must stop."""
+        if result.graphql_ok or result.status == "ok":
+            self.rejected_in_a_row = 0
+        if result.first_query_rejected:
+            self.rejected_in_a_row += 1
+        if result.reached:
+            self.unreachable_in_a_row = 0
+        if result.unreachable:
+            self.unreachable_in_a_row += 1
+        if self.unreachable_in_a_row >= UNREACHABLE_AFTER and result.unreachable:
+            return "unreachable", (f"{result.unreachable}; stopped after {self.unreachable_in_a_row} users in a "
+                                   "row (no request reached Instagram): check the network, then crawl again")
+        if self.rejected_in_a_row >= ENDPOINT_CHANGED_AFTER:
+            hedge = (" (queries worked earlier in this run: if upgrading does not help, it is a rate limit: "
+                     "pause for some hours)" if self.queries_ok else "")
+            return "endpoint_changed", (
+                f"Instagram rejected the first query of {self.rejected_in_a_row} users in a row with no success "
+                f"in between ({result.first_query_rejected}): it has most likely changed the query ids that "
+                f"Instaloader {instaloader.__version__} uses, and waiting will not help. Upgrade Instaloader "
+                f"({INSTALOADER_PIN}: raise it to the newest release, make setup, make test) and crawl "
+                f"again{hedge}")
+        self.queries_ok += result.graphql_ok
+        return None
 
 
 def _refused(err: BaseException) -> bool:
@@ -518,13 +743,18 @@ def default_session_file(user: str) -> Path:
     return config_dir() / f"session-{user}"
 
 
-def _refuse_inside(path: Path, project_root: Path) -> None:
-    if path.resolve().is_relative_to(project_root.resolve()):
-        raise CrawlError("a session file holds your login cookies: keep it outside the project "
-                         "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
+def _refuse_inside(path: Path, project_root: Path | None) -> None:
+    """Refuse a session file inside ``project_root`` or inside any project above the file itself
+    (a folder with a dvc.yaml): it could reach git, DVC or a shard there."""
+    resolved = path.expanduser().resolve()
+    roots = [r for r in (project_root, find_project(resolved.parent)) if r is not None]
+    for root in roots:
+        if resolved.is_relative_to(root.resolve()):
+            raise CrawlError(f"a session file holds your login cookies: keep it outside the project {root} "
+                             "(it could reach git, DVC or a shard); the default is ~/.config/imgrate/")
 
 
-def session_from_env(project_root: Path) -> tuple[str, Path] | None:
+def session_from_env(project_root: Path | None) -> tuple[str, Path] | None:
     """The (account, session file) named by the environment, or None to crawl anonymously.
 
     ``IMGRATE_INSTAGRAM_USER`` alone uses the file ``imgrate login`` saved; with
@@ -556,7 +786,7 @@ def load_session(loader: instaloader.Instaloader, user: str, path: Path) -> None
                          f"run `imgrate login {user}` again") from None
 
 
-def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path) -> Path:
+def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path | None) -> Path:
     """Write the loader's session to ``path`` (mode 0600, folder 0700), atomically."""
     _refuse_inside(path, project_root)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -571,7 +801,7 @@ def save_session(loader: instaloader.Instaloader, path: Path, project_root: Path
     return path
 
 
-def interactive_login(user: str, path: Path | None, project_root: Path) -> Path:
+def interactive_login(user: str, path: Path | None, project_root: Path | None) -> Path:
     """Ask for the password (and a 2FA code) on the terminal, log in, save the session."""
     user = user.strip().lstrip("@").lower()
     path = path.expanduser() if path is not None else default_session_file(user)

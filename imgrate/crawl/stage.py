@@ -57,6 +57,8 @@ from imgrate.crawl.instagram import (
     SESSION_USER_ENV,
     STATUSES,
     BudgetRateController,
+    RunHealth,
+    RunStatus,
     UserResult,
     crawl_user,
     load_session,
@@ -114,6 +116,8 @@ class CrawlReport:
     max_requests: int | None = None
     requests: int = 0  # every request of the run, the start page included
     simulated: bool = False  # waits were added up, not slept (the demo world)
+    status: RunStatus = "complete"  # endpoint_changed / unreachable: the run stopped for that
+    stop_reason: str | None = None
     damaged: list[str] = field(default_factory=list)  # shards found damaged: their posts are fetched again
     stamps_lowered: list[str] = field(default_factory=list)  # users whose stamp claimed a lost post
 
@@ -156,6 +160,8 @@ class CrawlReport:
             "part": self.part,
             "crawled_at": self.crawled_at.isoformat(),
             "waits_simulated": self.simulated,
+            "status": self.status,
+            "stop_reason": self.stop_reason,
             "budget": {"max_requests": self.max_requests, "requests": self.requests},
             "shards_written": self.shards,
             "shards_damaged": self.damaged,
@@ -442,6 +448,7 @@ def run(
                                            params.checkpoint_posts, params.checkpoint_s)
                 stopped: str | None = None
                 limited_in_a_row = 0
+                health = RunHealth()
                 try:
                     for user in track(_crawl_order(users, paths, visits), "crawl"):
                         if stopped is not None:
@@ -454,15 +461,22 @@ def run(
                         report.users.append(result)
                         if result.stops_run:
                             stopped = (result.reason or result.status).split(";")[0]
+                            report.status, report.stop_reason = "stopped", stopped
+                        if (verdict := health.observe(result)) is not None:
+                            report.status, report.stop_reason = verdict
+                            stopped = verdict[0]  # the front ends print the reason once
                         limited_in_a_row = limited_in_a_row + 1 if result.status == "rate_limited" else 0
                         if limited_in_a_row == params.budget.stop_after_rate_limited:
                             stopped = (f"{limited_in_a_row} users in a row were rate limited: Instagram is "
                                        "limiting this session or address, not these users")
+                            report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
                             _take(result, paths, known, writer, finished)  # fails it if a file is bad
                         result.new_posts += checkpoints.stored
                         if result.status != "ok":
-                            log.warning("%s: %s (%s)", user, result.status, result.reason)
+                            # a user that could not connect says nothing new: the run's verdict says it once
+                            (log.debug if result.unreachable else log.warning)(
+                                "%s: %s (%s)", user, result.status, result.reason)
                             if result.status in ("not_found", "private"):  # nothing worth keeping
                                 shutil.rmtree(paths.crawl_work / user, ignore_errors=True)
                             if params.strict and result.status != "skipped":

@@ -6,7 +6,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from imgrate.errors import UsersFileError
+from imgrate.errors import DataError, UsersFileError, excerpt
+from imgrate.io import read_utf8
 
 # Instagram usernames: letters, digits, '.' and '_', at most 30 characters.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._]{1,30}$")
@@ -28,7 +29,7 @@ def parse_users(text: str, source: str = "users.txt") -> list[str]:
             name = name[1:]
         if not USERNAME_RE.match(name) or name.strip(".") == "":
             raise UsersFileError(
-                f"{source}:{lineno}: invalid Instagram username {raw.strip()!r} "
+                f"{source}:{lineno}: invalid Instagram username {excerpt(raw.strip())} "
                 "(letters, digits, '.' and '_' only, at most 30 characters)"
             )
         name = name.lower()
@@ -41,9 +42,11 @@ def parse_users(text: str, source: str = "users.txt") -> list[str]:
 def read_users(path: Path) -> list[str]:
     """Parse the users file at ``path``; it must name at least one user."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_utf8(path)
     except FileNotFoundError as err:
         raise UsersFileError(f"users file not found: {path}") from err
+    except DataError as err:
+        raise UsersFileError(str(err).replace(str(path), path.name, 1)) from None
     users = parse_users(text, source=str(path.name))
     if not users:
         raise UsersFileError(f"{path.name}: names no users")
