@@ -557,7 +557,7 @@ def make_loader(
     return loader, loader.context.controller
 
 
-class CheckpointFailed(AbortDownloadException):
+class ProgressCommitFailed(AbortDownloadException):
     """The ``on_post`` hook failed; :func:`crawl_user` raises the original error after
     Instaloader has saved its resume file."""
 
@@ -591,7 +591,7 @@ def crawl_user(
                 on_post()
             except Exception as err:  # noqa: BLE001 - Instaloader would swallow some kinds and skip the post
                 hook_error.append(err)
-                raise CheckpointFailed(f"committing progress failed: {type(err).__name__}") from err
+                raise ProgressCommitFailed(f"committing progress failed: {type(err).__name__}") from err
         return True
 
     assert isinstance(context, CrawlContext), "make the loader with make_loader()"
@@ -610,7 +610,7 @@ def crawl_user(
             max_count=max_posts,
             post_filter=post_filter,
         )
-    except CheckpointFailed:
+    except ProgressCommitFailed:
         raise hook_error[0] from None
     except BudgetExhausted as err:
         result.status, result.stops_run = "skipped", True

@@ -11,8 +11,8 @@ its stamp committed and its work folder removed. So:
   next run continues where it stopped (resume file) or walks the same posts again and finds
   the images already there (after a kill);
 - during a user's crawl, its verified posts are committed to a shard every
-  ``crawl.checkpoint_posts`` posts, or after ``crawl.checkpoint_s`` seconds with at least a
-  fifth of that many (:class:`_Checkpoints`), so a crawl killed before its first full shard
+  ``crawl.commit_every_posts`` posts, or after ``crawl.commit_every_s`` seconds with at least a
+  fifth of that many (:class:`_ProgressCommits`), so a crawl killed before its first full shard
   keeps what it verified. The stamp still moves only when the user is done (posts come
   newest first: the stamp may only pass the posts once none older is missing); the files
   stay in the work folder, so a crawl after a kill finds them and does not download them
@@ -304,7 +304,7 @@ def _group_files(
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
              if k not in rejected and any(f.arcname.endswith(".json.xz") for f in g)]
     # a profile snapshot goes with new posts, or alone when no intact shard holds one of this
-    # user (all its posts went in at checkpoints, in this run or in one that was killed)
+    # user (all its posts went in at progress commits, in this run or in one that was killed)
     if profile and (posts or not any(f.arcname in known for f in profile)):
         posts.append(profile)
     for why in rejected.values():
@@ -444,8 +444,8 @@ def run(
                 writer = _ShardWriter(paths, params.shard_size, meta, int(source.crawled_at.timestamp()), tag)
                 finished: list[str] = []
                 committer = _Committer(paths, own_stamps, staged_stamps, seen)
-                checkpoints = _Checkpoints(paths, known, writer, committer, finished,
-                                           params.checkpoint_posts, params.checkpoint_s)
+                progress = _ProgressCommits(paths, known, writer, committer, finished,
+                                           params.commit_every_posts, params.commit_every_s)
                 stopped: str | None = None
                 limited_in_a_row = 0
                 health = RunHealth()
@@ -454,9 +454,9 @@ def run(
                         if stopped is not None:
                             report.users.append(UserResult(user, "skipped", f"not attempted: {stopped}"))
                             continue
-                        checkpoints.start(user)
+                        progress.start(user)
                         result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts,
-                                            on_post=checkpoints)
+                                            on_post=progress)
                         visits[user] = run_no
                         report.users.append(result)
                         if result.stops_run:
@@ -472,7 +472,7 @@ def run(
                             report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
                             _take(result, paths, known, writer, finished)  # fails it if a file is bad
-                        result.new_posts += checkpoints.stored
+                        result.new_posts += progress.stored
                         if result.status != "ok":
                             # a user that could not connect says nothing new: the run's verdict says it once
                             (log.debug if result.unreachable else log.warning)(
@@ -497,17 +497,18 @@ def run(
     return report
 
 
-class _Checkpoints:
+class _ProgressCommits:
     """Commits the current user's verified posts to shards while it is crawled.
 
     Called before each post's download (every post before it is complete on disk). A
-    checkpoint is due after ``every_posts`` posts, or after ``every_s`` seconds with at least
+    commit is due after ``every_posts`` posts, or after ``every_s`` seconds with at least
     ``floor`` (a fifth of ``every_posts``) posts, whichever comes first. Why these defaults
-    (100 posts, 120 s, 20 posts): a real crawl runs at about 1-3 posts a second under
-    Instaloader's throttle, so a kill loses at most a minute or two of work, while a shard
-    still holds 20-100 posts (a few MB of photos): the paper's 71,747 posts make hundreds of
-    files for DVC, not tens of thousands. In the demo world (hundreds of posts a second) the
-    post count decides, so runs stay deterministic.
+    (100 posts, 120 s, 20 posts): Instaloader's throttle lets a real crawl read at most about
+    3.6 posts a second (200 timeline pages of 12 posts per 11 minutes), so 100 posts take
+    half a minute or more and a kill loses at most about two minutes of work, while a shard
+    still holds 20-100 posts (a few MB of photos): the paper's 71,747 posts make at most a
+    few thousand files for DVC, typically hundreds, not 150,000. The demo world crawls far
+    faster, so there the post count decides and runs stay deterministic.
     """
 
     def __init__(self, paths: Paths, known: set[str], writer: _ShardWriter, committer: _Committer,
@@ -539,7 +540,7 @@ class _Checkpoints:
             self.known.update(f.arcname for g in posts for f in g)
             self.stored += len(posts)
             self.committer.commit(set(self.finished) - self.writer.pending_users)
-            log.info("%s: checkpoint, %d verified posts in shards so far", self.user, self.stored)
+            log.info("%s: progress committed, %d verified posts in shards so far", self.user, self.stored)
         self.begun, self.since = 1, time.monotonic()
 
 
