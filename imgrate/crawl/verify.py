@@ -22,7 +22,15 @@ from typing import Any
 from PIL import Image, ImageFile
 
 from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, load_document, member_kind, parse_member
-from imgrate.crawl.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
+from imgrate.crawl.shards import (
+    SHARD_RE,
+    ShardDamaged,
+    ShardUnreadable,
+    iter_members,
+    list_shards,
+    post_key,
+    read_manifest,
+)
 from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
 from imgrate.paths import Paths
@@ -112,11 +120,11 @@ def verify_raw(paths: Paths) -> RawReport:
         try:
             for name, data in iter_members(shard):
                 _check_member(found, shard.name, name, data)
+        except ShardUnreadable as err:  # not a tar file at all
+            report.problems.append(Problem("unreadable_shard", shard.name, err.detail))
+            continue
         except ShardDamaged as err:
             report.problems.append(Problem("damaged_shard", shard.name, _damage_detail(shard, err)))
-            continue
-        except DataError as err:  # not a tar file at all
-            report.problems.append(Problem("unreadable_shard", shard.name, str(err)))
             continue
         report.problems += found.problems
         report.images += found.images
