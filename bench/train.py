@@ -1,20 +1,16 @@
-"""Benchmark: training and feature extraction against their in-memory ceilings.
+"""Benchmark: training against its in-memory ceiling (feature extraction: bench/featurize.py).
 
-1. Training samples/s of the paper CNN through :func:`imgrate.train.fit`'s real data path
+Training samples/s of the paper CNN through :func:`imgrate.train.fit`'s real data path
    (the memory-mapped uint8 dataset, a DistributedSampler, per-batch gather and conversion to
    float, input statistics, Adam) against the same model and optimizer stepping over float
    tensors already in memory (the faster of NCHW and channels-last) in batches of the same
-   sizes. Target: ratio >= 0.8.
-2. Feature extraction images/s of the pretrained model through
-   :class:`imgrate.features.FeatureCache` (tar shard -> JPEG decode at the input size in a
-   prefetch thread -> EfficientNet-Lite0 -> cache file) against the backbone alone on uint8
-   tensors already in memory. Target: ratio >= 0.8.
+sizes. Target: ratio >= 0.8.
 
-Both pairs run in this process, interleaved in rounds so machine noise hits both alike; the
-best round of each counts. Data: ``--root`` (a project with data/raw, data/tables and
-data/dataset), else a small simulated world crawled into a temporary folder.
+Both run in this process, interleaved in rounds so machine noise hits both alike; the
+best round of each counts. Data: ``--root`` (a project with data/dataset), else a small
+simulated world crawled into a temporary folder.
 
-    python bench/train.py [--root PATH] [--users 6] [--epochs 3] [--size 128] [--rounds 3]
+    python bench/train.py [--root PATH] [--users 6] [--epochs 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -31,11 +27,10 @@ import numpy as np
 import torch
 
 from imgrate.dataset import load_dataset
-from imgrate.features import FeatureCache, decoded_batches, embed, image_refs, load_backbone
-from imgrate.models import build_model
+from imgrate.models import dataset_inputs, model_spec
 from imgrate.params import load_params
 from imgrate.paths import Paths
-from imgrate.train import FitConfig, fit, model_config, prepare_inputs
+from imgrate.train import fit, split_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -76,10 +71,12 @@ def bare_epochs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batche
 def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
     params = load_params(ROOT / "params.yaml")
     data = load_dataset(paths)
-    config = model_config("paper_cnn", params.train, data)
-    train, _ = prepare_inputs("paper_cnn", config, data, paths, params.train, CPU)
+    spec = model_spec("paper_cnn")
+    input_spec, source = dataset_inputs(spec.input, data, paths)
+    config = spec.make_config(spec.params(params.train), input_spec)
+    train, _ = split_inputs(data, source)
     val = dataclasses.replace(train, rows=train.rows[:0])  # no validation: time training only
-    cfg = dataclasses.replace(FitConfig.for_model("paper_cnn", params.train), epochs=epochs)
+    cfg = dataclasses.replace(spec.make_fit(spec.params(params.train), params.train.seed), epochs=epochs)
     # the ceiling in both memory layouts (fit's batches come out channels-last); the faster counts
     xs = {"in_memory_nchw": train.x(np.arange(len(train)), CPU).contiguous(),
           "in_memory_channels_last": train.x(np.arange(len(train)), CPU).contiguous(memory_format=torch.channels_last)}
@@ -89,18 +86,18 @@ def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
     n = len(train) * epochs
     rates: dict[str, list[float]] = {"fit": [], **{k: [] for k in xs}}
     # warm-up (oneDNN primitives, allocator): the first steps of a process are several times slower
-    fit(build_model("paper_cnn", config), train, val, dataclasses.replace(cfg, epochs=1), CPU)
+    fit(spec.build(config), train, val, dataclasses.replace(cfg, epochs=1), CPU)
     for x in xs.values():
-        bare_epochs(build_model("paper_cnn", config), x, y, batches, cfg.lr, 1)
+        bare_epochs(spec.build(config), x, y, batches, cfg.lr, 1)
     for _ in range(rounds):
         torch.manual_seed(0)
-        model = build_model("paper_cnn", config)
+        model = spec.build(config)
         start = time.perf_counter()
         fit(model, train, val, cfg, CPU)
         rates["fit"].append(n / (time.perf_counter() - start))
         for name, x in xs.items():
             torch.manual_seed(0)
-            model = build_model("paper_cnn", config)
+            model = spec.build(config)
             start = time.perf_counter()
             bare_epochs(model, x, y, batches, cfg.lr, epochs)
             rates[name].append(n / (time.perf_counter() - start))
@@ -113,47 +110,11 @@ def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
     }
 
 
-def bench_features(paths: Paths, size: int, batch: int, rounds: int, limit: int) -> dict[str, object]:
-    data = load_dataset(paths)
-    refs = image_refs(data, paths)[:limit]
-    backbone = load_backbone("efficientnet-lite0", size)
-    # the ceiling's input: the same images, decoded beforehand
-    images = np.concatenate([imgs for shard in sorted({s for s, _ in refs})
-                             for _, imgs in decoded_batches(paths.shards / shard, {m for s, m in refs if s == shard},
-                                                            size, batch)])
-    scratch = Path(tempfile.mkdtemp(prefix="imgrate-bench-"))
-    rates: dict[str, list[float]] = {"feature_cache": [], "backbone_only": []}
-    try:
-        for r in range(rounds):
-            cache_paths = Paths(scratch / str(r))
-            cache_paths.raw.parent.mkdir(parents=True)
-            cache_paths.raw.symlink_to(paths.raw)  # same shards, empty cache
-            cache = FeatureCache(cache_paths, "efficientnet-lite0", size, backbone)  # weights loaded once
-            start = time.perf_counter()
-            cache.features(refs, CPU, batch)
-            rates["feature_cache"].append(len(refs) / (time.perf_counter() - start))
-            start = time.perf_counter()
-            for i in range(0, len(images), batch):
-                embed(backbone, images[i : i + batch], CPU)
-            rates["backbone_only"].append(len(images) / (time.perf_counter() - start))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    best = {k: max(v) for k, v in rates.items()}
-    return {
-        "backbone": "efficientnet-lite0", "input_size": size, "images": len(refs), "batch_size": batch,
-        "images_per_s": {k: round(v, 1) for k, v in best.items()},
-        "ratio": round(best["feature_cache"] / best["backbone_only"], 3),
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, help="a project with data/raw, data/tables, data/dataset")
+    ap.add_argument("--root", type=Path, help="a project with data/dataset")
     ap.add_argument("--users", type=int, default=6, help="users of the simulated world (without --root)")
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--size", type=int, default=128, help="the backbone's input size")
-    ap.add_argument("--feature-images", type=int, default=256)
-    ap.add_argument("--feature-batch", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
 
@@ -167,7 +128,6 @@ def main() -> None:
         result = {
             "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
             "training": bench_training(paths, args.epochs, args.rounds),
-            "features": bench_features(paths, args.size, args.feature_batch, args.rounds, args.feature_images),
         }
     finally:
         if tmp is not None:

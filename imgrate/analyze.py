@@ -371,3 +371,16 @@ def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     with atomic_open(paths.data_report) as fh:
         fh.write(render_report(counts))
     return counts
+
+
+def main() -> None:
+    """``python stages/analyze.py`` and ``imgrate analyze``: draw the figures, then a summary line."""
+    from imgrate.params import load_params
+    from imgrate.paths import project_paths
+    from imgrate.progress import console, setup_logging
+
+    setup_logging()
+    paths = project_paths()
+    c = run_stage(load_params(paths.params).analyze, paths)
+    console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
+                  f"figures in {paths.data_figures}, counts in {paths.data_report}", highlight=False, soft_wrap=True)

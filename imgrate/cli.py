@@ -1,23 +1,41 @@
-"""The ``imgrate`` command: one command per pipeline stage, plus ``predict`` and ``rank``.
+"""The ``imgrate`` command: one command per pipeline stage, plus ``predict``, ``rank``,
+``verify``, ``login`` and ``db``.
 
-Each stage command does exactly what its DVC stage does, from params.yaml; `dvc repro`
-is the usual way to run them (it skips what is up to date).
+Each stage command calls the same function as its stage script (``imgrate.<stage>.main``),
+so both do and print exactly the same; `dvc repro` is the usual way to run them (it skips
+what is up to date). Errors: library code raises :class:`ImgrateError`; one handler
+(:class:`_Group`, through :func:`imgrate.errors.handle`) prints it as one line and exits
+with a named code (:class:`imgrate.errors.ExitCode`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from imgrate.errors import ImgrateError
+from imgrate.errors import ExitCode, ImgrateError, handle
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, print_error, print_note, setup_logging
+from imgrate.progress import console, print_note, setup_logging
+
+
+class _Group(TyperGroup):
+    """The one top-level error handler: every command (and sub-command) runs inside it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ImgrateError, KeyboardInterrupt) as err:
+            raise typer.Exit(code=int(handle(err))) from None
+
 
 app = typer.Typer(
+    cls=_Group,
     help="imgrate: crawl photographers' posts, build a dataset, train CNNs, rank photos honestly.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals can hold session cookies and database URIs
@@ -31,11 +49,6 @@ def _setup(verbose: bool = False) -> tuple[Params, Paths]:
     return load_params(paths.params), paths
 
 
-def _fail(err: ImgrateError) -> typer.Exit:
-    print_error(err)  # the message is printed as it is: it can quote user text
-    return typer.Exit(code=2)
-
-
 @app.command()
 def crawl(
     part: Annotated[str | None, typer.Option(
@@ -43,25 +56,9 @@ def crawl(
              "data/raw folders merge by union")] = None,
 ) -> None:
     """Crawl new posts of the users in users.txt into data/raw (stage crawl)."""
-    from imgrate.crawl.stage import run_stage
-    from imgrate.crawl.users import parse_part
+    from imgrate.crawl.stage import main
 
-    try:
-        params, paths = _setup()
-        report = run_stage(params.crawl, paths, part=parse_part(part) if part else None)
-    except ImgrateError as err:
-        raise _fail(err) from None
-    totals = report.to_metrics()["totals"]
-    console.print(f"{totals['new_posts']} new posts, {totals['ok']}/{totals['users']} users ok, "
-                  f"{totals['shards_written']} new shards, {totals['requests']} requests; "
-                  f"report in {paths.stage_metrics('crawl')}")
-    for user in report.users:
-        if user.status not in ("ok", "skipped") and not user.unreachable:
-            print_note(user.username, f"{user.status}: {user.reason}")
-    if report.stop_reason:
-        skipped = sum(u.status == "skipped" for u in report.users)
-        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
-                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")
+    main(part)
 
 
 @app.command()
@@ -76,12 +73,9 @@ def login(
     from imgrate.paths import find_project
 
     setup_logging()
-    try:
-        # the project is found by its files (dvc.yaml upwards), not taken to be the current folder:
-        # from ~ or / there is none, and ~/.config/imgrate/ is fine
-        path = interactive_login(user, session_file, find_project())
-    except ImgrateError as err:
-        raise _fail(err) from None
+    # the project is found by its files (dvc.yaml upwards), not taken to be the current folder:
+    # from ~ or / there is none, and ~/.config/imgrate/ is fine
+    path = interactive_login(user, session_file, find_project())
     console.print(f"session saved to {path} (mode 600). Crawl logged in with: "
                   f"{SESSION_USER_ENV}={user.lower().lstrip('@')} imgrate crawl", highlight=False)
 
@@ -94,10 +88,7 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON on s
     from imgrate.crawl.verify import verify_raw
 
     setup_logging()
-    try:
-        report = verify_raw(project_paths())
-    except ImgrateError as err:
-        raise _fail(err) from None
+    report = verify_raw(project_paths())
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -113,81 +104,57 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON on s
             if len(report.problems) > 50:
                 console.print(f"... and {len(report.problems) - 50} more (--json lists all)")
     if not report.ok:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=ExitCode.PROBLEMS)
 
 
 @app.command()
 def export() -> None:
     """Parse the shards into data/tables/{posts,users}.jsonl, and MongoDB when configured (stage export)."""
-    from imgrate.export import run_stage
-    from imgrate.mongo import sink_from_params
+    from imgrate.export import main
 
-    try:
-        params, paths = _setup()
-        sink = sink_from_params(params.export, paths)
-        m = run_stage(params.export, paths, sinks=[sink] if sink else [])
-    except ImgrateError as err:
-        raise _fail(err) from None
-    console.print(f"{m['posts']} posts, {m['users']} users, {m['posts_skipped']} skipped")
-    if sink:
-        console.print(f"MongoDB {sink.where}: {m['posts_written']} posts and {m['users_written']} users written",
-                      highlight=False)
+    main()
 
 
 @app.command()
 def preprocess() -> None:
     """Build data/dataset/ (images, targets, splits) from the tables (stage preprocess)."""
-    from imgrate.preprocess import run_stage
+    from imgrate.preprocess import main
 
-    try:
-        params, paths = _setup()
-        m = run_stage(params.preprocess, paths)
-    except ImgrateError as err:
-        raise _fail(err) from None
-    console.print(f"{m['kept']} images ({m['decoded']} decoded, {m['from_cache']} from cache, "
-                  f"{m['skipped']} skipped), splits {m['splits']}")
+    main()
 
 
 @app.command()
-def train(model: Annotated[str, typer.Argument(help="paper_cnn or pretrained")] = "paper_cnn") -> None:
-    """Train a model on data/dataset/ into models/<model>.pt (stage train@<model>; torchrun for DDP)."""
-    from imgrate.train import run_stage
+def featurize() -> None:
+    """Extract frozen backbone features of every post image into data/features/, new shards only (stage featurize)."""
+    from imgrate.featurize import main
 
-    try:
-        params, paths = _setup()
-        s = run_stage(model, params, paths)
-    except ImgrateError as err:
-        raise _fail(err) from None
-    console.print(f"{model}: val_loss {s['val_loss']:.5f}, val_spearman_within {s['val_spearman_within']:.3f}")
+    main()
+
+
+@app.command()
+def train(model: Annotated[str, typer.Argument(help="a model of imgrate.models.MODELS: paper_cnn or pretrained")]
+          = "paper_cnn") -> None:
+    """Train a model into models/<model>.pt (stage train@<model>; train.nproc > 1 runs it under torchrun)."""
+    from imgrate.train import main
+
+    main(model)
 
 
 @app.command()
 def evaluate() -> None:
     """Score every model and baseline on the test split into metrics/evaluate.json and
     metrics/leak.json, with plots/ and reports/figures/evaluate/ (stage evaluate)."""
-    from imgrate.evaluate import run_stage
+    from imgrate.evaluate import main
 
-    try:
-        params, paths = _setup()
-        report = run_stage(params.evaluate, paths, params.crawl)
-    except ImgrateError as err:
-        raise _fail(err) from None
-    for table in report.tables():
-        console.print(table)
+    main()
 
 
 @app.command()
 def analyze() -> None:
     """Draw the data-analysis figures into reports/figures/data/ and the counts into reports/data.md (stage analyze)."""
-    from imgrate.analyze import run_stage
+    from imgrate.analyze import main
 
-    try:
-        params, paths = _setup()
-        c = run_stage(params.analyze, paths)
-    except ImgrateError as err:
-        raise _fail(err) from None
-    console.print(f"{c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
-                  f"figures in {paths.data_figures}, counts in {paths.data_report}")
+    main()
 
 
 ModelOption = Annotated[Path | None, typer.Option(
@@ -203,11 +170,8 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
         paths = project_paths()
         model = next((p for p in (paths.model("pretrained"), paths.model("paper_cnn")) if p.exists()),
                      paths.model("pretrained"))
-    try:
-        scorer = Scorer(model)
-        ranked, errors = scorer.score_files(files)
-    except ImgrateError as err:
-        raise _fail(err) from None
+    scorer = Scorer(model)
+    ranked, errors = scorer.score_files(files)
     if as_json:
         print(json.dumps({**scorer.describe(), "scores": [{"rank": i, "file": r.file, "score": r.score}
                                                           for i, r in enumerate(ranked, start=1)],
@@ -224,7 +188,7 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
         for e in errors:
             print_note("not ranked", e["error"])
     if errors and not ranked:
-        raise typer.Exit(code=2)
+        raise typer.Exit(code=ExitCode.ERROR)
 
 
 @app.command()
@@ -249,12 +213,9 @@ def rank(
     from imgrate.predict import image_files
 
     setup_logging()
-    try:
-        files = image_files(folder, recursive)
-    except ImgrateError as err:
-        raise _fail(err) from None
+    files = image_files(folder, recursive)
     if not files:
-        raise _fail(ImgrateError(f"{folder}: no files to rank"))
+        raise ImgrateError(f"{folder}: no files to rank")
     _score(files, model, as_json, str(folder), base=folder)
 
 
@@ -277,8 +238,7 @@ def _db() -> tuple[str, str, float]:
     params, _ = _setup()
     uri = resolve_uri(params.export)
     if uri is None:
-        print_error(f"no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")
-        raise typer.Exit(code=2)
+        raise ImgrateError(f"no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")
     return uri, params.export.database, params.export.timeout_s
 
 
@@ -286,12 +246,9 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     from imgrate.io import atomic_path
     from imgrate.mongo import extreme_posts
 
-    try:
-        uri, database, timeout_s = _db()
-        rows = extreme_posts(uri, database, n=n, which=which, user=user, timeout_s=timeout_s,  # type: ignore[arg-type]
-                             thumbnails=thumbnails is not None)
-    except ImgrateError as err:
-        raise _fail(err) from None
+    uri, database, timeout_s = _db()
+    rows = extreme_posts(uri, database, n=n, which=which, user=user, timeout_s=timeout_s,  # type: ignore[arg-type]
+                         thumbnails=thumbnails is not None)
     from imgrate.crawl.metadata import is_shortcode
 
     for i, r in enumerate(rows, start=1):
@@ -345,11 +302,8 @@ def db_users(as_json: JsonOption = False) -> None:
     """Followers, post counts and likes statistics per user (one aggregation over the posts)."""
     from imgrate.mongo import user_stats
 
-    try:
-        uri, database, timeout_s = _db()
-        rows = user_stats(uri, database, timeout_s=timeout_s)
-    except ImgrateError as err:
-        raise _fail(err) from None
+    uri, database, timeout_s = _db()
+    rows = user_stats(uri, database, timeout_s=timeout_s)
     if as_json:
         print(json.dumps(rows, indent=2))
         return

@@ -1,12 +1,15 @@
 """One error hierarchy for imgrate.
 
-Library code raises these; only the CLI and the stage scripts turn them into exit codes.
+Library code raises these; one handler (:func:`handle`, used by the ``imgrate`` command and
+by every stage script through :func:`run_main`) turns them into a one-line message and a
+named exit code (:class:`ExitCode`).
 Each class also subclasses the builtin it specialises, so callers that catch
 ``ValueError`` or ``OSError`` keep working.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 
@@ -64,15 +67,31 @@ class DatabaseError(ImgrateError, OSError):
     """A database (MongoDB) cannot be reached or refused a request; the message never holds a password."""
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run an entry point; an :class:`ImgrateError` becomes a one-line message and exit code 2."""
-    import sys
+class ExitCode(enum.IntEnum):
+    """The exit codes of ``imgrate`` and of the stage scripts."""
 
+    OK = 0
+    PROBLEMS = 1  # the command ran and found problems (``imgrate verify``)
+    ERROR = 2  # an ImgrateError: bad params, input, data or model file; nothing to do
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
+
+def handle(err: BaseException) -> ExitCode:
+    """Print ``err`` as one line on stderr and return its exit code; re-raise what is not ours."""
+    from imgrate.progress import console, print_error
+
+    if isinstance(err, KeyboardInterrupt):
+        console.print("imgrate: interrupted", markup=False, highlight=False, soft_wrap=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(err, ImgrateError):
+        print_error(err)  # the one place errors are printed: the message literally, cut when huge
+        return ExitCode.ERROR
+    raise err
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a stage script's entry point under :func:`handle`."""
     try:
         main()
-    except ImgrateError as err:
-        print(f"imgrate: error: {error_message(err)}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("imgrate: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    except (ImgrateError, KeyboardInterrupt) as err:
+        raise SystemExit(int(handle(err))) from None

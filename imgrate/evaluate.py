@@ -11,8 +11,8 @@ added to the train matrix later is covered without touching this module. Baselin
 - ``linear_regression``: the paper's scikit-learn LinearRegression on flattened pixels,
   unregularised, as the paper ran it.
 - ``ridge_pixels``: the same pixels with cross-validated ridge regularisation.
-- ``ridge_features``: cross-validated ridge on the frozen EfficientNet-Lite0 features that
-  train@pretrained cached, when a ``pretrained`` model exists (see :func:`feature_baselines`).
+- ``ridge_features``: cross-validated ridge on the frozen backbone features of the featurize
+  stage (``data/features``; see :func:`feature_baselines`).
 - ``oracle`` (simulated world only): the true appeal of each photo, recomputed from the
   world's seed (never read from crawled data), mapped to the target scale by a linear fit
   on the training split: the upper bound of what an image model can reach.
@@ -100,37 +100,20 @@ def baseline_predictions(data: Dataset, seed: int) -> dict[str, np.ndarray]:
     return out
 
 
-def feature_baselines(
-    data: Dataset, paths: Paths, model_files: list[Path]
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``ridge_features``: cross-validated ridge on frozen pretrained image features.
-
-    Runs when a trained ``pretrained`` model is among ``model_files``: its backbone and
-    input size name the features, which train@pretrained has already extracted for every
-    dataset image into the per-shard cache (:class:`imgrate.features.FeatureCache`), so
-    this costs a cache read and a ridge fit. Without one it is skipped: extracting features
-    here would make the metrics depend on which packages a machine has installed.
-    Features are standardised with the training split's mean and spread.
+def feature_baselines(data: Dataset, paths: Paths) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """``ridge_features``: cross-validated ridge on the featurize stage's frozen backbone
+    features of the dataset's images, standardised with the training split's mean and spread.
+    Skipped (with the reason) when ``data/features`` has none.
 
     Returns (predictions, skipped): exactly one of the two holds ``ridge_features``.
     """
-    import torch
+    from imgrate.models import dataset_inputs
 
-    configs = []
-    for path in model_files:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("architecture") == "pretrained":
-            configs.append(ckpt["config"])
-    if not configs:
-        return {}, {"ridge_features": "needs a trained pretrained model in models/ (train@pretrained)"}
-    from imgrate.features import FeatureCache, image_refs
-
-    cfg = configs[0]
+    if not (paths.features / "meta.json").exists():
+        return {}, {"ridge_features": f"no features in {paths.features} (the featurize stage)"}
+    _, features = dataset_inputs("features", data, paths)
     train, test = data.split("train"), data.split("test")
-    refs = image_refs(data, paths)
-    cache = FeatureCache(paths, cfg["backbone"], int(cfg["input_size"]))
-    x = cache.features([refs[i] for i in np.concatenate([train, test])], torch.device("cpu")).astype(np.float64)
-    x_train, x_test = x[: len(train)], x[len(train) :]
+    x_train, x_test = features[train].astype(np.float64), features[test].astype(np.float64)
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
     pred = _ridge((x_train - mean) / std, data.targets(train), (x_test - mean) / std, "ridge_features")
     return {"ridge_features": pred}, {}
@@ -164,8 +147,8 @@ def oracle_predictions(data: Dataset, crawl: CrawlParams) -> np.ndarray:
 def model_predictions(data: Dataset, model_files: list[Path], paths: Paths) -> dict[str, np.ndarray]:
     """Test-split predictions of each saved model (on the CPU: evaluation is small).
 
-    :class:`imgrate.predict.Scorer` feeds each model its own input: the dataset's pixels, or
-    (``pretrained``) backbone features of the same posts, cached per shard."""
+    :class:`imgrate.predict.Scorer` feeds each model what its model file says it reads: the
+    dataset's pixels or the featurize stage's features of the same posts."""
     from imgrate.predict import Scorer
 
     test = data.split("test")
@@ -187,7 +170,7 @@ def all_predictions(
     if clash:
         raise DataError(f"model file names clash with baseline names: {sorted(clash)}")
     found = {**model_predictions(data, model_files, paths), **baseline_predictions(data, params.seed)}
-    features, skipped = feature_baselines(data, paths, model_files)
+    features, skipped = feature_baselines(data, paths)
     found.update(features)
     if crawl is not None and crawl.source == "demo":
         try:
@@ -299,17 +282,16 @@ def _write_figures(paths: Paths, y_test: np.ndarray, users_test: np.ndarray,
                    predictions: dict[str, np.ndarray], results: dict[str, dict[str, Any]],
                    per_user: dict[str, dict[Any, float]], params: EvaluateParams) -> None:
     """PNG copies under reports/figures/evaluate/ (the learning curves come from the checkpoints)."""
-    import torch
-
     from imgrate import figures
+    from imgrate.models import read_model_file
 
     histories: dict[str, list[dict[str, float]]] = {}
     losses: dict[str, str] = {}
     for path in sorted(paths.models.glob("*.pt")):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("history"):
-            histories[path.stem] = ckpt["history"]
-            losses[path.stem] = str((ckpt.get("fit") or {}).get("loss", "mse"))
+        info, _ = read_model_file(path)
+        if info.history:
+            histories[path.stem] = info.history
+            losses[path.stem] = info.fit.loss
     out = paths.figures
     figures.predicted_vs_actual(out / "predicted_vs_actual.png", y_test, predictions, users_test, results)
     figures.spearman_per_user(out / "spearman_per_user.png", per_user)
@@ -361,3 +343,17 @@ def summary_tables(report: Report) -> list[Table]:
             skipped.add_row(name, why)
         tables.append(skipped)
     return tables
+
+
+def main() -> None:
+    """``python stages/evaluate.py`` and ``imgrate evaluate``: evaluate, then the summary tables."""
+    from imgrate.params import load_params
+    from imgrate.paths import project_paths
+    from imgrate.progress import console, setup_logging
+
+    setup_logging()
+    paths = project_paths()
+    params = load_params(paths.params)
+    report = run_stage(params.evaluate, paths, params.crawl)
+    for table in report.tables():
+        console.print(table)

@@ -232,3 +232,22 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         metrics.update(sink.write(tables.posts, tables.users))
     write_json(paths.stage_metrics("export"), metrics)
     return metrics
+
+
+def main() -> None:
+    """``python stages/export.py`` and ``imgrate export``: export, then a summary line."""
+    from imgrate.mongo import sink_from_params
+    from imgrate.params import load_params
+    from imgrate.paths import project_paths
+    from imgrate.progress import console, setup_logging
+
+    setup_logging()
+    paths = project_paths()
+    params = load_params(paths.params).export
+    sink = sink_from_params(params, paths)  # None unless $IMGRATE_MONGODB_URI or export.mongo_uri
+    m = run_stage(params, paths, sinks=[sink] if sink else [])
+    console.print(f"export: {m['posts']} posts, {m['users']} users, {m['posts_skipped']} skipped",
+                  highlight=False, soft_wrap=True)
+    if sink:
+        console.print(f"MongoDB {sink.where}: {m['posts_written']} posts and {m['users_written']} users written",
+                      markup=False, highlight=False, soft_wrap=True)

@@ -1,16 +1,37 @@
-"""Model architectures, built from typed configs that the checkpoint stores."""
+"""Models, declared once: the registry :data:`MODELS` and the model-file schema.
+
+A :class:`ModelSpec` says what a model reads (``pixels`` of ``data/dataset`` or
+``features`` of ``data/features``), how its architecture config and its fit settings come
+from its own params section (``train.<name>`` in params.yaml), and which module it builds.
+``train``, ``predict`` and ``evaluate`` go through the registry and :func:`load_model`;
+none of them names a model.
+
+A model file (``models/<name>.pt``) is one :class:`ModelFile`: schema version, the
+registry name, the architecture config, the :class:`InputSpec` it was trained on, the fit
+settings and params, the training history and summary, and the weights, saved with
+``torch.save`` and read back with ``weights_only=True``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from imgrate.errors import ModelError
+from imgrate.params import TrainParams
+
+if TYPE_CHECKING:
+    from imgrate.dataset import Dataset
+    from imgrate.paths import Paths
+
+InputKind = Literal["pixels", "features"]
 
 
 @dataclass(frozen=True)
@@ -76,10 +97,8 @@ class PaperCNN(nn.Module):
 
 @dataclass(frozen=True)
 class PretrainedConfig:
-    """A small head on frozen pretrained image features (imgrate.features computes them)."""
+    """A small head on frozen pretrained image features (the featurize stage computes them)."""
 
-    backbone: str = "efficientnet-lite0"
-    input_size: int = 128  # px the backbone sees
     features: int = 1280  # the backbone's pooled feature width
     hidden: int = 0  # 0 = dropout + linear; else one hidden layer of this many units
     dropout: float = 0.5
@@ -89,7 +108,7 @@ class PretrainedHead(nn.Module):
     """Scores from backbone features: standardise, dropout, linear (or a 1-hidden-layer MLP).
 
     Its input is the B x 1280 feature matrix, not images: :class:`imgrate.predict.Scorer`
-    puts the backbone in front of it for image files."""
+    puts the backbone named by the model file's :class:`InputSpec` in front of it for image files."""
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__()
@@ -122,45 +141,170 @@ class PretrainedHead(nn.Module):
         self.output_affine.copy_(torch.tensor([scale, shift]))
 
 
-ARCHITECTURES: dict[str, tuple[type, type]] = {
-    "paper_cnn": (PaperCNN, PaperCNNConfig),
-    "pretrained": (PretrainedHead, PretrainedConfig),
+@dataclass(frozen=True)
+class FitConfig:
+    """How to fit one model: built by its :class:`ModelSpec` from its params section."""
+
+    epochs: int
+    batch_size: int  # global: under DDP each rank takes batch_size / world
+    lr: float
+    seed: int = 0
+    weight_decay: float = 0.0
+    loss: Literal["mse", "pairwise"] = "mse"
+    pair_window_days: float | None = None
+    patience: int | None = None  # None: train every epoch and keep the last one (the paper)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model reads: the dataset's ``size`` px pixels, or ``width`` features of a
+    ``backbone`` that saw ``size`` px images; and the target it learned."""
+
+    kind: InputKind
+    size: int
+    target: str
+    backbone: str | None = None  # features only
+    width: int | None = None  # features only
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of the registry: a model's input, architecture and fit settings."""
+
+    name: str
+    input: InputKind
+    module: type[nn.Module]
+    config: type  # the architecture's config dataclass
+    make_config: Callable[[Any, InputSpec], Any]  # (params section, input) -> config
+    make_fit: Callable[[Any, int], FitConfig]  # (params section, seed) -> fit settings
+
+    def params(self, train: TrainParams) -> Any:
+        """This model's section of params.yaml (``train.<name>``)."""
+        return getattr(train, self.name)
+
+    def build(self, config: Any) -> nn.Module:
+        return self.module(config)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            "paper_cnn", "pixels", PaperCNN, PaperCNNConfig,
+            make_config=lambda p, i: PaperCNNConfig(size=i.size),
+            make_fit=lambda p, seed: FitConfig(p.epochs, p.batch_size, p.lr, seed),
+        ),
+        ModelSpec(
+            "pretrained", "features", PretrainedHead, PretrainedConfig,
+            make_config=lambda p, i: PretrainedConfig(features=i.width or 0, hidden=p.hidden, dropout=p.dropout),
+            make_fit=lambda p, seed: FitConfig(p.epochs, p.batch_size, p.lr, seed, p.weight_decay, p.loss,
+                                               p.pair_window_days, p.patience),
+        ),
+    )
 }
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """A fresh model of architecture ``name`` from a config dict (defaults when None)."""
+def model_spec(name: str) -> ModelSpec:
     try:
-        model_cls, config_cls = ARCHITECTURES[name]
+        return MODELS[name]
     except KeyError:
-        raise ModelError(f"unknown model {name!r} (known: {', '.join(ARCHITECTURES)})") from None
-    return model_cls(config_cls(**(config or {})))
+        raise ModelError(f"unknown model {name!r} (known: {', '.join(MODELS)})") from None
 
 
-def config_dict(model: nn.Module) -> dict[str, Any]:
-    return dataclasses.asdict(model.config)  # type: ignore[arg-type]
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """A fresh model ``name`` from a config dict (defaults when None)."""
+    spec = model_spec(name)
+    return spec.build(spec.config(**(config or {})))
 
 
-def save_checkpoint(path: Path, name: str, model: nn.Module, extra: dict[str, Any]) -> None:
-    """Save weights with everything needed to rebuild and use the model, atomically."""
+def dataset_inputs(kind: InputKind, data: Dataset, paths: Paths) -> tuple[InputSpec, np.ndarray]:
+    """The whole dataset as a model of input ``kind`` reads it, one row per dataset row:
+    uint8 N x S x S x 3 pixels (memory-mapped), or float32 N x F features of the same posts
+    from ``data/features`` (the featurize stage)."""
+    target = str(data.meta["target"])
+    if kind == "pixels":
+        return InputSpec("pixels", int(data.meta["size"]), target), data.images
+    from imgrate.featurize import load_features
+
+    feats = load_features(paths, [(str(r["shard"]), str(r["member"])) for r in data.index])
+    m = feats.meta
+    return InputSpec("features", m.input_size, target, m.backbone, m.width), feats.x
+
+
+# --------------------------------------------------------------------------- model files
+
+SCHEMA = 1
+
+
+@dataclass
+class ModelFile:
+    """Everything a model file holds besides the weights (see the module docstring)."""
+
+    model: str  # the registry name
+    config: dict[str, Any]  # the architecture config (``spec.config`` fields)
+    input: InputSpec
+    fit: FitConfig
+    params: dict[str, Any]  # the train params the model was fitted with (shared keys + its section)
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per epoch
+    summary: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # further named blocks (e.g. prediction statistics)
+    schema: int = SCHEMA
+
+    @property
+    def spec(self) -> ModelSpec:
+        return model_spec(self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.schema, "model": self.model, "config": self.config,
+                "input": dataclasses.asdict(self.input), "fit": dataclasses.asdict(self.fit),
+                "params": self.params, "history": self.history, "summary": self.summary, "extra": self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str) -> ModelFile:
+        if d.get("schema") != SCHEMA:
+            raise ModelError(f"{where}: model file schema {d.get('schema')!r}, this imgrate reads {SCHEMA}: "
+                             f"train the model again")
+        try:
+            return cls(model=d["model"], config=dict(d["config"]), input=InputSpec(**d["input"]),
+                       fit=FitConfig(**d["fit"]), params=dict(d["params"]), history=list(d["history"]),
+                       summary=dict(d["summary"]), extra=dict(d.get("extra", {})), schema=d["schema"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelError(f"{where}: not an imgrate model file ({type(err).__name__}: {err})") from None
+
+
+def save_model(path: Path, model: nn.Module, info: ModelFile) -> None:
+    """Save the weights and ``info`` atomically (the same inputs give the same bytes)."""
+    import io
+
     from imgrate.io import atomic_path
 
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()  # torch.save names the archive after a file: a buffer keeps the temp name out
+    torch.save({**info.to_dict(), "state_dict": state}, buf)
     with atomic_path(path) as tmp:
-        torch.save({"architecture": name, "config": config_dict(model), "state_dict": state, **extra}, tmp)
+        tmp.write_bytes(buf.getvalue())
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved model in eval mode; returns (model, checkpoint dict)."""
+def read_model_file(path: Path) -> tuple[ModelFile, dict[str, torch.Tensor]]:
+    """(info, weights) of a model file; a missing or foreign file is a :class:`ModelError`."""
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a bad file
         raise ModelError(f"{path}: not a readable imgrate model ({type(err).__name__})") from err
-    if not isinstance(ckpt, dict) or "architecture" not in ckpt:
+    if not isinstance(raw, dict) or "state_dict" not in raw:
         raise ModelError(f"{path}: not an imgrate model file")
-    model = build_model(ckpt["architecture"], ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"])
+    return ModelFile.from_dict(raw, str(path)), raw["state_dict"]
+
+
+def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelFile]:
+    """Rebuild a saved model in eval mode on ``device``; returns (model, info)."""
+    info, state = read_model_file(path)
+    try:
+        model = build_model(info.model, info.config)
+        model.load_state_dict(state)
+    except (TypeError, RuntimeError) as err:
+        raise ModelError(f"{path}: weights do not fit model {info.model} ({type(err).__name__})") from None
     model.to(device).eval()
-    return model, ckpt
+    return model, info

@@ -1,7 +1,7 @@
 """Typed params: one frozen dataclass per params.yaml section.
 
 Field names are the params.yaml keys. :func:`load_params` rejects unknown keys, missing
-keys and wrong types with a :class:`ParamsError` that names the key (``train.lr``).
+keys and wrong types with a :class:`ParamsError` that names the key (``train.paper_cnn.lr``).
 """
 
 from __future__ import annotations
@@ -100,10 +100,29 @@ class PreprocessParams:
 
 
 @dataclass(frozen=True)
-class PretrainedParams:
-    """train@pretrained: frozen EfficientNet-Lite0 features (cached per shard) and a small head."""
+class FeaturizeParams:
+    """The featurize stage: frozen backbone features of every post image, per shard (data/features/)."""
 
-    input_size: int = 128  # images are decoded from the shards at this size for the backbone
+    backbone: Literal["efficientnet-lite0", "efficientnet-lite2"] = "efficientnet-lite0"
+    input_size: int = 128  # px the backbone sees: images are decoded from the shards at this size
+    batch_size: int = 64  # images per backbone forward pass
+    workers: int = 0  # cores: worker processes on the CPU, decoding threads on a GPU; 1 = one core; 0 = every core
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+@dataclass(frozen=True)
+class PaperCNNParams:
+    """train@paper_cnn: the paper's CNN on the dataset's pixels, with the paper's fit settings."""
+
+    epochs: int = 50
+    batch_size: int = 50
+    lr: float = 0.001  # Adam
+
+
+@dataclass(frozen=True)
+class PretrainedParams:
+    """train@pretrained: a small head on the featurize stage's frozen backbone features."""
+
     hidden: int = 0  # 0 = dropout + linear head; else one hidden layer of this many units
     dropout: float = 0.5
     loss: Literal["mse", "pairwise"] = "pairwise"  # pairwise = RankNet on within-user pairs
@@ -113,17 +132,17 @@ class PretrainedParams:
     batch_size: int = 256
     lr: float = 0.001
     weight_decay: float = 0.0001
-    feature_batch_size: int = 64  # images per backbone forward pass
 
 
 @dataclass(frozen=True)
 class TrainParams:
-    # epochs, batch_size and lr are the paper CNN's (train@paper_cnn); seed and device are shared
-    epochs: int = 50
-    batch_size: int = 50
-    lr: float = 0.001
+    """Shared by every model (seed, device, processes), then one section per model of
+    imgrate.models.MODELS: each train@<model> stage tracks only its own section."""
+
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    nproc: int = 1  # processes; > 1 = the stage relaunches itself under torchrun (DDP); 0 = one per GPU
+    paper_cnn: PaperCNNParams = field(default_factory=PaperCNNParams)
     pretrained: PretrainedParams = field(default_factory=PretrainedParams)
 
 
@@ -150,6 +169,7 @@ class Params:
     crawl: CrawlParams
     export: ExportParams
     preprocess: PreprocessParams
+    featurize: FeaturizeParams
     train: TrainParams
     evaluate: EvaluateParams
     analyze: AnalyzeParams
@@ -276,10 +296,13 @@ def _check_values(p: Params) -> None:
             p.preprocess.max_posts_per_user is None or p.preprocess.max_posts_per_user >= 1,
             "preprocess.max_posts_per_user: must be null or >= 1",
         ),
-        (p.train.epochs >= 1, "train.epochs: must be at least 1"),
-        (p.train.batch_size >= 1, "train.batch_size: must be at least 1"),
-        (p.train.lr > 0, "train.lr: must be > 0"),
-        (p.train.pretrained.input_size >= 32, "train.pretrained.input_size: must be at least 32"),
+        (p.featurize.input_size >= 32, "featurize.input_size: must be at least 32"),
+        (p.featurize.batch_size >= 1, "featurize.batch_size: must be at least 1"),
+        (p.featurize.workers >= 0, "featurize.workers: must be >= 0 (0 = every core)"),
+        (p.train.nproc >= 0, "train.nproc: must be >= 0 (0 = one process per GPU)"),
+        (p.train.paper_cnn.epochs >= 1, "train.paper_cnn.epochs: must be at least 1"),
+        (p.train.paper_cnn.batch_size >= 1, "train.paper_cnn.batch_size: must be at least 1"),
+        (p.train.paper_cnn.lr > 0, "train.paper_cnn.lr: must be > 0"),
         (p.train.pretrained.hidden >= 0, "train.pretrained.hidden: must be >= 0"),
         (0 <= p.train.pretrained.dropout < 1, "train.pretrained.dropout: must be in [0, 1)"),
         (
@@ -291,7 +314,6 @@ def _check_values(p: Params) -> None:
         (p.train.pretrained.batch_size >= 2, "train.pretrained.batch_size: must be at least 2"),
         (p.train.pretrained.lr > 0, "train.pretrained.lr: must be > 0"),
         (p.train.pretrained.weight_decay >= 0, "train.pretrained.weight_decay: must be >= 0"),
-        (p.train.pretrained.feature_batch_size >= 1, "train.pretrained.feature_batch_size: must be at least 1"),
         (all(k >= 2 for k in p.evaluate.set_sizes), "evaluate.set_sizes: each must be >= 2"),
         (p.evaluate.n_sets >= 1, "evaluate.n_sets: must be at least 1"),
         (1 <= p.analyze.top_n <= 20, "analyze.top_n: must be between 1 and 20"),
@@ -361,9 +383,9 @@ def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> N
              f"preprocess.size: must be at most {MAX_DATASET_SIZE} px, got {p.preprocess.size} "
              "(the dataset holds every image at size x size in memory; the paper used 50)"),
         ],
-        "train": [
-            (p.train.pretrained.input_size <= MAX_INPUT_SIZE,
-             f"train.pretrained.input_size: must be at most {MAX_INPUT_SIZE} px, got {p.train.pretrained.input_size}"),
+        "featurize": [
+            (p.featurize.input_size <= MAX_INPUT_SIZE,
+             f"featurize.input_size: must be at most {MAX_INPUT_SIZE} px, got {p.featurize.input_size}"),
         ],
         "evaluate": [
             (len(p.evaluate.set_sizes) >= 1, "evaluate.set_sizes: must name at least one set size, e.g. [2, 5, 10]"),

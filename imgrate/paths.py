@@ -78,6 +78,12 @@ class Paths:
     def dataset_meta(self) -> Path:
         return self.dataset / "meta.json"
 
+    # featurize
+    @property
+    def features(self) -> Path:
+        """Frozen backbone features, one ``.npy`` and one ``.json`` per shard, and ``meta.json``."""
+        return self.root / "data" / "features"
+
     # train
     @property
     def models(self) -> Path:

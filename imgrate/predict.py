@@ -1,9 +1,11 @@
 """Scoring photos with a trained model file: image files (``imgrate predict``/``rank``) and
 dataset rows (the evaluate stage).
 
-A :class:`Scorer` turns a model file into ``images -> scores`` whatever its architecture:
-``paper_cnn`` sees the image resized to its dataset size, ``pretrained`` sees it at its
-input size through the frozen backbone, then its head.
+A :class:`Scorer` turns a model file into ``images -> scores`` whatever the model: the
+file's :class:`imgrate.models.InputSpec` says what the model reads. A ``pixels`` model
+sees the image resized to its dataset size; a ``features`` model sees it at the backbone's
+input size through that frozen backbone, then its head. Dataset rows are scored from the
+dataset's pixels or the featurize stage's stored features, never decoded again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 
 from imgrate.dataset import Dataset, to_tensor_batch
 from imgrate.errors import DataError, ImageError
-from imgrate.models import load_checkpoint
+from imgrate.featurize import Backbone
+from imgrate.models import dataset_inputs, load_model
 from imgrate.paths import Paths
 from imgrate.preprocess import load_thumbnail
 
@@ -39,30 +42,28 @@ class Scorer:
         self.path = model_file
         self.device = device or torch.device("cpu")
         self.batch_size = batch_size
-        self.model, self.ckpt = load_checkpoint(model_file, self.device)
-        self.architecture: str = self.ckpt["architecture"]
-        self.pretrained = self.architecture == "pretrained"
-        config = self.ckpt["config"]
-        self.input_size = int(config["input_size"] if self.pretrained else self.ckpt["preprocess"]["size"])
-        self._backbone = None
+        self.model, self.info = load_model(model_file, self.device)
+        self.input = self.info.input
+        self.input_size = self.input.size
+        self._backbone: Backbone | None = None
 
-    def _features(self, images: np.ndarray) -> np.ndarray:
-        from imgrate.features import embed, load_backbone
+    def _inputs(self, images: np.ndarray) -> np.ndarray:
+        """What the model reads for uint8 images at :attr:`input_size`."""
+        if self.input.kind == "pixels":
+            return to_tensor_batch(images)
+        from imgrate.featurize import embed, load_backbone
 
         if self._backbone is None:
-            self._backbone = load_backbone(self.ckpt["config"]["backbone"], self.input_size).to(self.device)
+            self._backbone = load_backbone(str(self.input.backbone), self.input_size).to(self.device)
         return embed(self._backbone, images, self.device)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()  # type: ignore[no-any-return]
 
     def score_images(self, images: np.ndarray) -> np.ndarray:
         """Scores of uint8 N x S x S x 3 images at :attr:`input_size`; higher = more popular."""
-        out = []
-        for i in range(0, len(images), self.batch_size):
-            batch = images[i : i + self.batch_size]
-            out.append(self._head(self._features(batch) if self.pretrained else to_tensor_batch(batch)))
+        out = [self._head(self._inputs(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def score_files(self, files: Sequence[Path]) -> tuple[list[Scored], list[dict[str, str]]]:
@@ -80,23 +81,22 @@ class Scorer:
         return ranked, errors
 
     def score_rows(self, data: Dataset, paths: Paths, rows: np.ndarray) -> np.ndarray:
-        """Scores of dataset rows: pixels of the dataset, or cached backbone features of the
-        same posts decoded from the shards at the model's input size."""
-        if not self.pretrained:
-            if self.input_size != int(data.meta["size"]):
-                raise DataError(f"{self.path.name} was trained on {self.input_size}px images but the dataset "
-                                f"has {data.meta['size']}px")
-            return np.concatenate([self._head(to_tensor_batch(data.images[rows[i : i + 512]]))
-                                   for i in range(0, len(rows), 512)]) if len(rows) else np.zeros(0, np.float32)
-        from imgrate.features import FeatureCache, image_refs
-
-        refs = image_refs(data, paths)
-        cache = FeatureCache(paths, self.ckpt["config"]["backbone"], self.input_size)
-        features = cache.features([refs[i] for i in rows], self.device, self.batch_size)
-        return self._head(features)
+        """Scores of dataset rows, from what the model reads: the dataset's pixels or the
+        stored features of the same posts (``data/features``)."""
+        spec, source = dataset_inputs(self.input.kind, data, paths)
+        if (spec.size, spec.backbone) != (self.input.size, self.input.backbone):
+            what = f"{spec.backbone} features of {spec.size}px images" if spec.backbone else f"{spec.size}px images"
+            had = (f"{self.input.backbone} features of {self.input.size}px images" if self.input.backbone
+                   else f"{self.input.size}px images")
+            raise DataError(f"{self.path.name} was trained on {had} but the data has {what}")
+        out = []
+        for i in range(0, len(rows), 512):
+            x = np.asarray(source[rows[i : i + 512]])
+            out.append(self._head(to_tensor_batch(x) if self.input.kind == "pixels" else x))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": str(self.path), "architecture": self.architecture, "input_size": self.input_size}
+        return {"model": str(self.path), "architecture": self.info.model, "input_size": self.input_size}
 
 
 def read_image(path: Path, size: int) -> np.ndarray:

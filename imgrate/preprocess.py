@@ -370,3 +370,16 @@ def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, Shar
             out[dst] = shards[shard_name].images[src]
         out.flush()
         del out
+
+
+def main() -> None:
+    """``python stages/preprocess.py`` and ``imgrate preprocess``: build the dataset, then a summary line."""
+    from imgrate.params import load_params
+    from imgrate.paths import project_paths
+    from imgrate.progress import console, setup_logging
+
+    setup_logging()
+    paths = project_paths()
+    m = run_stage(load_params(paths.params).preprocess, paths)
+    console.print(f"preprocess: {m['kept']} images ({m['decoded']} decoded, {m['from_cache']} from cache, "
+                  f"{m['skipped']} skipped), splits {m['splits']}", highlight=False, soft_wrap=True)

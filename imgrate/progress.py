@@ -26,7 +26,8 @@ def print_note(label: str, message: object, style: str = "yellow") -> None:
     """``label: message`` with the label styled and the message printed as it is (cut when huge)."""
     from imgrate.errors import error_message
 
-    console.print(Text.assemble((f"{label}:", style), " ", error_message(str(message))), highlight=False)
+    console.print(Text.assemble((f"{label}:", style), " ", error_message(str(message))), highlight=False,
+                  soft_wrap=True)  # one line however narrow the terminal: logs and greps keep it whole
 
 
 def print_error(message: object) -> None:

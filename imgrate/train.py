@@ -1,18 +1,21 @@
 """The train stage: dataset -> ``models/<model>.pt`` with per-epoch curves through DVCLive.
 
-Models (imgrate.models):
-
-- ``paper_cnn``: the paper's CNN on the dataset's pixels; Adam on MSE with the paper's
-  numbers (``train.epochs``, ``train.batch_size``, ``train.lr``); the last epoch is kept.
-- ``pretrained``: a small head on frozen EfficientNet-Lite0 features (imgrate.features,
-  cached per shard); ``train.pretrained.*``: MSE or pairwise (RankNet on within-user pairs)
-  loss, early stopping on the validation within-user Spearman, the best epoch is kept.
+Models are declared in :data:`imgrate.models.MODELS`; this module never names one. A
+model reads ``pixels`` (the dataset's images) or ``features`` (``data/features``, the
+featurize stage), and its params section ``train.<name>`` gives its architecture config
+and fit settings: ``paper_cnn`` is the paper's CNN, Adam on MSE with the paper's numbers,
+the last epoch kept; ``pretrained`` is a small head on frozen backbone features with an
+MSE or pairwise (RankNet on within-user pairs) loss, early stopping on the validation
+within-user Spearman, the best epoch kept and, for a ranking loss, its scores mapped onto
+the target's scale.
 
 Device: cuda, else mps, else cpu (``train.device`` can force one); bf16 autocast on cuda;
 seeded and deterministic on the CPU. Every epoch draws its randomness from (seed, epoch,
 rank) alone, so a resumed run continues exactly where the killed one stopped.
 
-Under torchrun (WORLD_SIZE > 1): DistributedDataParallel with a DistributedSampler, gloo on
+``train.nproc`` > 1 (or 0: one per GPU): :func:`main` launches the stage again under
+torchrun with that many processes, so ``dvc repro`` trains on every GPU. Under torchrun
+(WORLD_SIZE > 1): DistributedDataParallel with a DistributedSampler, gloo on
 the CPU and nccl on CUDA; ``batch_size`` is the global batch (each rank takes its share);
 rank 0 validates, writes DVCLive, the checkpoints and the model file.
 
@@ -31,12 +34,14 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,30 +50,18 @@ from torch import nn
 
 from imgrate import metrics
 from imgrate.dataset import Dataset, load_dataset
+from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImgrateError
 from imgrate.io import atomic_path, remove_stale_tmp
-from imgrate.models import build_model, save_checkpoint
-from imgrate.params import Params, TrainParams
-from imgrate.paths import Paths
+from imgrate.models import MODELS, FitConfig, ModelFile, dataset_inputs, model_spec, save_model
+from imgrate.params import Params, load_params
+from imgrate.paths import Paths, project_paths
+from imgrate.progress import console, setup_logging
 
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- device, seeds
-
-
-def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
-    """cuda if available, else mps, else cpu; or the one asked for (which must exist)."""
-    has_mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
-    if preference == "auto":
-        preference = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if preference == "cuda":
-        if not torch.cuda.is_available():
-            raise ImgrateError("train.device: cuda was asked for but torch sees no CUDA device")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if preference == "mps" and not has_mps:
-        raise ImgrateError("train.device: mps was asked for but is not available")
-    return torch.device(preference)
+# --------------------------------------------------------------------------- seeds
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
@@ -149,27 +142,6 @@ def _broadcast(obj: Any, info: DistInfo) -> Any:
 # --------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    """How to fit one model; built from params.yaml by :meth:`for_model`."""
-
-    epochs: int
-    batch_size: int  # global: under DDP each rank takes batch_size / world
-    lr: float
-    seed: int = 0
-    weight_decay: float = 0.0
-    loss: Literal["mse", "pairwise"] = "mse"
-    pair_window_days: float | None = None
-    patience: int | None = None  # None: train every epoch and keep the last one (the paper)
-
-    @classmethod
-    def for_model(cls, name: str, tp: TrainParams) -> FitConfig:
-        if name == "pretrained":
-            p = tp.pretrained
-            return cls(p.epochs, p.batch_size, p.lr, tp.seed, p.weight_decay, p.loss, p.pair_window_days, p.patience)
-        return cls(tp.epochs, tp.batch_size, tp.lr, tp.seed)
-
-
 @dataclass
 class Inputs:
     """One split as a model sees it: rows of ``source`` (uint8 N x S x S x 3 images, possibly
@@ -230,34 +202,9 @@ def _split_inputs(data: Dataset, source: np.ndarray, split: str) -> Inputs:
     )
 
 
-def model_config(name: str, params: TrainParams, data: Dataset) -> dict[str, Any]:
-    """The architecture config of ``name`` for this dataset and these params."""
-    if name == "pretrained":
-        p = params.pretrained
-        return {"input_size": p.input_size, "hidden": p.hidden, "dropout": p.dropout}
-    return {"size": int(data.meta["size"])}
-
-
-def prepare_inputs(name: str, config: dict[str, Any], data: Dataset, paths: Paths, params: TrainParams,
-                   device: torch.device, info: DistInfo = DistInfo()) -> tuple[Inputs, Inputs]:
-    """(train, val) inputs of model ``name``: the dataset's pixels, or backbone features of
-    every dataset image (extracted once and cached; under DDP each rank extracts a share of
-    the shards first)."""
-    if name != "pretrained":
-        return _split_inputs(data, data.images, "train"), _split_inputs(data, data.images, "val")
-    from imgrate.features import FeatureCache, image_refs
-    from imgrate.models import PretrainedConfig
-
-    cfg = PretrainedConfig(**config)
-    refs = image_refs(data, paths)
-    cache = FeatureCache(paths, cfg.backbone, cfg.input_size)
-    batch = params.pretrained.feature_batch_size
-    if info.active:
-        shards = sorted({s for s, _ in refs})
-        cache.features(refs, device, batch, only_shards=set(shards[info.rank :: info.world]))
-        _barrier(info)
-    features = cache.features(refs, device, batch)  # what another node's rank extracted, if not shared
-    return _split_inputs(data, features, "train"), _split_inputs(data, features, "val")
+def split_inputs(data: Dataset, source: np.ndarray) -> tuple[Inputs, Inputs]:
+    """(train, val) rows of ``source`` (one row per dataset row: pixels or features)."""
+    return _split_inputs(data, source, "train"), _split_inputs(data, source, "val")
 
 
 # --------------------------------------------------------------------------- losses
@@ -489,7 +436,9 @@ def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Inputs, va
 
 
 def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
-    """The DVC stage ``train@<model>``: train, log curves with DVCLive, save the model (rank 0)."""
+    """The DVC stage ``train@<model>`` in this process (one rank under torchrun): train, log
+    curves with DVCLive, save the model (rank 0)."""
+    spec = model_spec(model_name)  # an unknown name fails before any process group exists
     info = dist_from_env()
     if not info.main:
         logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
@@ -498,7 +447,7 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
     device = pick_device(params.train.device, info.local_rank)
     init_distributed(info, device)
     try:
-        return _run(model_name, params, paths, info, device)
+        return _run(spec.name, params, paths, info, device)
     finally:
         if info.active:
             import torch.distributed as dist
@@ -507,13 +456,16 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: torch.device) -> dict[str, Any]:
+    spec = model_spec(model_name)
+    section = spec.params(params.train)
     data = load_dataset(paths)
     seed_everything(params.train.seed, device)
-    config = model_config(model_name, params.train, data)
-    model = build_model(model_name, config)
-    cfg = FitConfig.for_model(model_name, params.train)
-    train, val = prepare_inputs(model_name, config, data, paths, params.train, device, info)
-    key = run_key(model_name, config, cfg, train, val)
+    input_spec, source = dataset_inputs(spec.input, data, paths)
+    config = spec.make_config(section, input_spec)
+    model = spec.build(config)
+    cfg = spec.make_fit(section, params.train.seed)
+    train, val = split_inputs(data, source)
+    key = run_key(model_name, dataclasses.asdict(config), cfg, train, val)
     checkpoint = Checkpointer(paths.cache / "checkpoints" / f"{model_name}-{key}.pt" if info.main else None)
     log.info("training %s on %s x%d (%d parameters, %d train / %d val)", model_name, device, info.world,
              sum(p.numel() for p in model.parameters()), len(train), len(val))
@@ -567,19 +519,18 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
         "seconds_per_epoch": float(np.mean([e.seconds for e in history])),
     }
     if info.main:
-        save_checkpoint(
-            paths.model(model_name),
-            model_name,
-            model.cpu(),
-            {
-                "train_params": dataclasses.asdict(params.train),
-                "fit": dataclasses.asdict(cfg),
-                "preprocess": {"size": int(data.meta["size"]), "target": data.meta["target"]},
-                "history": [dataclasses.asdict(e) for e in history],
-                "summary": summary,
-            },
-        )
-        checkpoint.remove()
+        shared = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in MODELS}
+        save_model(paths.model(model_name), model.cpu(), ModelFile(
+            model=model_name,
+            config=dataclasses.asdict(config),
+            input=input_spec,
+            fit=cfg,
+            params={**shared, model_name: dataclasses.asdict(section)},
+            history=[dataclasses.asdict(e) for e in history],
+            summary=summary,
+        ))
+        if checkpoint is not None:
+            checkpoint.remove()
         if staged is not None:
             publish_live_dir(staged, paths.live_dir(model_name), paths.tmp)
     _barrier(info)
@@ -605,3 +556,49 @@ def publish_live_dir(staged: Path, final: Path, tmp: Path) -> None:
             os.replace(staged / name, final / name)
     shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the entry
+
+
+def nproc(params: Params) -> int:
+    """Processes ``train.nproc`` asks for (0: one per visible CUDA device, at least one)."""
+    if params.train.nproc:
+        return params.train.nproc
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def torchrun_command(model_name: str, processes: int) -> list[str]:
+    """This stage under torchrun: ``processes`` ranks on this machine, each running :func:`main`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "imgrate.train", model_name]
+
+
+def main(model_name: str) -> None:
+    """``python stages/train.py <model>`` and ``imgrate train <model>``: train and print one line
+    (rank 0). With ``train.nproc`` > 1 and outside torchrun, the stage runs itself under
+    torchrun with that many processes and waits for them."""
+    setup_logging()
+    paths = project_paths()
+    params = load_params(paths.params)
+    model_spec(model_name)
+    processes = nproc(params)
+    if processes > 1 and "WORLD_SIZE" not in os.environ:
+        cmd = torchrun_command(model_name, processes)
+        log.info("train %s: %d processes under torchrun", model_name, processes)
+        env = {**os.environ, "IMGRATE_ROOT": str(paths.root)}
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        if code != 0:
+            raise ImgrateError(f"train {model_name}: torchrun with {processes} processes failed (exit code {code})")
+        return
+    s = run_stage(model_name, params, paths)
+    if s["rank"] == 0:  # under torchrun every rank returns; one line is enough
+        console.print(f"train {model_name}: {s['epochs']} epochs on {s['device']} x{s['world_size']}, "
+                      f"val_loss {s['val_loss']:.5f}, val_spearman_within {s['val_spearman_within']:.3f}",
+                      highlight=False)
+
+
+if __name__ == "__main__":  # the torchrun ranks that main() launches
+    from imgrate.errors import run_main
+
+    run_main(lambda: main(sys.argv[1]))

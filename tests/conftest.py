@@ -31,8 +31,9 @@ def tiny_params() -> dict[str, Any]:
     params["crawl"]["demo"].update(start="2025-01-01", until="2025-03-01", image_size=64, mean_interval_days=4.0)
     params["crawl"]["shard_size"] = 20
     params["preprocess"]["max_posts_per_user"] = None
-    params["train"].update(epochs=2, batch_size=16)
-    params["train"]["pretrained"].update(input_size=64, epochs=3, patience=2, batch_size=16, feature_batch_size=32)
+    params["featurize"].update(input_size=64, batch_size=32)
+    params["train"]["paper_cnn"].update(epochs=2, batch_size=16)
+    params["train"]["pretrained"].update(epochs=3, patience=2, batch_size=16)
     params["evaluate"].update(n_sets=200, n_boot=50, min_items=3)
     return params
 
@@ -92,9 +93,10 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny world crawled, exported and preprocessed once (in-process); treat as read-only."""
+    """A tiny world crawled, exported, preprocessed and featurized once (in-process); treat as read-only."""
     from imgrate.crawl.stage import run_stage as crawl
     from imgrate.export import run_stage as export
+    from imgrate.featurize import run_stage as featurize
     from imgrate.params import parse_params
     from imgrate.paths import Paths
     from imgrate.preprocess import run_stage as preprocess
@@ -106,16 +108,19 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory):
     crawl(params.crawl, paths)
     export(params.export, paths)
     preprocess(params.preprocess, paths)
+    featurize(params.featurize, paths)
     return params, paths
 
 
 def copy_world(paths: Any, dest: Path) -> Any:
-    """A writable copy of a world's raw data, tables and dataset under ``dest``; returns its Paths."""
+    """A writable copy of a world's raw data, tables, dataset and features under ``dest``; returns its Paths."""
     from imgrate.paths import Paths
 
     local = Paths(dest)
-    for src, dst in ((paths.raw, local.raw), (paths.tables, local.tables), (paths.dataset, local.dataset)):
-        shutil.copytree(src, dst)
+    for src, dst in ((paths.raw, local.raw), (paths.tables, local.tables), (paths.dataset, local.dataset),
+                     (paths.features, local.features)):
+        if src.exists():
+            shutil.copytree(src, dst)
     return local
 
 

@@ -53,6 +53,78 @@ def test_predict_scores_images_and_reports_non_images(tiny_world, tmp_path: Path
     assert missing.exit_code == 2 and "model file not found" in missing.output
 
 
+def _main_module(body: list) -> str | None:
+    """The module whose ``main`` a function body or a module imports."""
+    import ast
+
+    for node in body:
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.ImportFrom) and any(a.name == "main" for a in sub.names):
+                return sub.module
+    return None
+
+
+def test_stage_script_and_command_call_the_same_function() -> None:
+    """stages/X.py and `imgrate X` both run imgrate.<X>.main: one wiring, one summary."""
+    import ast
+
+    import yaml
+
+    from conftest import ROOT
+
+    cli = {n.name: n for n in ast.parse((ROOT / "imgrate" / "cli.py").read_text()).body
+           if isinstance(n, ast.FunctionDef)}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in stages:
+        script = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
+        module = _main_module(script.body)
+        assert module is not None and module.startswith("imgrate."), name
+        assert _main_module(cli[name].body) == module, name
+        assert len((ROOT / "stages" / f"{name}.py").read_text().splitlines()) <= 15, f"stages/{name}.py is not thin"
+
+
+def test_stage_script_and_command_print_the_same_summary(tiny_world, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from conftest import ROOT, copy_world, tiny_params, write_params
+
+    _, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    write_params(local.root, tiny_params())
+    env = {"PATH": "/usr/bin:/bin", "IMGRATE_QUIET": "1", "IMGRATE_ROOT": str(local.root), "COLUMNS": "40"}
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "featurize.py")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("IMGRATE_ROOT", str(local.root))
+    monkeypatch.setenv("IMGRATE_QUIET", "1")
+    result = runner.invoke(app, ["featurize"])
+    assert result.exit_code == 0, result.output
+    line = [x for x in proc.stderr.splitlines() if x.startswith("featurize:")]
+    assert len(line) == 1 and "0 extracted from 0 new shards" in line[0]
+    assert line[0] in result.output.splitlines()  # one line each, however narrow the terminal
+
+
+def test_errors_exit_with_named_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgrate.errors import ExitCode
+
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["rank", str(tmp_path / "nowhere")])
+    assert result.exit_code == ExitCode.ERROR == 2
+    assert "nowhere: not a folder" in " ".join(result.output.split()) and "Traceback" not in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["rank", str(tmp_path / "empty")])
+    assert result.exit_code == ExitCode.ERROR and "no files to rank" in " ".join(result.output.split())
+    import shutil
+
+    from conftest import ROOT
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    result = runner.invoke(app, ["train", "transformer"])  # an unknown model, named
+    assert result.exit_code == ExitCode.ERROR and "unknown model 'transformer'" in " ".join(result.output.split())
+
+
 def test_user_text_in_errors_is_printed_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A users.txt line that looks like Rich markup gives a clear error (no MarkupError)."""
     import yaml

@@ -14,7 +14,7 @@ from imgrate.params import parse_params
 from imgrate.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("crawl", "export", "preprocess", "train", "evaluate", "analyze")
+STAGES = ("crawl", "export", "preprocess", "featurize", "train", "evaluate", "analyze")
 
 
 def _module_file(module: str) -> Path | None:
@@ -92,8 +92,37 @@ ORACLE_PARAMS = ["crawl.source", "crawl.demo.seed", "crawl.demo.start", "crawl.d
 
 def test_each_stage_tracks_its_own_params_section() -> None:
     for name, stage in _stages().items():
+        if name == "train":
+            continue
         extra = ORACLE_PARAMS if name == "evaluate" else []
         assert stage.get("params") == [name, *extra], name
+
+
+def test_each_model_tracks_only_the_shared_train_keys_and_its_own_section() -> None:
+    """train@paper_cnn does not rerun when a train.pretrained key changes (and back)."""
+    import dataclasses
+
+    from imgrate.models import MODELS
+    from imgrate.params import TrainParams
+
+    train = _stages()["train"]
+    assert train["matrix"]["model"] == list(MODELS)
+    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name not in MODELS]
+    assert train["params"] == [*shared, "train.${item.model}"]
+
+
+def test_training_and_evaluation_read_features_not_shards() -> None:
+    """The pretrained model's inputs come from data/features (a DVC output), never from the
+    raw shards or the tables: a fresh clone's `dvc pull` brings them."""
+    p = Paths(ROOT)
+    rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
+    s = _stages()
+    for name in ("train", "evaluate"):
+        data = {d for d in _deps(s[name]) if d.startswith("data/")}
+        assert data == {rel(p.dataset), rel(p.features)}, name
+    assert _outs(s["featurize"]) == {rel(p.features)}
+    assert s["featurize"]["outs"][0][rel(p.features)]["persist"] is True
+    assert {rel(p.raw), rel(p.tables)} <= _deps(s["featurize"])
 
 
 def test_oracle_params_exist_and_match_what_the_oracle_reads() -> None:

@@ -77,7 +77,8 @@ def train_tiny_cnn(paths: Paths) -> None:
     from imgrate.train import run_stage as train
 
     params = tiny_params()
-    params["train"].update(epochs=2, batch_size=32, device="cpu")
+    params["train"]["paper_cnn"].update(epochs=2, batch_size=32)
+    params["train"]["device"] = "cpu"
     train("paper_cnn", parse_params(params), paths)
 
 
@@ -196,28 +197,30 @@ def test_summary_tables_print(evaluated: tuple[Paths, dict, dict]) -> None:
     assert "leak" in text and "user_mean" in text and "why not" in text
 
 
-def test_ridge_features_runs_when_a_pretrained_model_exists(synthetic: tuple[Paths, np.ndarray], tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """With a ``pretrained`` model in models/, ridge_features fits the features it was trained on."""
-    import imgrate.features
-    from imgrate.models import build_model, save_checkpoint
+def test_ridge_features_fits_the_featurize_stages_features(synthetic: tuple[Paths, np.ndarray],
+                                                          tmp_path: Path) -> None:
+    """ridge_features reads data/features (the featurize stage), whatever models exist; without
+    features it is skipped with the reason."""
+    from imgrate.featurize import FeatureMeta, ShardFeatures, _write_shard
 
     source, appeal = synthetic
     paths = Paths(tmp_path)
     shutil.copytree(source.dataset, paths.dataset)
     shutil.copytree(source.models, paths.models)
-    save_checkpoint(paths.model("pretrained"), "pretrained", build_model("pretrained", {"features": 16}),
-                    {"preprocess": {"size": 24, "target": "max_ratio"}, "history": []})
     data = load_dataset(paths)
-    # features from the cache that train@pretrained fills: here, the appeal in one column plus noise
-    rng = np.random.default_rng(0)
-    table = {r["shortcode"]: np.r_[appeal[r["row"]], rng.normal(size=15)].astype(np.float32) for r in data.index}
-    monkeypatch.setattr(imgrate.features, "image_refs", lambda d, p: [("000001.tar", r["shortcode"]) for r in d.index])
-    monkeypatch.setattr(imgrate.features.FeatureCache, "features",
-                        lambda self, refs, device, batch_size=64: np.stack([table[m] for _, m in refs]))
+    _, skipped = all_predictions(data, paths, PARAMS)
+    assert "data/features" in skipped["ridge_features"]
 
+    # features of one fake shard: the appeal in one column plus noise
+    write_jsonl(paths.dataset_index, [{**r, "shard": "000001.tar", "member": r["shortcode"]} for r in data.index])
+    data = load_dataset(paths)
+    rng = np.random.default_rng(0)
+    x = np.stack([np.r_[appeal[r["row"]], rng.normal(size=15)] for r in data.index]).astype(np.float32)
+    write_json(paths.features / "meta.json", {"backbone": "efficientnet-lite0", "input_size": 64, "width": 16,
+                                              "resample": FeatureMeta("x", 0, 0).resample, "version": 1})
+    _write_shard(paths, "000001.tar", "-", ShardFeatures([r["shortcode"] for r in data.index], x, {}))
     predictions, skipped = all_predictions(data, paths, PARAMS)
-    assert "ridge_features" not in skipped and {"pretrained", "ridge_features"} <= set(predictions)
+    assert "ridge_features" not in skipped and "ridge_features" in predictions
     test = data.split("test")
     rho = metrics.spearman_within(data.targets(test), predictions["ridge_features"], data.users(test))
     assert rho > 0.4
@@ -291,7 +294,7 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
 
     # 5. two experiments with different learning rates: exp show lists both, with metrics
     for name, lr in (("lr-high", "0.01"), ("lr-low", "0.0001")):
-        dvc(project, "exp", "run", "-n", name, "-S", f"train.lr={lr}")
+        dvc(project, "exp", "run", "-n", name, "-S", f"train.paper_cnn.lr={lr}")
     shown = _json(dvc(project, "exp", "show", "--json"))
     exps = {}
     for rev in shown:
@@ -301,7 +304,7 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
     assert {"lr-high", "lr-low"} <= set(exps)
     for name, lr in (("lr-high", 0.01), ("lr-low", 0.0001)):
         data = exps[name]
-        assert data["params"]["params.yaml"]["data"]["train"]["lr"] == lr
+        assert data["params"]["params.yaml"]["data"]["train"]["paper_cnn"]["lr"] == lr
         spearman = data["metrics"]["metrics/evaluate.json"]["data"]["paper_cnn"]["spearman_within"]
         assert spearman is None or math.isfinite(spearman)
     table = dvc(project, "exp", "show", "--md", "--only-changed").stdout

@@ -1,4 +1,4 @@
-"""models and features: the pretrained head, the offline EfficientNet-Lite0 backbone, model files."""
+"""models: the registry, the pretrained head, the offline EfficientNet-Lite backbones, model files."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from imgrate.errors import ModelError
-from imgrate.features import Backbone, load_backbone
-from imgrate.models import PretrainedConfig, PretrainedHead, build_model, load_checkpoint, save_checkpoint
+from imgrate.featurize import BACKBONES, Backbone, load_backbone
+from imgrate.models import (
+    MODELS,
+    FitConfig,
+    InputSpec,
+    ModelFile,
+    PretrainedConfig,
+    PretrainedHead,
+    build_model,
+    load_model,
+    save_model,
+)
+from imgrate.params import TrainParams
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +63,25 @@ def test_backbone_normalises_tf_style(backbone: Backbone, monkeypatch) -> None:
     assert [sorted(set(x[0, c].flatten().tolist())) for c in range(3)] == [[-0.9921875], [0.0], [1.0]]
 
 
-def test_backbone_and_package_print_nothing_on_stdout(capsys) -> None:
-    load_backbone("efficientnet-lite0", 32)
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_loads_offline_and_prints_nothing_on_stdout(name: str, capsys) -> None:
+    net = load_backbone(name, 32)
     assert capsys.readouterr().out == ""  # --json output stays parseable
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, BACKBONES[name].width)
+
+
+def test_every_model_has_its_own_params_section() -> None:
+    """train@<model> tracks train.<model>: the registry's names are TrainParams' sections."""
+    import dataclasses
+
+    sections = {f.name for f in dataclasses.fields(TrainParams) if dataclasses.is_dataclass(f.default_factory)}
+    assert set(MODELS) == sections
+    for spec in MODELS.values():
+        assert spec.input in ("pixels", "features")
+        section = spec.params(TrainParams())
+        cfg = spec.make_fit(section, 7)
+        assert cfg.seed == 7 and cfg.epochs == section.epochs and cfg.lr == section.lr
 
 
 def test_unknown_backbone_and_model_are_named() -> None:
@@ -64,19 +91,35 @@ def test_unknown_backbone_and_model_are_named() -> None:
         build_model("transformer")
 
 
-def test_model_file_round_trip_keeps_config_and_extras(tmp_path) -> None:
-    model = build_model("pretrained", {"input_size": 64, "hidden": 8})
+def _info(**kw: object) -> ModelFile:
+    return ModelFile(model="pretrained", config={"features": 1280, "hidden": 8, "dropout": 0.5},
+                     input=InputSpec("features", 64, "max_ratio", "efficientnet-lite0", 1280),
+                     fit=FitConfig(epochs=1, batch_size=2, lr=0.1), params={"seed": 0}, **kw)  # type: ignore[arg-type]
+
+
+def test_model_file_round_trip_keeps_config_input_and_extras(tmp_path) -> None:
+    model = build_model("pretrained", {"hidden": 8})
     model.set_input_stats(torch.full((1280,), 2.0), torch.full((1280,), 3.0))
-    save_checkpoint(tmp_path / "m.pt", "pretrained", model, {"train_params": {"seed": 0}})
-    loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
-    assert ckpt["config"]["input_size"] == 64 and ckpt["config"]["hidden"] == 8
-    assert ckpt["train_params"] == {"seed": 0}
+    save_model(tmp_path / "m.pt", model, _info(extra={"stats": {"mean": 0.5}}))
+    loaded, info = load_model(tmp_path / "m.pt")
+    assert info == _info(extra={"stats": {"mean": 0.5}})
+    assert info.input.backbone == "efficientnet-lite0" and info.spec.input == "features"
     x = torch.randn(4, 1280)
     assert torch.allclose(loaded(x), model.eval()(x))
+    # the same model and info give the same bytes
+    save_model(tmp_path / "again.pt", model, _info(extra={"stats": {"mean": 0.5}}))
+    assert (tmp_path / "m.pt").read_bytes() == (tmp_path / "again.pt").read_bytes()
+
+
+def test_a_model_file_of_another_schema_is_named(tmp_path) -> None:
+    raw = {**_info().to_dict(), "schema": 0, "state_dict": {}}
+    torch.save(raw, tmp_path / "old.pt")
+    with pytest.raises(ModelError, match="schema 0"):
+        load_model(tmp_path / "old.pt")
 
 
 def test_a_file_that_is_not_a_model_is_reported(tmp_path) -> None:
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable imgrate model"):
-        load_checkpoint(bad)
+        load_model(bad)

@@ -24,19 +24,19 @@ def test_shipped_params_load_with_the_documented_defaults() -> None:
     assert p.crawl.max_posts is None
     assert p.preprocess.size == 50
     assert p.preprocess.split_ratios == [0.8, 0.1, 0.1]
-    assert p.train.batch_size == 50
-    assert p.train.epochs == 50
+    assert p.train.paper_cnn.batch_size == 50
+    assert p.train.paper_cnn.epochs == 50
     assert p.evaluate.set_sizes == [2, 5, 10]
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["train"].update(lr_typo=0.1), "train.lr_typo"),
-        (lambda d: d["train"].pop("lr"), "train.lr"),
-        (lambda d: d["train"].update(lr="fast"), "train.lr"),
-        (lambda d: d["train"].update(epochs=2.5), "train.epochs"),
-        (lambda d: d["train"].update(epochs=True), "train.epochs"),
+        (lambda d: d["train"]["paper_cnn"].update(lr_typo=0.1), "train.paper_cnn.lr_typo"),
+        (lambda d: d["train"]["paper_cnn"].pop("lr"), "train.paper_cnn.lr"),
+        (lambda d: d["train"]["paper_cnn"].update(lr="fast"), "train.paper_cnn.lr"),
+        (lambda d: d["train"]["paper_cnn"].update(epochs=2.5), "train.paper_cnn.epochs"),
+        (lambda d: d["train"]["paper_cnn"].update(epochs=True), "train.paper_cnn.epochs"),
         (lambda d: d["crawl"]["demo"].update(seed="x"), "crawl.demo.seed"),
         (lambda d: d["crawl"]["demo"].pop("until"), "crawl.demo.until"),
         (lambda d: d["crawl"]["demo"].update(until="yesterday"), "crawl.demo.until"),
@@ -71,15 +71,15 @@ def test_missing_params_file_is_named(tmp_path: Path) -> None:
         (lambda d: d["evaluate"].update(set_sizes=[]), "evaluate.set_sizes: must name at least one"),
         (lambda d: d["evaluate"].update(n_boot=0), "evaluate.n_boot: must be at least 1"),
         (lambda d: d["evaluate"].update(min_items=1), "evaluate.min_items"),
-        (lambda d: d["train"].update(lr=float("inf")), "train.lr: must be a finite number"),
-        (lambda d: d["train"].update(lr=float("nan")), "train.lr: must be a finite number"),
+        (lambda d: d["train"]["paper_cnn"].update(lr=float("inf")), "train.paper_cnn.lr: must be a finite number"),
+        (lambda d: d["train"]["paper_cnn"].update(lr=float("nan")), "train.paper_cnn.lr: must be a finite number"),
         (lambda d: d["train"]["pretrained"].update(weight_decay=float("-inf")), "train.pretrained.weight_decay"),
         (lambda d: d["crawl"]["budget"].update(backoff_max_s=float("inf")), "crawl.budget.backoff_max_s"),
         (lambda d: d["preprocess"].update(split_ratios=[0.8, float("nan"), 0.1]), r"preprocess.split_ratios\[1\]"),
         (lambda d: d["crawl"]["demo"].update(image_size=60000), "crawl.demo.image_size: must be at most 2048"),
         (lambda d: d["crawl"]["demo"].update(mean_interval_days=1e-9), "crawl.demo.mean_interval_days"),
         (lambda d: d["preprocess"].update(size=60000), "preprocess.size: must be at most"),
-        (lambda d: d["train"]["pretrained"].update(input_size=60000), "train.pretrained.input_size"),
+        (lambda d: d["featurize"].update(input_size=60000), "featurize.input_size"),
         (lambda d: d["export"].update(thumbnail_size=60000), "export.thumbnail_size"),
     ],
 )
@@ -102,9 +102,9 @@ def test_yaml_exponent_floats_read_as_numbers_and_inf_is_refused(tmp_path: Path)
     path = tmp_path / "params.yaml"
     path.write_text(_params_text(**{"lr: 0.001  ": "lr: 1e-3  ", "weight_decay: 0.0001": "weight_decay: 1e-9"}))
     p = load_params(path)
-    assert p.train.lr == 1e-3 and p.train.pretrained.weight_decay == 1e-9
+    assert p.train.paper_cnn.lr == 1e-3 and p.train.pretrained.weight_decay == 1e-9
     path.write_text(_params_text(**{"lr: 0.001  ": "lr: .inf  "}))
-    with pytest.raises(ParamsError, match="train.lr: must be a finite number, got inf"):
+    with pytest.raises(ParamsError, match="train.paper_cnn.lr: must be a finite number, got inf"):
         load_params(path)
 
 
@@ -114,7 +114,7 @@ def test_a_section_given_twice_is_refused_naming_the_key_and_lines(tmp_path: Pat
     path.write_text(text + "\ntrain:\n  epochs: 3\n")  # a second train: section, as an edit might add
     with pytest.raises(ParamsError, match=r"params.yaml: line \d+: key 'train' is given twice \(first on line \d+\)"):
         load_params(path)
-    path.write_text(text.replace("  epochs: 50 ", "  epochs: 50\n  epochs: 3 ", 1))
+    path.write_text(text.replace("    epochs: 50 ", "    epochs: 50\n    epochs: 3 ", 1))
     with pytest.raises(ParamsError, match="key 'epochs' is given twice"):
         load_params(path)
 

@@ -12,7 +12,7 @@ import pytest
 from conftest import dvc, git, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
-ALL = ["crawl", "export", "preprocess", "train@paper_cnn", "train@pretrained", "evaluate"]
+ALL = ["crawl", "export", "preprocess", "featurize", "train@paper_cnn", "train@pretrained", "evaluate"]
 
 
 def ran(output: str) -> list[str]:
@@ -66,25 +66,34 @@ def test_repro_lifecycle(project: Path) -> None:
     logs = sorted((project / ".imgrate-cache/logs/crawl").glob("*.json"))
     assert len(logs) == 3 and json.loads(logs[-1].read_text())["totals"]["seconds"] >= 0
 
-    # 3. a training hyperparameter reruns train and evaluate only
+    # 3. a model's hyperparameter reruns that model and evaluate only (each train@<model>
+    # tracks train.<model>): the other model, featurize and the data stages stay
     params = tiny_params()
-    params["train"]["epochs"] = 3
+    params["train"]["pretrained"]["dropout"] = 0.25
     write_params(project, params)
-    assert repro(project) == ["crawl", "train@paper_cnn", "train@pretrained", "evaluate"]  # params: [train]
+    assert repro(project) == ["crawl", "train@pretrained", "evaluate"]
+    params["train"]["paper_cnn"]["epochs"] = 3
+    write_params(project, params)
+    assert repro(project) == ["crawl", "train@paper_cnn", "evaluate"]
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "three epochs")
 
     # 3b. a rate that cannot work fails at load naming the key; the git-tracked curves stay
-    write_params(project, {**params, "train": {**params["train"], "lr": float("inf")}})  # YAML .inf
+    write_params(project, {**params, "train": {**params["train"], "paper_cnn": {**params["train"]["paper_cnn"],
+                                                                              "lr": float("inf")}}})  # YAML .inf
     proc = dvc(project, "repro", "-s", "train@paper_cnn", check=False)
-    assert proc.returncode != 0 and "train.lr: must be a finite number" in proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "train.paper_cnn.lr: must be a finite number" in proc.stdout + proc.stderr
     assert git(project, "status", "--porcelain", "dvclive").stdout == ""
     write_params(project, params)
 
     # 4. the world's clock moves: new shards, old shards untouched, everything downstream reruns
+    features_before = digest(project / "data/features")
     params["crawl"]["demo"]["until"] = "2025-04-01"
     write_params(project, params)
     assert repro_everything(project) == ALL
+    features_after = digest(project / "data/features")  # featurize extracted only the new shards
+    assert {k: features_after[k] for k in features_before} == features_before
+    assert len(features_after) > len(features_before)
     raw_after = digest(project / "data/raw")
     old_shards = {k: v for k, v in raw_before.items() if k.startswith("shards/")}
     assert {k: raw_after[k] for k in old_shards} == old_shards

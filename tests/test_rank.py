@@ -25,7 +25,7 @@ def trained(tiny_world, tmp_path_factory) -> Path:
 
     params, paths = tiny_world
     local = copy_world(paths, tmp_path_factory.mktemp("trained"))
-    quick = dataclasses.replace(params.train, epochs=1,
+    quick = dataclasses.replace(params.train, paper_cnn=dataclasses.replace(params.train.paper_cnn, epochs=1),
                                 pretrained=dataclasses.replace(params.train.pretrained, epochs=2))
     for name in ("paper_cnn", "pretrained"):
         run_stage(name, dataclasses.replace(params, train=quick), local)

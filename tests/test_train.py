@@ -17,18 +17,9 @@ import torch
 
 from conftest import ROOT, copy_world, tiny_params, write_params
 from imgrate.dataset import load_dataset
-from imgrate.models import PaperCNN, PaperCNNConfig, build_model, load_checkpoint
-from imgrate.train import (
-    FitConfig,
-    fit,
-    model_config,
-    pairwise_loss,
-    pick_device,
-    prepare_inputs,
-    run_key,
-    run_stage,
-    seed_everything,
-)
+from imgrate.devices import pick_device
+from imgrate.models import FitConfig, PaperCNN, PaperCNNConfig, dataset_inputs, load_model, model_spec
+from imgrate.train import fit, pairwise_loss, run_key, run_stage, seed_everything, split_inputs
 
 CPU = torch.device("cpu")
 
@@ -52,12 +43,26 @@ def test_paper_cnn_shapes_match_the_paper() -> None:
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
 
 
+def _fit_config(name: str, params) -> FitConfig:
+    spec = model_spec(name)
+    return spec.make_fit(spec.params(params.train), params.train.seed)
+
+
+def _setup(name: str, params, paths):
+    """(config, train inputs, val inputs, fit settings) of model ``name``, as run_stage builds them."""
+    spec = model_spec(name)
+    data = load_dataset(paths)
+    input_spec, source = dataset_inputs(spec.input, data, paths)
+    train, val = split_inputs(data, source)
+    return spec.make_config(spec.params(params.train), input_spec), train, val, _fit_config(name, params)
+
+
 def test_paper_cnn_fit_config_is_the_papers(tiny_world) -> None:
     params, _ = tiny_world
-    cfg = FitConfig.for_model("paper_cnn", params.train)
-    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.loss, cfg.patience) == (
-        params.train.epochs, params.train.batch_size, params.train.lr, "mse", None)
-    pre = FitConfig.for_model("pretrained", params.train)
+    cfg = _fit_config("paper_cnn", params)
+    p = params.train.paper_cnn
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.loss, cfg.patience) == (p.epochs, p.batch_size, p.lr, "mse", None)
+    pre = _fit_config("pretrained", params)
     assert (pre.epochs, pre.loss, pre.patience) == (params.train.pretrained.epochs, params.train.pretrained.loss,
                                                     params.train.pretrained.patience)
 
@@ -69,13 +74,11 @@ def test_device_is_picked_automatically() -> None:
 
 
 def _fit_twice(name: str, params, paths, cfg: FitConfig):
-    data = load_dataset(paths)
-    config = model_config(name, params.train, data)
-    train, val = prepare_inputs(name, config, data, paths, params.train, CPU)
+    config, train, val, _ = _setup(name, params, paths)
     runs = []
     for _ in range(2):
         seed_everything(cfg.seed, CPU)
-        model = build_model(name, config)
+        model = model_spec(name).build(config)
         history = fit(model, train, val, cfg, CPU)
         runs.append(({k: v.clone() for k, v in model.state_dict().items()}, history))
     return runs
@@ -83,7 +86,7 @@ def _fit_twice(name: str, params, paths, cfg: FitConfig):
 
 def test_paper_cnn_lowers_validation_loss_and_is_deterministic(tiny_world) -> None:
     params, paths = tiny_world
-    cfg = dataclasses.replace(FitConfig.for_model("paper_cnn", params.train), epochs=4)
+    cfg = dataclasses.replace(_fit_config("paper_cnn", params), epochs=4)
     (w0, history), (w1, _) = _fit_twice("paper_cnn", params, paths, cfg)
     assert history[-1].val_loss < history[0].val_loss or history[-1].train_loss < history[0].train_loss
     for k in w0:
@@ -91,23 +94,14 @@ def test_paper_cnn_lowers_validation_loss_and_is_deterministic(tiny_world) -> No
 
 
 @pytest.mark.parametrize("loss", ["mse", "pairwise"])
-def test_pretrained_head_learns_and_is_deterministic(tiny_world, tmp_path: Path, loss: str) -> None:
+def test_pretrained_head_learns_and_is_deterministic(tiny_world, loss: str) -> None:
     params, paths = tiny_world
-    local = copy_world(paths, tmp_path)  # the feature cache goes under tmp_path
-    cfg = dataclasses.replace(FitConfig.for_model("pretrained", params.train), epochs=3, patience=None, loss=loss)
-    (w0, history), (w1, _) = _fit_twice("pretrained", params, local, cfg)
+    cfg = dataclasses.replace(_fit_config("pretrained", params), epochs=3, patience=None, loss=loss)
+    (w0, history), (w1, _) = _fit_twice("pretrained", params, paths, cfg)
     assert history[-1].train_loss < history[0].train_loss
     assert history[-1].val_loss < history[0].val_loss or loss == "pairwise"  # 3 val images: few pairs
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    cached = list((local.cache / "features").rglob("*.npz"))
-    assert len(cached) == len({r["shard"] for r in _posts(local)}), "one feature file per shard"
-
-
-def _posts(paths):
-    from imgrate.io import read_jsonl
-
-    return [p for p in read_jsonl(paths.posts_table) if p.get("member")]
 
 
 def test_pairwise_loss_is_ranknet_on_within_user_pairs() -> None:
@@ -126,10 +120,8 @@ def test_pairwise_loss_is_ranknet_on_within_user_pairs() -> None:
 
 def test_run_key_changes_with_params_and_data(tiny_world) -> None:
     params, paths = tiny_world
-    data = load_dataset(paths)
-    config = model_config("paper_cnn", params.train, data)
-    train, val = prepare_inputs("paper_cnn", config, data, paths, params.train, CPU)
-    cfg = FitConfig.for_model("paper_cnn", params.train)
+    config, train, val, cfg = _setup("paper_cnn", params, paths)
+    config = dataclasses.asdict(config)
     key = run_key("paper_cnn", config, cfg, train, val)
     assert key == run_key("paper_cnn", config, cfg, train, val)
     assert key != run_key("paper_cnn", config, dataclasses.replace(cfg, lr=cfg.lr / 2), train, val)
@@ -142,20 +134,23 @@ def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: P
     params, paths = tiny_world
     local = copy_world(paths, tmp_path)
     summary = run_stage(name, params, local)
-    model, ckpt = load_checkpoint(local.model(name))
-    assert ckpt["architecture"] == name
-    assert ckpt["train_params"]["epochs"] == params.train.epochs
-    assert ckpt["train_params"]["pretrained"]["input_size"] == params.train.pretrained.input_size
-    assert len(ckpt["history"]) == summary["epochs"]
+    model, info = load_model(local.model(name))
+    assert info.model == name
+    section = dataclasses.asdict(model_spec(name).params(params.train))
+    assert info.params == {"seed": params.train.seed, "device": params.train.device, "nproc": params.train.nproc,
+                           name: section}  # the shared keys and its own section, not the other model's
+    assert len(info.history) == summary["epochs"]
     for curve in ("train_loss", "val_loss"):
         lines = (local.live_dir(name) / "plots" / "metrics" / f"{curve}.tsv").read_text().splitlines()
         assert len(lines) == 1 + summary["epochs"], curve
     assert not list((local.cache / "checkpoints").glob("*.pt")), "the checkpoint is removed once the model is saved"
     if name == "paper_cnn":
-        assert ckpt["config"]["hidden"] == 500 and summary["epochs"] == params.train.epochs
+        assert info.config["hidden"] == 500 and summary["epochs"] == params.train.paper_cnn.epochs
+        assert (info.input.kind, info.input.size) == ("pixels", params.preprocess.size)
         assert model(torch.zeros(2, 3, 50, 50)).shape == (2,)
     else:
-        assert ckpt["config"]["input_size"] == params.train.pretrained.input_size
+        assert (info.input.kind, info.input.size, info.input.backbone) == (
+            "features", params.featurize.input_size, params.featurize.backbone)
         assert summary["epochs"] <= params.train.pretrained.epochs
         assert model(torch.zeros(2, 1280)).shape == (2,)
 
@@ -163,12 +158,13 @@ def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: P
 # --------------------------------------------------------------------------- subprocesses
 
 
-def _project(tiny_world, dest: Path, **train: object) -> Path:
+def _project(tiny_world, dest: Path, nproc: int = 1, **paper_cnn: object) -> Path:
     """A project folder (params.yaml + data) for running stages/train.py in a subprocess."""
     _, paths = tiny_world
     copy_world(paths, dest)
     params = tiny_params()
-    params["train"].update(train)
+    params["train"]["nproc"] = nproc
+    params["train"]["paper_cnn"].update(paper_cnn)
     write_params(dest, params)
     return dest
 
@@ -185,27 +181,26 @@ def test_torchrun_ddp_matches_a_single_process_run(tiny_world, tmp_path: Path) -
 
     # a small learning rate keeps 3 epochs on 43 images smooth enough to compare: the runs
     # differ only in dropout masks (drawn per rank) and the sampler's one padded duplicate
-    ddp = _project(tiny_world, tmp_path / "ddp", epochs=3, batch_size=16, lr=1e-4)
+    # train.nproc: 2 -> the stage script launches itself under torchrun (as `dvc repro` runs it)
+    ddp = _project(tiny_world, tmp_path / "ddp", nproc=2, epochs=3, batch_size=16, lr=1e-4)
     single = _project(tiny_world, tmp_path / "single", epochs=3, batch_size=16, lr=1e-4)
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(ROOT / "stages" / "train.py"), "paper_cnn"],
-        cwd=ddp, env=_env(ddp), capture_output=True, text=True, timeout=300,
-    )
+    proc = subprocess.run([sys.executable, str(ROOT / "stages" / "train.py"), "paper_cnn"],
+                          cwd=ddp, env=_env(ddp), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "x2" in proc.stderr and "gloo" in proc.stderr
+    assert "2 processes under torchrun" in proc.stderr and "gloo" in proc.stderr
+    assert proc.stderr.count("train paper_cnn: 3 epochs on cpu x2") == 1  # the summary, printed by rank 0 only
     assert sorted(p.name for p in (ddp / "models").iterdir()) == ["paper_cnn.pt"]  # rank 0 only
-    _, ckpt_ddp = load_checkpoint(ddp / "models" / "paper_cnn.pt")
-    assert ckpt_ddp["summary"]["world_size"] == 2 and len(ckpt_ddp["history"]) == 3
+    _, info_ddp = load_model(ddp / "models" / "paper_cnn.pt")
+    assert info_ddp.summary["world_size"] == 2 and len(info_ddp.history) == 3
     tsv = (ddp / "dvclive" / "paper_cnn" / "plots" / "metrics" / "val_loss.tsv").read_text().splitlines()
     assert len(tsv) == 1 + 3  # written once, not once per rank
 
     os.environ.pop("WORLD_SIZE", None)
     summary = run_stage("paper_cnn", load_params(single / "params.yaml"), Paths(single))
-    ddp_loss = ckpt_ddp["summary"]["val_loss"]
+    ddp_loss = info_ddp.summary["val_loss"]
     assert abs(ddp_loss - summary["val_loss"]) <= 0.3 * summary["val_loss"], (ddp_loss, summary["val_loss"])
-    _, ckpt_single = load_checkpoint(single / "models" / "paper_cnn.pt")
-    for a, b in zip(ckpt_ddp["history"], ckpt_single["history"]):
+    _, info_single = load_model(single / "models" / "paper_cnn.pt")
+    for a, b in zip(info_ddp.history, info_single.history):
         assert abs(a["train_loss"] - b["train_loss"]) <= 0.3 * b["train_loss"], (a, b)
 
 
@@ -235,9 +230,9 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_world, tmp_path
     assert f"resuming from the checkpoint of epoch {k}/{epochs}" in done.stderr
     assert f"epoch {k}/{epochs} train_loss" not in done.stderr  # not trained again
     assert f"epoch {k + 1}/{epochs} train_loss" in done.stderr
-    _, ckpt = load_checkpoint(project / "models" / "paper_cnn.pt")
-    assert [e["epoch"] for e in ckpt["history"]] == list(range(1, epochs + 1))
-    carried = [(e["train_loss"], e["seconds"]) for e in ckpt["history"][:k]]
+    ref_model, info = load_model(project / "models" / "paper_cnn.pt")
+    assert [e["epoch"] for e in info.history] == list(range(1, epochs + 1))
+    carried = [(e["train_loss"], e["seconds"]) for e in info.history[:k]]
     assert carried == [(e["train_loss"], e["seconds"]) for e in saved["history"]]  # not recomputed
     assert not path.exists()
 
@@ -249,20 +244,20 @@ def test_a_killed_training_resumes_from_its_last_checkpoint(tiny_world, tmp_path
         run_stage("paper_cnn", load_params(fresh / "params.yaml"), Paths(fresh))
     finally:
         torch.set_num_threads(threads)
-    _, ref = load_checkpoint(fresh / "models" / "paper_cnn.pt")
-    for name, value in ref["state_dict"].items():
-        assert torch.equal(value, ckpt["state_dict"][name]), name
-    assert np.allclose([e["val_loss"] for e in ref["history"]], [e["val_loss"] for e in ckpt["history"]])
+    fresh_model, ref = load_model(fresh / "models" / "paper_cnn.pt")
+    resumed = ref_model.state_dict()
+    for name, value in fresh_model.state_dict().items():
+        assert torch.equal(value, resumed[name]), name
+    assert np.allclose([e["val_loss"] for e in ref.history], [e["val_loss"] for e in info.history])
 
 
 def test_a_checkpoint_of_other_params_or_data_is_never_resumed(tiny_world, tmp_path: Path) -> None:
     from imgrate.train import Checkpointer
 
     params, paths = tiny_world
-    data = load_dataset(paths)
-    config = model_config("paper_cnn", params.train, data)
-    train, val = prepare_inputs("paper_cnn", config, data, paths, params.train, CPU)
-    cfg = dataclasses.replace(FitConfig.for_model("paper_cnn", params.train), epochs=3)
+    config_obj, train, val, cfg = _setup("paper_cnn", params, paths)
+    config = dataclasses.asdict(config_obj)
+    cfg = dataclasses.replace(cfg, epochs=3)
 
     def checkpoint(c: FitConfig, t=train) -> Checkpointer:  # named as run_stage names it
         return Checkpointer(tmp_path / f"paper_cnn-{run_key('paper_cnn', config, c, t, val)}.pt")
@@ -275,13 +270,14 @@ def test_a_checkpoint_of_other_params_or_data_is_never_resumed(tiny_world, tmp_p
             raise Killed
 
     with pytest.raises(Killed):
-        fit(build_model("paper_cnn", config), train, val, cfg, CPU, on_epoch=kill_at_2, checkpoint=checkpoint(cfg))
+        fit(model_spec("paper_cnn").build(config_obj), train, val, cfg, CPU, on_epoch=kill_at_2,
+            checkpoint=checkpoint(cfg))
     assert len(checkpoint(cfg).load()["history"]) == 2
     assert checkpoint(dataclasses.replace(cfg, lr=cfg.lr * 2)).load() is None
     assert checkpoint(cfg, dataclasses.replace(train, y=train.y * 0.5)).load() is None
 
     seen: list[int] = []
-    history = fit(build_model("paper_cnn", config), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
+    history = fit(model_spec("paper_cnn").build(config_obj), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
                   checkpoint=checkpoint(cfg))
     assert [e.epoch for e in history] == [1, 2, 3] and seen == [1, 2, 3]  # 1-2 replayed to DVCLive, 3 trained
 
@@ -308,12 +304,14 @@ def test_a_failed_training_keeps_the_tracked_curves(tiny_world, tmp_path: Path,
 
     monkeypatch.setattr(train_module, "fit", fit_that_fails_after_one_epoch)
     with pytest.raises(FloatingPointError):
-        run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=4)), local)
+        run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, paper_cnn=dataclasses.replace(
+        params.train.paper_cnn, epochs=4))), local)
     after = {p.relative_to(live): p.read_bytes() for p in sorted(live.rglob("*")) if p.is_file()}
     assert after == before
     assert not list(local.tmp.glob("live-*")), "the failed run's scratch folder is removed"
     # and a run that finishes replaces them (4 epochs: 4 rows per curve)
     monkeypatch.setattr(train_module, "fit", real_fit)
-    run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=4)), local)
+    run_stage("paper_cnn", dataclasses.replace(params, train=dataclasses.replace(params.train, paper_cnn=dataclasses.replace(
+        params.train.paper_cnn, epochs=4))), local)
     rows = (live / "plots" / "metrics" / "train_loss.tsv").read_text().splitlines()
     assert len(rows) == 1 + 4 and not list(local.tmp.glob("live-*"))

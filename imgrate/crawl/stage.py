@@ -624,3 +624,28 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
+
+
+def main(part: str | None = None) -> None:
+    """``python stages/crawl.py`` and ``imgrate crawl [--part I/N]``: crawl, then one summary
+    line, a line per user that did not crawl cleanly and, when the run stopped early, why."""
+    from imgrate.crawl.users import parse_part
+    from imgrate.params import load_params
+    from imgrate.paths import project_paths
+    from imgrate.progress import console, print_note, setup_logging
+
+    setup_logging()
+    paths = project_paths()
+    report = run_stage(load_params(paths.params).crawl, paths, part=parse_part(part) if part else None)
+    totals = report.to_metrics()["totals"]
+    console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
+                  f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
+                  f"report in {paths.stage_metrics('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""),
+                  highlight=False, soft_wrap=True)
+    for user in report.users:
+        if user.status not in ("ok", "skipped") and not user.unreachable:
+            print_note(user.username, f"{user.status}: {user.reason}")
+    if report.stop_reason:
+        skipped = sum(u.status == "skipped" for u in report.users)
+        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
+                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")

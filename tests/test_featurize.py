@@ -1,0 +1,131 @@
+"""featurize: frozen backbone features per shard in data/features/, incremental, decoded by
+several threads, read back by the models through load_features."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import copy_world
+from imgrate.crawl.shards import iter_members
+from imgrate.errors import DataError
+from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
+from imgrate.io import read_jsonl
+from imgrate.preprocess import load_thumbnail
+
+
+def _files(paths) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(paths.features.iterdir())}
+
+
+def test_one_feature_file_per_shard_equal_to_the_backbone_on_the_decoded_image(tiny_world) -> None:
+    params, paths = tiny_world
+    wanted = wanted_members(paths)
+    meta = read_meta(paths)
+    assert meta is not None and (meta.backbone, meta.input_size) == (params.featurize.backbone,
+                                                                     params.featurize.input_size)
+    names = {p.name for p in paths.features.iterdir()}
+    assert names == {"meta.json"} | {f"{s.removesuffix('.tar')}.{ext}" for s in wanted for ext in ("json", "npy")}
+    shard = sorted(wanted)[0]
+    got = read_shard(paths, shard)
+    assert sorted(got.members) == sorted(wanted[shard]) and not got.failed
+    assert got.features.shape == (len(wanted[shard]), meta.width) and got.features.dtype == np.float32
+    # row i is the backbone's output on member i, decoded as the dataset decodes
+    backbone = load_backbone(meta.backbone, meta.input_size)
+    data = dict(iter_members(paths.shards / shard, set(got.members[:3])))
+    with torch.inference_mode():
+        direct = backbone(torch.from_numpy(np.stack([load_thumbnail(data[m], meta.input_size)
+                                                     for m in got.members[:3]]))).numpy()
+    assert np.allclose(got.features[:3], direct, atol=1e-4)
+
+
+def test_only_new_shards_are_extracted_and_stale_entries_go(tiny_world, tmp_path: Path) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    before = _files(local)
+    shards = sorted(wanted_members(local))
+    newest = shards[-1].removesuffix(".tar")
+    for ext in ("json", "npy"):  # as if the last shard had just been crawled
+        (local.features / f"{newest}.{ext}").unlink()
+    (local.features / "999999.npy").write_bytes(b"a shard that is gone")
+    summary = run_stage(params.featurize, local)
+    assert (summary.shards, summary.shards_extracted) == (len(shards), 1)
+    assert summary.images_extracted == len(wanted_members(local)[shards[-1]])
+    after = _files(local)
+    assert set(after) == set(before)
+    assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}  # the same bytes
+    untouched = [k for k in before if not k.startswith(newest) and k != "meta.json"]
+    assert all(after[k][1] == before[k][1] for k in untouched), "old shards are not written again"
+    # nothing new: nothing extracted
+    assert run_stage(params.featurize, local).shards_extracted == 0
+
+
+def test_another_backbone_or_size_extracts_everything_again(tiny_world, tmp_path: Path) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    other = dataclasses.replace(params.featurize, input_size=32)
+    summary = run_stage(other, local)
+    assert summary.shards_extracted == summary.shards and read_meta(local).input_size == 32  # type: ignore[union-attr]
+    rows = read_jsonl(local.dataset_index)
+    feats = load_features(local, [(r["shard"], r["member"]) for r in rows])
+    assert feats.x.shape == (len(rows), feats.meta.width) and feats.meta.input_size == 32
+
+
+def test_worker_processes_give_the_features_of_one_core(tiny_world, tmp_path: Path) -> None:
+    params, paths = tiny_world
+    threads = torch.get_num_threads()
+    try:
+        one = copy_world(paths, tmp_path / "one")
+        run_stage(dataclasses.replace(params.featurize, workers=1, input_size=48), one)
+        many = copy_world(paths, tmp_path / "many")
+        summary = run_stage(dataclasses.replace(params.featurize, workers=3, input_size=48), many)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.workers == 3
+    for shard in wanted_members(paths):
+        a, b = read_shard(one, shard), read_shard(many, shard)
+        assert a.members == b.members
+        assert np.allclose(a.features, b.features, atol=1e-5)
+
+
+def test_an_undecodable_image_is_listed_and_named_when_read(tiny_world, tmp_path: Path) -> None:
+    from conftest import repack_shard
+
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    shard = sorted(wanted_members(local))[0]
+    victim = sorted(wanted_members(local)[shard])[0]
+    data = dict(iter_members(local.shards / shard, {victim}))[victim]
+    repack_shard(local.shards / shard, {victim: data[:200]})  # a cut JPEG, as a crawler stored it
+    summary = run_stage(params.featurize, local)
+    assert summary.shards_extracted == 1 and summary.failed == 1  # the changed shard only
+    assert victim in read_shard(local, shard).failed
+    with pytest.raises(DataError, match=victim.replace("/", ".")):
+        load_features(local, [(shard, victim)])
+
+
+def test_a_damaged_shard_is_skipped_and_named(tiny_world, tmp_path: Path) -> None:
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    shard = sorted(wanted_members(local))[-1]
+    for ext in ("json", "npy"):  # as if the damaged shard had just been crawled
+        (local.features / f"{shard.removesuffix('.tar')}.{ext}").unlink()
+    path = local.shards / shard
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])  # cut: members its manifest names are never reached
+    summary = run_stage(params.featurize, local)
+    assert summary.shards_extracted == 1 and summary.failed == len(wanted_members(local)[shard])
+    member = sorted(wanted_members(local)[shard])[0]
+    with pytest.raises(DataError, match=f"damaged shard: .*{shard}|{shard}.*damaged"):
+        load_features(local, [(shard, member)])
+
+
+def test_missing_features_are_a_clear_error(tmp_path: Path) -> None:
+    from imgrate.paths import Paths
+
+    with pytest.raises(DataError, match="run the featurize stage"):
+        load_features(Paths(tmp_path), [("000001.tar", "u/x.jpg")])
