@@ -5,8 +5,10 @@ with targets and splits) and the images in ``data/raw`` shards, and writes PNGs 
 ``reports/figures/data/`` plus ``reports/data.md``:
 
 - ``followers.png``: followers per user (latest profile snapshot), log scale.
-- ``likes_vs_age.png``: likes against days since posting (at the crawl that fetched the
-  post), one panel per user: young posts have not collected their likes yet.
+- ``likes_vs_age.png``: likes against the post's age when its count was last read
+  (``age_at_observation_days``), one panel per user: posts read young have not collected
+  their likes yet (preprocess holds back those read before ``min_age_days``). Hidden like
+  counts are not drawn.
 - ``targets.png``: the dataset's target (``preprocess.target``) against raw likes, coloured
   by user: per-user standardisation puts users of very different reach on one scale.
 - ``top_bottom.png``: the ``top_n`` most- and least-liked posts (``rank_by: likes``, all image
@@ -83,7 +85,8 @@ def summarize(posts: list[dict[str, Any]], users: list[dict[str, Any]], export_s
     rows = []
     for name in sorted(set(per_user) | set(followers)):
         mine = per_user.get(name, [])
-        likes = np.array([p["likes"] for p in mine]) if mine else np.zeros(0)
+        shown = [p["likes"] for p in mine if p.get("likes") is not None]
+        likes = np.array(shown) if shown else np.zeros(0)
         rows.append({
             "user": name, "followers": followers.get(name), "posts": len(mine),
             "image_posts": sum(1 for p in mine if p.get("member")), "in_dataset": in_dataset.get(name, 0),
@@ -92,7 +95,7 @@ def summarize(posts: list[dict[str, Any]], users: list[dict[str, Any]], export_s
             "first": min((p["date"] for p in mine), default=None), "last": max((p["date"] for p in mine), default=None),
         })
     return {
-        "users": len(users), "posts": len(posts),
+        "users": len(users), "posts": len(posts), "likes_hidden": sum(1 for p in posts if p.get("likes") is None),
         "photos": types.get("GraphImage", 0), "sidecars": types.get("GraphSidecar", 0),
         "videos": types.get("GraphVideo", 0), "image_posts": sum(1 for p in posts if p.get("member")),
         "export_skipped": len(export_skipped), "undecodable": len(data.meta.get("skipped", [])),
@@ -119,6 +122,7 @@ def render_report(c: dict[str, Any]) -> str:
         f"| posts | {c['posts']:,} |",
         f"| photos / sidecars / videos | {c['photos']:,} / {c['sidecars']:,} / {c['videos']:,} |",
         f"| posts with an image (first image of a sidecar) | {c['image_posts']:,} |",
+        f"| posts whose owner hides the like count (never a target) | {c['likes_hidden']:,} |",
         f"| shard members the export skipped | {c['export_skipped']:,} |",
         f"| images preprocess could not decode | {c['undecodable']:,} |",
         f"| dataset images (after per-user balance) | {c['dataset']:,} |",
@@ -137,7 +141,7 @@ def render_report(c: dict[str, Any]) -> str:
     lines += ["", "## Figures", ""]
     captions = {
         "followers.png": "Followers per user",
-        "likes_vs_age.png": "Likes against days since posting, per user",
+        "likes_vs_age.png": "Likes against the post's age when they were last read, per user",
         "targets.png": "Dataset target against raw likes, coloured by user",
         "top_bottom.png": "Top and bottom posts",
         "preprocessing.png": "One image before and after preprocessing",
@@ -230,10 +234,12 @@ def plot_likes_vs_age(path: Path, posts: list[dict[str, Any]]) -> Path:
                         hspace=0.45, wspace=0.32)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False, sharex=True)).ravel()
     for ax, name in zip(axes, names):
-        mine = per_user[name]
-        age = np.array([p["days_since_post"] for p in mine])
+        mine = [p for p in per_user[name] if p.get("likes") is not None]
+        age = np.array([p["age_at_observation_days"] for p in mine], dtype=float)
         likes = np.maximum(np.array([p["likes"] for p in mine], dtype=float), 1.0)
         ax.scatter(age, likes, s=5, alpha=0.5, linewidths=0, color="#4c72b0")
+        if not mine:
+            ax.text(0.5, 0.5, "like counts hidden", ha="center", va="center", fontsize=7, transform=ax.transAxes)
         _log_counts(ax)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.set_title(name, fontsize=8)
@@ -243,9 +249,9 @@ def plot_likes_vs_age(path: Path, posts: list[dict[str, Any]]) -> Path:
         ax.set_visible(False)
     for ax in axes[max(len(names) - cols, 0):len(names)]:  # the lowest panel of each column
         ax.xaxis.set_tick_params(labelbottom=True)
-    fig.supxlabel("days since posting (when crawled)", fontsize=9, y=0.1 / height)
+    fig.supxlabel("age of the post when its likes were last read (days)", fontsize=9, y=0.1 / height)
     fig.supylabel("likes (log scale; 0 drawn at 1)", fontsize=9, x=0.05 / (2.3 * cols))
-    fig.suptitle("Likes against days since posting, per user", fontsize=11, y=1 - 0.12 / height)
+    fig.suptitle("Likes against age at observation, per user", fontsize=11, y=1 - 0.12 / height)
     return _save(fig, path)
 
 
@@ -359,7 +365,8 @@ def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     plot_targets(out / "targets.png", data)
     if params.rank_by == "likes":
         undecodable = {(s["shard"], s["member"]) for s in data.meta.get("skipped", [])}
-        ranked = [p for p in posts if p.get("member") and (p["shard"], p["member"]) not in undecodable]
+        ranked = [p for p in posts if p.get("member") and p.get("likes") is not None
+                  and (p["shard"], p["member"]) not in undecodable]
     else:
         ranked = [{**by_code[r["shortcode"]], "target": r["target"]} for r in data.index]
     top, bottom = extremes(ranked, params.top_n, params.rank_by)

@@ -270,7 +270,8 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     table = Table("rank", "user", "shortcode", "date", "likes", "comments", "type", "shard", "image", title=title)
     for i, r in enumerate(rows, start=1):
         image = r.get("thumbnail_file") or (r["member"].rsplit("/", 1)[-1] if r.get("member") else "-")
-        table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], f"{r['likes']:,}", f"{r['comments']:,}",
+        likes = "hidden" if r.get("likes") is None else f"{r['likes']:,}"
+        table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], likes, f"{r['comments']:,}",
                       r["typename"], r["shard"], image)
     console.print(table)
 

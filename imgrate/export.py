@@ -1,5 +1,10 @@
 """The export stage: shards -> ``data/tables/posts.jsonl`` and ``users.jsonl``.
 
+A post's counts are its latest observation (imgrate.crawl.observations): its metadata file,
+or a later re-read stored by a crawl in a counts member. Each row says when that was
+(``likes_observed_at``) and how old the post was then (``age_at_observation_days``); a like
+count the owner hides is ``likes: null, likes_hidden: true``.
+
 Members that cannot be parsed are skipped (``export.strict: true`` fails instead) and listed
 with their shard, member and reason in ``data/tables/skipped.jsonl``. Metadata is parsed and
 validated by :mod:`imgrate.crawl.metadata`, the parser ``imgrate verify`` uses. A damaged
@@ -15,6 +20,7 @@ tables are always written first, so they are complete on disk even if a database
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -28,7 +34,15 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, member_kind, parse_member
+from imgrate.crawl.metadata import (
+    BadMetadata,
+    Observation,
+    PostMeta,
+    ProfileMeta,
+    member_kind,
+    parse_counts_member,
+    parse_member,
+)
 from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
 from imgrate.io import remove_stale_tmp, write_json, write_jsonl
@@ -38,7 +52,7 @@ from imgrate.progress import track
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 2  # bump when the row format changes, to invalidate the per-shard cache
+PARSER_VERSION = 3  # bump when the row format changes, to invalidate the per-shard cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -55,6 +69,7 @@ class ShardRows:
     posts: list[dict[str, Any]] = field(default_factory=list)
     users: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # {shard, member, reason}
+    counts: list[dict[str, Any]] = field(default_factory=list)  # re-read counts (Observation fields)
 
 
 def _iso(ts: float) -> str:
@@ -62,18 +77,24 @@ def _iso(ts: float) -> str:
 
 
 def _post_row(post: PostMeta, crawled_at: dt.datetime) -> dict[str, Any]:
-    """A post row from its validated metadata."""
-    return {
+    """A post row from its validated metadata, with the counts it was crawled with (a later
+    re-read replaces them: :func:`_apply_recounts`)."""
+    row = {
         "shortcode": post.shortcode,
         "user": post.user,
-        "likes": post.likes,
-        "comments": post.comments,
         "typename": post.typename,
         "date": _iso(post.timestamp),
         "timestamp": post.timestamp,
-        "days_since_post": round((crawled_at.timestamp() - post.timestamp) / 86400, 4),
         "crawled_at": crawled_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    _set_counts(row, post.likes, post.comments, post.likes_hidden, int(crawled_at.timestamp()))
+    return row
+
+
+def _set_counts(row: dict[str, Any], likes: int | None, comments: int | None, hidden: bool, observed_at: int) -> None:
+    """Put one observation's counts into a post row."""
+    row.update(likes=likes, likes_hidden=hidden, comments=comments, likes_observed_at=_iso(observed_at),
+               age_at_observation_days=round((observed_at - row["timestamp"]) / 86400, 4))
 
 
 def _user_row(profile: ProfileMeta, crawled_at: dt.datetime) -> dict[str, Any]:
@@ -130,6 +151,11 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
     for name in sorted(names):
         if member_kind(name) is None:
             skip(name[:200], "bad member name", f"{name[:80]!r} is not a file of Instaloader's layout")
+    for name in sorted(n for n in names if member_kind(n) == "counts"):
+        try:
+            rows.counts.extend(dataclasses.asdict(o) for o in parse_counts_member(name, members[name]))
+        except BadMetadata as err:
+            skip(name, err.reason, err.detail)
     for name in sorted(n for n in names if n.endswith(".json.xz") and member_kind(n) is not None):
         try:
             record = parse_member(name, members[name])
@@ -164,7 +190,7 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
     cache = cache_dir / f"{shard.name}.{st.st_size}.{st.st_mtime_ns}.v{PARSER_VERSION}.json"
     if cache.exists():
         data = json.loads(cache.read_text(encoding="utf-8"))
-        rows = ShardRows(data["posts"], data["users"], data["skipped"])
+        rows = ShardRows(data["posts"], data["users"], data["skipped"], data["counts"])
         if strict and rows.skipped:
             s = rows.skipped[0]
             if s["member"] is None:
@@ -172,7 +198,7 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
-    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped})
+    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped, "counts": rows.counts})
     return rows
 
 
@@ -184,10 +210,12 @@ class Tables:
 
 
 def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) -> Tables:
-    """Posts (first occurrence of a shortcode wins) and users (latest snapshot wins)."""
+    """Posts (first occurrence of a shortcode wins, with the counts of its latest observation)
+    and users (latest snapshot wins)."""
     posts: dict[str, dict[str, Any]] = {}
     users: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, str]] = []
+    recounts: list[tuple[str, Observation]] = []
     shards = list(shards)
     for shard in track(shards, "export"):
         rows = _cached_parse(shard, cache_dir, strict)
@@ -199,6 +227,8 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
             posts[row["shortcode"]] = row
         for row in rows.users:
             users[row["username"]] = row
+        recounts.extend((shard.name, Observation(**o)) for o in rows.counts)
+    _apply_recounts(posts, recounts, skipped)
     post_counts = Counter(p["user"] for p in posts.values())
     for name, row in users.items():
         row["posts"] = post_counts.get(name, 0)
@@ -207,6 +237,21 @@ def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) 
         users=sorted(users.values(), key=lambda r: r["username"]),
         skipped=skipped,
     )
+
+
+def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, Observation]],
+                    skipped: list[dict[str, str]]) -> None:
+    """Give each post the counts of its latest observation: a re-read wins over the metadata
+    when it is later, or of the same second."""
+    for shard, o in sorted(recounts, key=lambda item: item[1].order):
+        row = posts.get(o.shortcode)
+        if row is None or row["user"] != o.user:
+            skipped.append({"shard": shard, "member": o.shortcode, "reason": "counts of a post not stored"})
+            continue
+        observed = int(dt.datetime.strptime(row["likes_observed_at"], "%Y-%m-%dT%H:%M:%SZ")
+                       .replace(tzinfo=dt.timezone.utc).timestamp())
+        if o.observed_at >= observed:
+            _set_counts(row, o.likes, o.comments, o.hidden, o.observed_at)
 
 
 def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
@@ -225,6 +270,7 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         "posts": len(tables.posts),
         "users": len(tables.users),
         "posts_skipped": sum(s["member"] is not None for s in tables.skipped),
+        "likes_hidden": sum(1 for p in tables.posts if p["likes_hidden"]),
         "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped if s["member"] is not None)),
         "shards_damaged": sum(s["member"] is None for s in tables.skipped),
     }

@@ -279,13 +279,16 @@ def extreme_posts(
     uri: str, database: str, *, n: int = 5, which: Literal["top", "bottom"] = "top",
     user: str | None = None, timeout_s: float = 10.0, thumbnails: bool = False,
 ) -> list[dict[str, Any]]:
-    """The ``n`` most (``top``) or least (``bottom``) liked posts, of one user or of everyone.
+    """The ``n`` most (``top``) or least (``bottom``) liked posts, of one user or of everyone
+    (posts whose owner hides the like count, ``likes: null``, are not ranked).
 
     Ties are broken by shortcode so the answer is stable. With ``thumbnails``, a post that has
     one (``export.thumbnail_size``) carries its JPEG bytes under ``thumbnail``.
     """
     order = -1 if which == "top" else 1
-    query = {"user": user.lower()} if user else {}
+    query: dict[str, Any] = {"likes": {"$ne": None}}
+    if user:
+        query["user"] = user.lower()
     hidden = {k: v for k, v in HIDDEN_FIELDS.items() if not (thumbnails and k == "thumbnail")}
 
     def run(db: Database) -> list[dict[str, Any]]:

@@ -74,6 +74,7 @@ class CrawlParams:
     video_thumbnails: bool = False  # keep a video's thumbnail (else videos are skipped)
     strict: bool = False  # fail the stage on the first user that fails
     max_attempts: int = 5  # tries per request before a user's crawl fails (Instaloader's max_connection_attempts)
+    refresh_days: int = 7  # re-read the counts of posts whose latest count was read before they were this old
     budget: BudgetParams = field(default_factory=BudgetParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
@@ -97,6 +98,7 @@ class PreprocessParams:
     split: Literal["random", "temporal", "user"] = "random"
     split_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     seed: int = 0
+    min_age_days: int = 3  # hold back a post whose latest count was read before it was this old
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,13 @@ def _check_values(p: Params) -> None:
         (p.crawl.demo.image_size >= 16, "crawl.demo.image_size: must be at least 16"),
         (p.crawl.demo.mean_interval_days > 0, "crawl.demo.mean_interval_days: must be > 0"),
         (p.crawl.max_attempts >= 1, "crawl.max_attempts: must be at least 1"),
+        (0 <= p.crawl.refresh_days <= 3650, "crawl.refresh_days: must be between 0 (never re-read) and 3650"),
+        (p.preprocess.min_age_days >= 0, "preprocess.min_age_days: must be >= 0"),
+        (
+            p.preprocess.min_age_days <= p.crawl.refresh_days,
+            "preprocess.min_age_days: must be at most crawl.refresh_days (a post whose count was read "
+            "between the two ages would never be re-read, so it would be held back for good)",
+        ),
         (
             p.crawl.budget.max_requests is None or p.crawl.budget.max_requests >= 1,
             "crawl.budget.max_requests: must be null or >= 1",

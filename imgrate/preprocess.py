@@ -7,6 +7,11 @@ are skipped and listed (``meta.json`` ``skipped``, ``metrics/preprocess.json``),
 the posts of a shard that is damaged (checked through a cache keyed by the shard's name,
 size and mtime; export already skips such shards, so this guards a shard damaged since).
 
+Only settled labels: a post whose like count is hidden (``likes_hidden``) has no target and
+never enters the dataset, and a post whose latest count was read before it was
+``min_age_days`` old is held back (``too_young``) until a later crawl re-reads it. A user
+whose posts are all hidden is reported (``users_likes_hidden``), not trained on.
+
 Incremental: decoded thumbnails are cached per (shard, size, resampling) in
 ``.imgrate-cache/thumbs/`` (outside DVC's outputs, so ``dvc repro`` never deletes it) as one
 ``.npy`` per shard, memory-mapped when read. Shards are immutable, so a crawl that adds a
@@ -200,6 +205,28 @@ def compute_targets(likes: np.ndarray, users: np.ndarray, target: str,
     return out
 
 
+def settled_posts(posts: list[dict[str, Any]], min_age_days: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The posts whose label can be trusted, and what was held back: ``likes_hidden`` (the
+    owner hides the count), ``too_young`` (latest count read before ``min_age_days``), and
+    ``users_likes_hidden`` (users none of whose posts shows its likes)."""
+    keep: list[dict[str, Any]] = []
+    hidden = too_young = 0
+    shown: dict[str, bool] = {}
+    for p in posts:
+        visible = not p.get("likes_hidden") and p.get("likes") is not None
+        shown[p["user"]] = shown.get(p["user"], False) or visible
+        if not visible:
+            hidden += 1
+        elif p.get("age_at_observation_days", min_age_days) < min_age_days:
+            too_young += 1
+        else:
+            keep.append(p)
+    all_hidden = sorted(u for u, any_shown in shown.items() if not any_shown)
+    for user in all_hidden:
+        log.warning("user %s hides the like count of every post: no target, not in the dataset", user)
+    return keep, {"likes_hidden": hidden, "too_young": too_young, "users_likes_hidden": all_hidden}
+
+
 def assign_splits(rows: list[dict[str, Any]], split: str, ratios: list[float], seed: int) -> list[str]:
     """The split of each row.
 
@@ -276,10 +303,13 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     remove_stale_tmp(paths.cache / "thumbs")
     if not paths.posts_table.exists():
         raise DataError(f"{paths.posts_table} not found: run the export stage first")
-    posts = [p for p in read_jsonl(paths.posts_table) if p.get("member")]
+    table = [p for p in read_jsonl(paths.posts_table) if p.get("member")]
+    posts, held = settled_posts(table, params.min_age_days)
+    # held-back young posts are decoded too: a later crawl releases them without touching old caches
+    decode = [p for p in table if not p.get("likes_hidden") and p.get("likes") is not None]
     users_rows = {u["username"]: u for u in read_jsonl(paths.users_table)} if paths.users_table.exists() else {}
     by_shard: dict[str, set[str]] = defaultdict(set)
-    for p in posts:
+    for p in decode:
         by_shard[p["shard"]].add(p["member"])
     cache_dir = paths.cache / "thumbs"
     for legacy in cache_dir.glob("*.npz"):  # the cache format before THUMB_VERSION 2
@@ -321,6 +351,9 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
             raise DataError(f"target follower_ratio: no profile row for user {missing[0]}")
         followers = np.array([users_rows[p["user"]]["followers"] for p in usable])
     targets = compute_targets(likes, users, params.target, followers)
+    if not np.all(np.isfinite(targets)):
+        bad = usable[int(np.flatnonzero(~np.isfinite(targets))[0])]
+        raise DataError(f"target {params.target} is not finite for post {bad['shortcode']} ({bad['likes']} likes)")
     for p, t in zip(usable, targets):
         p["target"] = float(t)
     rows = balance(usable, params.max_posts_per_user, params.seed)
@@ -344,7 +377,8 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     }
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {
-        "posts": len(posts), "decoded": decoded, "from_cache": from_cache,
+        "posts": len(table), "likes_hidden": held["likes_hidden"], "too_young": held["too_young"],
+        "users_likes_hidden": held["users_likes_hidden"], "decoded": decoded, "from_cache": from_cache,
         "skipped": sum(s["member"] is not None for s in skipped), "shards_damaged": len(damaged),
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],

@@ -83,7 +83,7 @@ def test_crawl_writes_instaloader_files_into_shards(tmp_path: Path) -> None:
     loaded = [instaloader.load_structure_from_file(ctx, str(p)) for p in sorted(extracted.rglob("*_UTC.json.xz"))]
     assert loaded and all(isinstance(x, instaloader.Post) for x in loaded)
     for post in loaded:
-        assert post.likes == world.post(post.shortcode).likes
+        assert post.likes == world.post(post.shortcode).served_likes
     assert {p.shortcode for s in shards for p in _posts_in(s, ctx, tmp_path)} == expected
 
 

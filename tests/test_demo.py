@@ -24,7 +24,16 @@ from instaloader.exceptions import (
 from PIL import Image
 from scipy.stats import spearmanr
 
-from imgrate.crawl.demo import DemoPost, DemoWorld, FaultConfig, WorldConfig, serve, shortcode_of
+from imgrate.crawl.demo import (
+    LIKES_SETTLE_DAYS,
+    DemoPost,
+    DemoWorld,
+    FaultConfig,
+    WorldConfig,
+    likes_fraction,
+    serve,
+    shortcode_of,
+)
 from imgrate.errors import DataError, ParamsError, UsersFileError
 
 B64 = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -65,7 +74,7 @@ def test_adding_users_and_moving_the_clock_only_publishes_new_posts():
         kept = after[len(published):]
         assert [_fingerprint(p) for p in kept] == [_fingerprint(p) for p in before]
         for p, q in zip(before, kept):
-            if old.clock - p.taken_at >= 3 * 86_400:  # counts are final after 3 days
+            if old.clock - p.taken_at >= LIKES_SETTLE_DAYS * 86_400:  # counts are final after a week
                 assert (p.likes, p.comments) == (q.likes, q.comments)
             else:
                 assert p.likes <= q.likes
@@ -294,9 +303,10 @@ def test_instaloader_crawls_the_world(tmp_path):
             path = tmp_path / "alpha_lens" / f"{stem}.json.xz"
             loaded = instaloader.load_structure_from_file(context, str(path))
             assert (loaded.shortcode, loaded.likes, loaded.comments, loaded.typename) == (
-                post.shortcode, post.likes, post.comments, post.typename)
+                post.shortcode, post.served_likes, post.comments, post.typename)
             node = json.loads(lzma.open(path).read())["node"]
-            assert node["taken_at_timestamp"] == post.taken_at and node["like_count"] == post.likes
+            assert node["taken_at_timestamp"] == post.taken_at and node["like_count"] == post.served_likes
+            assert node["like_and_view_counts_disabled"] is post.likes_hidden
             assert node["owner"]["username"] == "alpha_lens" and int(node["owner"]["id"]) == user.id
             assert "appeal" not in json.dumps(node)
         first = world.posts("alpha_lens")[-1]

@@ -33,9 +33,12 @@ def test_tables_match_the_world(tiny_world) -> None:
     assert {p["shortcode"] for p in posts} == set(truth)
     for row in posts:
         post = truth[row["shortcode"]]
-        assert (row["user"], row["likes"], row["comments"], row["typename"], row["timestamp"]) == (
-            post.username, post.likes, post.comments, post.typename, post.taken_at)
-        assert row["days_since_post"] >= 0
+        assert (row["user"], row["likes"], row["likes_hidden"], row["comments"], row["typename"],
+                row["timestamp"]) == (post.username, None if post.likes_hidden else post.likes, post.likes_hidden,
+                                      post.comments, post.typename, post.taken_at)
+        # one crawl: every count was read at the world's clock
+        assert row["likes_observed_at"] == row["crawled_at"] == "2025-03-01T23:59:59Z"
+        assert row["age_at_observation_days"] == round((world.clock - post.taken_at) / 86400, 4) >= 0
         if row["typename"] == "GraphVideo":
             assert row["member"] is None  # videos are skipped unless crawl.video_thumbnails
         else:

@@ -87,7 +87,7 @@ def test_export_upserts_the_json_rows_then_only_what_changed(tmp_path: Path, mon
     assert (m2["posts_written"], m2["users_written"]) == (0, 0)
     assert (m2["posts_unchanged"], m2["users_unchanged"]) == (len(posts), len(users))
 
-    # the clock moves: only new posts and changed users are (re)written
+    # the clock moves: only new posts, re-read counts and changed users are (re)written
     mongo_db.posts.update_many({}, {"$set": {"probe": 1}})  # a document that is replaced loses it
     mongo_db.users.update_many({}, {"$set": {"probe": 1}})
     later = dataclasses.replace(params.crawl, demo=dataclasses.replace(params.crawl.demo, until="2025-03-20"))
@@ -95,10 +95,14 @@ def test_export_upserts_the_json_rows_then_only_what_changed(tmp_path: Path, mon
     m3 = export(params.export, paths, sinks=[sink])
     posts3, users3 = read_jsonl(paths.posts_table), read_jsonl(paths.users_table)
     added = {p["shortcode"] for p in posts3} - {p["shortcode"] for p in posts}
+    recounted = {p["shortcode"] for p in posts3 if p["shortcode"] not in added and p not in posts}
     changed = {u["username"] for u in users3 if u not in users}
-    assert added and m3["posts_written"] == len(added) and m3["posts_unchanged"] == len(posts)
+    assert added and recounted and all(
+        p["likes_observed_at"] == "2025-03-20T23:59:59Z" for p in posts3 if p["shortcode"] in recounted)
+    assert m3["posts_written"] == len(added) + len(recounted)
+    assert m3["posts_unchanged"] == len(posts) - len(recounted)
     assert m3["users_written"] == len(changed)
-    assert {d["shortcode"] for d in mongo_db.posts.find({"probe": {"$exists": False}})} == added
+    assert {d["shortcode"] for d in mongo_db.posts.find({"probe": {"$exists": False}})} == added | recounted
     assert {d["username"] for d in mongo_db.users.find({"probe": {"$exists": False}})} == changed
 
     # one document per key, enforced by unique indexes

@@ -172,7 +172,9 @@ def test_dataset_outputs(tiny_world) -> None:
     for user in TINY_USERS:
         assert max(r["target"] for r in index if r["user"] == user) == pytest.approx(1.0)
     metrics = json.loads(paths.stage_metrics("preprocess").read_text())
-    assert metrics["decoded"] + metrics["from_cache"] == metrics["posts"]
+    # held back: hidden like counts, and posts read before they were min_age_days old
+    assert metrics["decoded"] + metrics["from_cache"] + metrics["likes_hidden"] == metrics["posts"]
+    assert metrics["too_young"] >= 1 and metrics["users_likes_hidden"] == []
     assert sum(metrics["splits"].values()) == metrics["kept"] == len(index)
 
 
@@ -220,20 +222,22 @@ def test_odd_and_corrupt_images_inside_a_shard(tiny_world, tmp_path: Path) -> No
     export(params.export, paths)
     m = run_stage(params.preprocess, paths)
     meta = json.loads(paths.dataset_meta.read_text())
-    assert m["skipped"] == 1 and m["decoded"] + m["from_cache"] == m["posts"]
+    assert m["skipped"] == 1
+    assert m["decoded"] + m["from_cache"] + m["likes_hidden"] == m["posts"]
     assert [(s["shard"], s["member"]) for s in meta["skipped"]] == [("000001.tar", jpgs[0])]
     assert "truncated" in meta["skipped"][0]["reason"] or "cannot decode" in meta["skipped"][0]["reason"]
     index = {r["member"]: r for r in read_jsonl(paths.dataset_index)}
     images = np.load(paths.images_array(50))
-    assert jpgs[0] not in index and m["kept"] == len(index) == m["posts"] - 1
+    assert jpgs[0] not in index
+    assert m["kept"] == len(index) == m["posts"] - 1 - m["likes_hidden"] - m["too_young"]
     for member in jpgs[1:]:
         assert np.array_equal(images[index[member]["row"]], load_thumbnail(odd[member], 50)), member
     again = run_stage(params.preprocess, paths)  # the failure is cached too
-    assert (again["decoded"], again["from_cache"], again["skipped"]) == (0, m["posts"], 1)
+    assert (again["decoded"], again["from_cache"], again["skipped"]) == (0, m["decoded"], 1)
     for npy in (paths.cache / "thumbs").glob("*.npy"):  # a damaged cache is rebuilt, not trusted
         npy.unlink()
     rebuilt = run_stage(params.preprocess, paths)
-    assert (rebuilt["decoded"], rebuilt["skipped"]) == (m["posts"], 1)
+    assert (rebuilt["decoded"], rebuilt["skipped"]) == (m["decoded"], 1)
     assert np.array_equal(np.load(paths.images_array(50)), images)
 
 
@@ -258,13 +262,14 @@ def test_new_shard_decodes_only_new_images_and_keeps_splits(tmp_path: Path) -> N
     assert {k: after[k] for k in cache_files} == cache_files and len(after) > len(cache_files)
     assert report.new_posts > 0
     assert second["from_cache"] == first["decoded"]
-    assert second["decoded"] == second["kept"] - first["kept"]  # only the new posts' images
+    # only the new posts' images (held-back young posts were decoded by the first run already)
+    assert second["decoded"] == (second["kept"] + second["too_young"]) - (first["kept"] + first["too_young"])
     new_split = {r["shortcode"]: r["split"] for r in read_jsonl(paths.dataset_index)}
     assert all(new_split[s] == v for s, v in old_split.items())
     # a third run decodes nothing
     assert run_stage(params.preprocess, paths)["decoded"] == 0
     shutil.rmtree(paths.cache / "thumbs")
-    assert run_stage(params.preprocess, paths)["decoded"] == second["kept"]
+    assert run_stage(params.preprocess, paths)["decoded"] == second["kept"] + second["too_young"]
 
 
 def test_a_killed_run_leaves_no_temporary_file_in_the_dataset(tiny_world, tmp_path: Path) -> None:

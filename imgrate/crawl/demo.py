@@ -20,8 +20,12 @@ its hue is to the photographer's signature hue) plus noise, and its likes are
 
     likes = followers(at posting) * engagement * exp(sensitivity * appeal + likes_sigma * z) [* viral]
 
-grown over the post's first 3 days: ``final * (1 - (1 - min(age / 3 days, 1)) ** 2)``, fixed
-afterwards (comments likewise). Users differ in followers (2k..2M), engagement, how much
+grown the way Instagram likes grow (:func:`likes_fraction`): ~77% in the first day, ~91% after
+two, ~95% after three, then a long tail until they settle at :data:`LIKES_SETTLE_DAYS` (7) days
+and stay fixed (comments likewise). A small share of posts (:data:`HIDDEN_LIKES_RATE`), and every
+post of a user whose name contains ``hidden``, has its like count hidden by the owner: the
+server then says ``like_and_view_counts_disabled: true`` and serves a meaningless count (-1 or
+a small number), as Instagram does. Users differ in followers (2k..2M), engagement, how much
 their audience rewards appeal (``appeal_sensitivity`` 0.35..1), likes noise (0.2..0.7) and
 viral outliers, so who posted explains most of the likes across users, while appeal
 explains a large part within a user. Appeal has sd ~0.97: ~0.9 visible, 0.45 noise.
@@ -65,7 +69,9 @@ log = logging.getLogger(__name__)
 DAY = 86_400
 YEAR = 365.25 * DAY
 IG_EPOCH_MS = 1_314_220_021_721  # Instagram's media ids count milliseconds from here
-LIKES_GROWTH_SECONDS = 3 * DAY  # likes and comments grow for 3 days, then stay fixed
+LIKES_SETTLE_DAYS = 7  # likes and comments grow for a week (most in the first day or two), then stay fixed
+_FAST_DAYS, _SLOW_DAYS, _FAST_SHARE = 0.5, 2.5, 0.8  # the two time scales of likes_fraction
+HIDDEN_LIKES_RATE = 0.03  # share of posts whose owner hides the like count
 APPEAL_NOISE = 0.45  # sd of the invisible part of appeal (the visible part has sd ~0.9)
 USERNAME_RE = re.compile(r"^[a-z0-9._]{1,30}$")
 
@@ -149,6 +155,14 @@ class DemoPost:
     width: int = 0
     height: int = 0
     index: int = 0  # n-th post of its user, counting from 0 = oldest
+    likes_hidden: bool = False  # the owner hides the like count: Instagram serves a meaningless one
+
+    @property
+    def served_likes(self) -> int:
+        """The like count Instagram shows: the real one, or a meaningless one when hidden."""
+        if not self.likes_hidden:
+            return self.likes
+        return -1 if self.id % 2 else self.id % 3  # what clients report: -1, or a small number
 
 
 @dataclass(frozen=True)
@@ -187,6 +201,23 @@ class _PostModel:
     final_comments: float
     appeal: float
     caption: str
+    likes_hidden: bool = False
+
+
+def likes_fraction(age_s: float) -> float:
+    """The share of its final likes (and comments) a post has ``age_s`` seconds after posting.
+
+    Two exponential phases, as measured for Instagram engagement: 80% with a half-day time
+    scale (the first day or two), 20% with a 2.5-day one (the long tail), rescaled to reach
+    exactly 1 at :data:`LIKES_SETTLE_DAYS` and fixed afterwards, so that a crawl at any later
+    clock reads the same count.
+    """
+    def raw(days: float) -> float:
+        return (_FAST_SHARE * (1.0 - math.exp(-days / _FAST_DAYS))
+                + (1.0 - _FAST_SHARE) * (1.0 - math.exp(-days / _SLOW_DAYS)))
+
+    days = min(max(age_s, 0.0) / DAY, float(LIKES_SETTLE_DAYS))
+    return raw(days) / raw(float(LIKES_SETTLE_DAYS))
 
 
 def _parse_time(text: str, *, end_of_day: bool) -> int:
@@ -369,13 +400,13 @@ class DemoWorld:
         raise DataError(f"no post with shortcode {shortcode!r} in the demo world")
 
     def _observe(self, username: str, m: _PostModel) -> DemoPost:
-        """The post as seen at the clock: counts grow over the first 3 days, then stay fixed."""
-        age = min(max(self.clock - m.taken_at, 0) / LIKES_GROWTH_SECONDS, 1.0)
-        grown = 1.0 - (1.0 - age) ** 2
+        """The post as seen at the clock: counts grow (:func:`likes_fraction`), then stay fixed."""
+        grown = likes_fraction(self.clock - m.taken_at)
         return DemoPost(
             shortcode=m.shortcode, id=m.id, username=username, taken_at=m.taken_at, typename=m.typename,
             n_images=m.n_images, likes=round(m.final_likes * grown), comments=round(m.final_comments * grown),
             appeal=m.appeal, caption=m.caption, width=m.width, height=m.height, index=m.index,
+            likes_hidden=m.likes_hidden,
         )
 
     def _post_times_of(self, name: str) -> list[int]:
@@ -440,10 +471,14 @@ class DemoWorld:
             rng.choice(_ADJECTIVES).capitalize(), rng.choice(_SUBJECTS), rng.choice(_PLACES),
             " ".join(f"#{t}" for t in tags),
         )
+        # drawn apart from the post's other draws, so hiding likes changes nothing else
+        hidden = "hidden" in user.username or (
+            int.from_bytes(_digest(cfg.seed, user.username, "hidden", index)[:4], "big") < HIDDEN_LIKES_RATE * 2**32)
         return _PostModel(
             index=index, id=media_id, shortcode=shortcode_of(media_id), taken_at=taken_at,
             typename=typename, n_images=n_images, width=width, height=height,
             final_likes=final_likes, final_comments=final_comments, appeal=float(appeal), caption=caption,
+            likes_hidden=hidden,
         )
 
     # ---- images
@@ -812,8 +847,11 @@ class DemoServer:
         """One page of a timeline connection: posts older than the cursor (the last media id seen)."""
         older_than = int(after.split("_")[0]) if after is not None else None
         page, more = self.world.timeline_page(user.username, older_than, first)
+        # each node carries the post's current counts, as the web app's timeline does
         edges = [{"node": {"code": p.shortcode, "pk": str(p.id), "id": f"{p.id}_{user.id}",
                            "media_type": _MEDIA_TYPES[p.typename], "taken_at": p.taken_at,
+                           "like_count": p.served_likes, "comment_count": p.comments,
+                           "like_and_view_counts_disabled": p.likes_hidden,
                            "__typename": "XDTMediaDict"},
                   "cursor": f"{p.id}_{user.id}"} for p in page]
         return {"edges": edges,
@@ -894,8 +932,8 @@ class DemoServer:
         media: dict[str, Any] = {
             "code": post.shortcode, "pk": str(post.id), "id": f"{post.id}_{user.id}",
             "media_type": _MEDIA_TYPES[post.typename], "product_type": _PRODUCT_TYPES[post.typename],
-            "taken_at": post.taken_at, "like_count": post.likes, "comment_count": post.comments,
-            "like_and_view_counts_disabled": False, "has_liked": None,
+            "taken_at": post.taken_at, "like_count": post.served_likes, "comment_count": post.comments,
+            "like_and_view_counts_disabled": post.likes_hidden, "has_liked": None,
             "caption": {"pk": str(post.id + 1), "text": post.caption, "created_at": post.taken_at},
             "user": owner, "owner": owner, "image_versions2": versions(0),
             "original_width": post.width, "original_height": post.height,

@@ -57,7 +57,9 @@ from instaloader.exceptions import (
     QueryReturnedNotFoundException,
     TooManyRequestsException,
 )
+from instaloader.nodeiterator import NodeIterator
 
+from imgrate.crawl.observations import Counts, counts_of_node
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
 from imgrate.paths import find_project
@@ -178,6 +180,9 @@ class UserResult:
     seconds: float = 0.0
     files: list[Path] = field(default_factory=list)
     stops_run: bool = False  # the budget is used up, or Instagram wants no more requests
+    recounted: int = 0  # stored posts whose counts this crawl re-read
+    observations: int = 0  # of those, the counts stored as new observations
+    recount_requests: int = 0  # requests the re-reading cost beyond the crawl itself
     reached: bool = False  # Instagram answered at least one request for this user
     graphql_ok: int = 0  # GraphQL queries answered with success
     first_query_rejected: str | None = None  # failed with Instagram rejecting its very first query
@@ -699,6 +704,62 @@ class RunHealth:
                 f"again{hedge}")
         self.queries_ok += result.graphql_ok
         return None
+TIMELINE_DOC_ID = "28904005159232689"  # the logged-out web app's further timeline pages (Profile.get_posts)
+
+
+def _timeline_nodes(context: CrawlContext, username: str) -> Iterator[dict[str, Any]]:
+    """The raw nodes of a profile's timeline, newest first, as Instaloader's own
+    ``Profile.get_posts`` walks it: logged out, the first page is the profile page (already
+    loaded and cached for this user) and further pages are GraphQL queries; logged in, the
+    nodes are the iPhone structs of Instaloader's timeline query."""
+    if context.is_logged_in:
+        profile = instaloader.Profile.from_username(context, username)
+        for post in profile.get_posts():
+            yield post._node  # from_iphone_struct: the counts are in the node, no request per post
+        return
+    page = context.get_page_data(f"{username}/")
+    user = next((d["xig_user_by_username"] for d in page
+                 if "polaris_ordered_timeline_connection" in (d.get("xig_user_by_username") or {})), None)
+    if user is None:
+        raise instaloader.exceptions.BadResponseException(f"the page of {username} did not contain its posts")
+    yield from NodeIterator(
+        context=context, query_hash=None,
+        edge_extractor=lambda d: d["data"]["node"]["polaris_ordered_timeline_connection"],
+        node_wrapper=lambda n: n,
+        query_variables={"id": user["id"], "__relay_internal__pv__PolarisSEOIsCrawlerrelayprovider": False},
+        query_referer=f"https://www.instagram.com/{username}/",
+        first_data=user["polaris_ordered_timeline_connection"], doc_id=TIMELINE_DOC_ID, web_api=True,
+    )
+
+
+def read_counts(loader: instaloader.Instaloader, username: str, wanted: dict[str, int]) -> dict[str, Counts]:
+    """The current counts of the posts ``wanted`` (shortcode -> posting time) of ``username``.
+
+    Read from the timeline pages, newest first, until every wanted post was seen or the walk
+    passes the oldest one (the first 3 nodes may be pinned): the first page costs nothing
+    (the crawl loaded it), each further page of 12 one request. A node without counts costs
+    one post query. Posts not found (deleted, or archived) are left out.
+    """
+    context = loader.context
+    assert isinstance(context, CrawlContext), "make the loader with make_loader()"
+    if not wanted:
+        return {}
+    oldest = min(wanted.values())
+    found: dict[str, Counts] = {}
+    for i, node in enumerate(_timeline_nodes(context, username)):
+        code = node.get("code") or node.get("shortcode")
+        if code in wanted and code not in found:
+            counts = counts_of_node(node)
+            if counts is None:  # this timeline does not carry counts: ask for the post
+                counts = counts_of_node(instaloader.Post.from_shortcode(context, code)._node)
+            if counts is not None:
+                found[code] = counts
+        if len(found) == len(wanted):
+            break
+        taken = node.get("taken_at") or node.get("date") or node.get("taken_at_timestamp")
+        if i >= 3 and isinstance(taken, int) and taken < oldest:
+            break
+    return found
 
 
 def _refused(err: BaseException) -> bool:

@@ -14,8 +14,10 @@ agree on what a bad post is:
 
 A bad member raises :class:`BadMetadata` whose ``reason`` is a short category (for
 metrics) and ``detail`` the specifics (for logs and ``imgrate verify``).
-New kinds of members (e.g. later observations of a post's counts) get their parser here, so
-they cross the same boundary.
+New kinds of members get their parser here, so they cross the same boundary: the counts a
+crawl re-read (``<user>/<user>_counts_<date>_UTC.json``, :func:`parse_counts_member`), and the
+counts of a timeline node read from the network (:func:`counts_of_node`). A like count the
+owner hides (``like_and_view_counts_disabled``, or Instagram's -1) is ``None``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ MIN_TIMESTAMP = int(dt.datetime(2010, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 MAX_TIMESTAMP = int(dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc).timestamp())
 MAX_COUNT = 10**12  # likes, comments, followers: far above any account's
 _DATE = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC"
+COUNTS_FILE_RE = re.compile(rf"^(?P<user>[^/]+)/(?P=user)_counts_(?P<when>{_DATE})\.json$")
+MAX_COUNTS_BYTES = 4 * 2**20  # a counts member holds ~100 bytes per post
+MAX_COUNTS_POSTS = 20_000  # posts re-read for one user in one crawl, at most
+DAY = 86_400
 POST_FILE_RE = re.compile(rf"^(?P<user>[^/]+)/(?P<key>{_DATE})(?:_\d+)?\.(?:jpg|jpeg|png|webp|json\.xz)$")
 PROFILE_FILE_RE = re.compile(r"^(?P<user>[^/]+)/(?P=user)_\d+\.json\.xz$")
 
@@ -56,9 +62,10 @@ class PostMeta:
     shortcode: str
     user: str  # lower-cased
     timestamp: int  # unix seconds, UTC
-    likes: int
+    likes: int | None  # None when the owner hides the count
     comments: int
     typename: str
+    likes_hidden: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,42 @@ class ProfileMeta:
     followers: int
     followees: int
     media_count: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A post's counts as one read shows them; ``likes`` is None when the owner hides them."""
+
+    likes: int | None
+    comments: int | None
+    hidden: bool
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One reading of one post's counts: its metadata file, or a later re-read (a counts member)."""
+
+    shortcode: str
+    user: str
+    taken_at: int  # unix s
+    observed_at: int  # unix s
+    likes: int | None
+    comments: int | None
+    hidden: bool
+    recount: bool  # a re-read (counts member), not the post's metadata file
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Sort key: later wins; on the same second a re-read wins over the metadata."""
+        return self.observed_at, int(self.recount)
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.likes, self.comments, self.hidden)
+
+    @property
+    def age_days(self) -> float:
+        return (self.observed_at - self.taken_at) / DAY
 
 
 def is_username(name: object) -> bool:
@@ -88,6 +131,8 @@ def member_kind(name: str) -> str | None:
         return "post"
     if (m := PROFILE_FILE_RE.fullmatch(name)) and is_username(m["user"]):
         return "profile"
+    if (m := COUNTS_FILE_RE.fullmatch(name)) and is_username(m["user"]):
+        return "counts"
     return None
 
 
@@ -168,13 +213,95 @@ def parse_post(node: dict[str, Any]) -> PostMeta:
     when = _field(node, "timestamp", "taken_at_timestamp", "date", "taken_at")
     if type(when) is not int or not MIN_TIMESTAMP <= when < MAX_TIMESTAMP:
         raise _bad("timestamp", when, "unix seconds")
-    likes = _count(node, "likes", "edge_media_preview_like.count", "edge_liked_by.count", "like_count")
-    comments = _count(node, "comments", "edge_media_to_comment.count", "edge_media_to_parent_comment.count",
-                      "comments", "iphone_struct.comment_count", "comment_count")
+    hidden = _likes_hidden(node)
+    likes = None if hidden else _count(node, "likes", *_LIKES)
+    comments = _count(node, "comments", *_COMMENTS)
     typename = _field(node, "typename", "__typename")
     if typename not in POST_TYPENAMES:
         raise _bad("typename", typename, "a post type")
-    return PostMeta(shortcode, user.lower(), when, likes, comments, typename)
+    return PostMeta(shortcode, user.lower(), when, likes, comments, typename, likes_hidden=hidden)
+
+
+_LIKES = ("edge_media_preview_like.count", "edge_liked_by.count", "like_count", "iphone_struct.like_count")
+_COMMENTS = ("edge_media_to_comment.count", "edge_media_to_parent_comment.count", "comments",
+             "iphone_struct.comment_count", "comment_count")
+
+
+def _likes_hidden(node: dict[str, Any]) -> bool:
+    """Whether the owner hides the like count: the node says so (the count is then
+    meaningless), or the count is Instagram's -1 (any other negative count is bad data)."""
+    if _dig(node, "like_and_view_counts_disabled", "iphone_struct.like_and_view_counts_disabled") is True:
+        return True
+    likes = _dig(node, *_LIKES)
+    return type(likes) is int and likes == -1
+
+
+def counts_of_node(node: dict[str, Any]) -> Counts | None:
+    """The counts a post node shows (saved metadata, or a timeline node from the network);
+    None when it carries no valid like count (and does not say it hides it)."""
+    comments = _dig(node, *_COMMENTS)
+    comments = comments if type(comments) is int and 0 <= comments <= MAX_COUNT else None
+    if _likes_hidden(node):
+        return Counts(None, comments, True)
+    likes = _dig(node, *_LIKES)
+    if type(likes) is not int or not 0 <= likes <= MAX_COUNT:
+        return None
+    return Counts(likes, comments, False)
+
+
+def counts_member_name(user: str, observed_at: int) -> str:
+    """The shard member of the counts a crawl re-read for ``user`` at ``observed_at``."""
+    when = dt.datetime.fromtimestamp(observed_at, dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    return f"{user}/{user}_counts_{when}_UTC.json"
+
+
+def parse_counts_member(name: str, data: bytes) -> list[Observation]:
+    """The observations of a counts member, validated; :class:`BadMetadata` names what is wrong."""
+    m = COUNTS_FILE_RE.fullmatch(name)
+    if m is None or not is_username(m["user"]):
+        raise BadMetadata("bad member name", f"{name[:80]!r} is not <user>/<user>_counts_<date>_UTC.json")
+    if len(data) > MAX_COUNTS_BYTES:
+        raise BadMetadata("counts too large", f"{name}: {len(data)} bytes (at most {MAX_COUNTS_BYTES})")
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise BadMetadata("corrupt counts", f"{name}: not JSON ({type(err).__name__})") from None
+    user = m["user"]
+
+    def bad(detail: str) -> BadMetadata:
+        return BadMetadata("bad counts", f"{name}: {detail}")
+
+    if not isinstance(doc, dict) or doc.get("imgrate_counts") != 1:
+        raise bad("not a version-1 counts member")
+    if doc.get("user") != user:
+        raise bad(f"names user {str(doc.get('user'))[:40]!r}, not {user}")
+    observed_at = doc.get("observed_at")
+    if type(observed_at) is not int or not MIN_TIMESTAMP <= observed_at < MAX_TIMESTAMP:
+        raise bad("observed_at is not a unix time")
+    if counts_member_name(user, observed_at) != name:
+        raise bad(f"observed_at {observed_at} does not match the member's name")
+    posts = doc.get("posts")
+    if not isinstance(posts, list) or len(posts) > MAX_COUNTS_POSTS:
+        raise bad(f"posts must be a list of at most {MAX_COUNTS_POSTS}")
+    out = []
+    for i, p in enumerate(posts):
+        if not isinstance(p, dict):
+            raise bad(f"posts[{i}] is not an object")
+        code, taken_at, hidden = p.get("shortcode"), p.get("taken_at"), p.get("likes_hidden")
+        likes, comments = p.get("likes"), p.get("comments")
+        if not is_shortcode(code):
+            raise bad(f"posts[{i}]: shortcode is not base64url characters")
+        if type(taken_at) is not int or not MIN_TIMESTAMP <= taken_at <= observed_at:
+            raise bad(f"posts[{i}]: taken_at is not a unix time before observed_at")
+        if type(hidden) is not bool:
+            raise bad(f"posts[{i}]: likes_hidden is not true or false")
+        for key, value in (("likes", likes), ("comments", comments)):
+            if value is not None and (type(value) is not int or not 0 <= value <= MAX_COUNT):
+                raise bad(f"posts[{i}]: {key} is not a count")
+        if hidden != (likes is None):
+            raise bad(f"posts[{i}]: likes must be null exactly when likes_hidden is true")
+        out.append(Observation(code, user, taken_at, observed_at, likes, comments, hidden, recount=True))
+    return out
 
 
 def parse_profile(node: dict[str, Any]) -> ProfileMeta:

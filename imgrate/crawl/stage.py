@@ -33,6 +33,7 @@ crawlers merge by union, and readers take each user's newest stamp over all stam
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -56,6 +57,7 @@ from imgrate.crawl.instagram import (
     SESSION_ENV,
     SESSION_USER_ENV,
     STATUSES,
+    BudgetExhausted,
     BudgetRateController,
     RunHealth,
     RunStatus,
@@ -63,9 +65,21 @@ from imgrate.crawl.instagram import (
     crawl_user,
     load_session,
     make_loader,
+    read_counts,
     session_from_env,
 )
-from imgrate.crawl.metadata import BadMetadata, is_username, parse_member
+from imgrate.crawl.metadata import BadMetadata, is_username, load_document, parse_member
+from imgrate.crawl.observations import (
+    COUNTS_NAME_RE,
+    Observation,
+    Stored,
+    changed,
+    counts_member_name,
+    needs_recount,
+    profile_counts,
+    render_counts,
+    stored_facts,
+)
 from imgrate.crawl.shards import (
     ShardCheck,
     StagedFile,
@@ -139,6 +153,9 @@ class CrawlReport:
             wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
             shards_damaged=len(self.damaged),
+            recounted=sum(u.recounted for u in self.users),  # stored posts whose counts were re-read
+            observations=sum(u.observations for u in self.users),  # changed counts stored
+            recount_requests=sum(u.recount_requests for u in self.users),  # requests the re-reading cost
         )
         if timings:
             totals["seconds"] = round(self.seconds, 3)
@@ -151,6 +168,9 @@ class CrawlReport:
                 "retries": u.retries,
                 "refusals": u.refusals,
                 "wait_s": round(u.wait_s, 3),
+                "recounted": u.recounted,
+                "observations": u.observations,
+                "recount_requests": u.recount_requests,
                 **({"seconds": round(u.seconds, 3)} if timings else {}),
             }
             for u in self.users
@@ -264,19 +284,23 @@ class _ShardWriter:
 
 
 def _group_files(
-    user: str, files: list[Path], user_dir: Path, known: set[str]
+    user: str, files: list[Path], user_dir: Path, known: set[str], stored_profile: dict[str, int] | None = None,
 ) -> tuple[list[list[StagedFile]], list[tuple[Path, str]], list[str]]:
-    """A user's new files grouped per post (profile file last), the files that do not decode,
-    and the posts left out because their metadata, though complete, is not valid.
+    """A user's new files grouped per post (then the profile file, then the counts the crawl
+    re-read), the files that do not decode, and the posts left out because their metadata,
+    though complete, is not valid.
 
     Posts already stored in a shard are left out; a post counts only with its metadata (a
     stray image without it is dropped); resume files and ``.temp`` downloads are ignored.
     A file that does not decode may be a cut download (fetched again); metadata that decodes
     but fails :mod:`imgrate.crawl.metadata`'s checks would fail every time, so its post is
-    left out (and named) rather than stored for export to skip.
+    left out (and named) rather than stored for export to skip. The profile snapshot goes
+    with new posts or counts, or alone when its counts (followers, followees, posts) differ
+    from ``stored_profile``, the latest one in the shards.
     """
     groups: dict[str, list[StagedFile]] = {}
     profile: list[StagedFile] = []
+    counts: list[StagedFile] = []
     bad: list[tuple[Path, str]] = []
     rejected: dict[str, str] = {}  # post key (or profile file) -> why
     profile_re = re.compile(rf"^{re.escape(user)}_\d+\.json\.xz$")
@@ -286,12 +310,14 @@ def _group_files(
         key = post_key(arcname)
         if key is None and profile_re.match(rel):
             target = profile
+        elif key is None and COUNTS_NAME_RE.match(arcname) and arcname not in known:
+            target = counts
         elif key is not None and _POST_FILE_RE.match(rel) and arcname not in known:
             target = groups.setdefault(key, [])
         else:
             continue
         data = path.read_bytes()
-        if (problem := file_problem(rel, data)) is not None:
+        if (problem := file_problem(arcname, data)) is not None:
             bad.append((path, problem))
             continue
         if rel.endswith(".json.xz"):
@@ -303,13 +329,24 @@ def _group_files(
         target.append(StagedFile(arcname, path))
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
              if k not in rejected and any(f.arcname.endswith(".json.xz") for f in g)]
-    # a profile snapshot goes with new posts, or alone when no intact shard holds one of this
-    # user (all its posts went in at progress commits, in this run or in one that was killed)
-    if profile and (posts or not any(f.arcname in known for f in profile)):
+    # the profile also goes in when no intact shard holds one (stored_profile None): e.g. all
+    # of a user's new posts went in at progress commits, in this run or in one that was killed
+    if profile and (posts or counts or _profile_changed(profile[0].path, stored_profile)):
         posts.append(profile)
+    if counts:
+        posts.append(counts)
     for why in rejected.values():
         log.warning("%s: left out, its metadata is not valid (%s)", user, why)
     return posts, bad, sorted(rejected.values())
+
+
+def _profile_changed(path: Path, stored: dict[str, int] | None) -> bool:
+    """Whether a profile snapshot's counts differ from the latest stored ones."""
+    try:
+        node, _ = load_document(path.read_bytes())
+    except (OSError, BadMetadata):
+        return True  # the file checks name what is wrong
+    return profile_counts(node) != stored
 
 
 def _same_section(a: configparser.ConfigParser, b: configparser.ConfigParser, user: str) -> bool:
@@ -423,6 +460,9 @@ def run(
     with _crawl_lock(paths):
         _clean_stale(paths)
         known, damaged = _stored(paths)
+        # each stored post's latest counts, and each user's latest profile counts (intact shards only)
+        stored = stored_facts([s for s in list_shards(paths.shards) if s.name not in {c.shard for c in damaged}],
+                              paths.cache / "counts")
         seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
         lowered = _lower_stamps(seen, damaged, known)
         visits_path = _visits_file(paths, tag)
@@ -457,6 +497,9 @@ def run(
                         progress.start(user)
                         result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts,
                                             on_post=progress)
+                        if result.status == "ok":
+                            _recount(source.loader, result, stored.of_user(user), params.refresh_days,
+                                     int(source.crawled_at.timestamp()), paths, known)
                         visits[user] = run_no
                         report.users.append(result)
                         if result.stops_run:
@@ -471,7 +514,7 @@ def run(
                                        "limiting this session or address, not these users")
                             report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
-                            _take(result, paths, known, writer, finished)  # fails it if a file is bad
+                            _take(result, paths, known, stored, writer, finished)  # fails it if a file is bad
                         result.new_posts += progress.stored
                         if result.status != "ok":
                             # a user that could not connect says nothing new: the run's verdict says it once
@@ -593,10 +636,58 @@ def _lower_stamps(stamps: configparser.ConfigParser, damaged: list[ShardCheck], 
     return lowered
 
 
-def _take(result: UserResult, paths: Paths, known: set[str], writer: _ShardWriter, finished: list[str]) -> None:
+def _recount(loader: instaloader.Instaloader, result: UserResult, stored: list[Observation], refresh_days: int,
+             now: int, paths: Paths, known: set[str]) -> None:
+    """Re-read the counts of the user's stored posts whose latest count was read before they
+    were ``refresh_days`` old, and stage the changed ones as a counts file in the user's work
+    folder (it goes into the shards with the user's other new files). Never fails the user:
+    the posts it fetched are stored, and the next crawl reads the counts again."""
+    user = result.username
+    user_dir = paths.crawl_work / user
+    for stale in user_dir.glob(f"{user}_counts_*_UTC.json"):  # of a crawl that was stopped
+        stale.unlink()
+    result.files = [f for f in result.files if not COUNTS_NAME_RE.match(f"{user}/{f.name}")]
+    due = {o.shortcode: o for o in stored if needs_recount(o, refresh_days, now)}
+    if not due:
+        return
+    controller = loader.context.controller  # type: ignore[attr-defined]
+    before = controller.user.requests
+    try:
+        current = read_counts(loader, user, {code: o.taken_at for code, o in due.items()})
+    except BudgetExhausted as err:
+        result.stops_run, result.reason = True, f"{err}; the counts are read again in the next run"
+        return
+    except (instaloader.exceptions.InstaloaderException, instaloader.exceptions.AbortDownloadException,
+            OSError, LookupError, TypeError, ValueError) as err:
+        log.warning("%s: re-reading the counts of %d posts failed (%s: %s); the next crawl tries again",
+                    user, len(due), type(err).__name__, str(err)[:200])
+        return
+    finally:
+        result.recount_requests = controller.user.requests - before
+        result.requests += result.recount_requests
+    result.recounted = len(current)
+    # a node that shows likes but no comment count keeps the stored one
+    current = {code: c if c.comments is not None else dataclasses.replace(c, comments=due[code].comments)
+               for code, c in current.items()}
+    new = [Observation(code, user, due[code].taken_at, now, c.likes, c.comments, c.hidden, recount=True)
+           for code, c in sorted(current.items()) if changed(due[code], c, now)]
+    name = counts_member_name(user, now)
+    if not new or name in known:
+        return
+    user_dir.mkdir(parents=True, exist_ok=True)
+    path = user_dir / name.split("/", 1)[1]
+    with atomic_open(path, "wb") as fh:  # its temporary file stays in the work folder
+        fh.write(render_counts(user, now, new))
+    result.files.append(path)
+    result.observations = len(new)
+
+
+def _take(result: UserResult, paths: Paths, known: set[str], stored: Stored, writer: _ShardWriter,
+          finished: list[str]) -> None:
     """Queue a finished user's new posts for the shards, or fail it when a file does not decode."""
     user_dir = paths.crawl_work / result.username
-    groups, bad, rejected = _group_files(result.username, result.files, user_dir, known)
+    groups, bad, rejected = _group_files(result.username, result.files, user_dir, known,
+                                         stored.profiles.get(result.username))
     if bad:
         for path, _ in bad:
             path.unlink(missing_ok=True)

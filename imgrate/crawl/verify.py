@@ -21,7 +21,15 @@ from typing import Any
 
 from PIL import Image, ImageFile
 
-from imgrate.crawl.metadata import BadMetadata, PostMeta, ProfileMeta, load_document, member_kind, parse_member
+from imgrate.crawl.metadata import (
+    BadMetadata,
+    PostMeta,
+    ProfileMeta,
+    load_document,
+    member_kind,
+    parse_counts_member,
+    parse_member,
+)
 from imgrate.crawl.shards import (
     SHARD_RE,
     ShardDamaged,
@@ -62,7 +70,13 @@ def metadata_problem(data: bytes) -> str | None:
 
 
 def file_problem(name: str, data: bytes) -> str | None:
-    """The check that fits a file of Instaloader's layout, by its name."""
+    """The check that fits a file of Instaloader's layout (or a counts file), by its name."""
+    if member_kind(name) == "counts":
+        try:
+            parse_counts_member(name, data)
+        except BadMetadata as err:
+            return str(err)
+        return None
     if name.endswith(".json.xz"):
         return metadata_problem(data)
     if name.lower().endswith(IMAGE_SUFFIXES):
@@ -89,6 +103,7 @@ class RawReport:
     posts: int = 0
     images: int = 0
     users: int = 0
+    observations: int = 0  # re-read counts stored in counts members
     stamps_files: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
 
@@ -98,7 +113,7 @@ class RawReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "shards": self.shards, "posts": self.posts, "images": self.images,
-                "users": self.users, "stamps_files": self.stamps_files,
+                "users": self.users, "observations": self.observations, "stamps_files": self.stamps_files,
                 "problems": [vars(p) for p in self.problems]}
 
 
@@ -128,6 +143,7 @@ def verify_raw(paths: Paths) -> RawReport:
             continue
         report.problems += found.problems
         report.images += found.images
+        report.observations += found.observations
         users |= found.users
         for name in found.members:
             if name in seen_members:
@@ -158,9 +174,10 @@ class _ShardFindings:
     """What one shard holds; used only when the whole shard reads intact."""
 
     posts: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
-    members: list[str] = field(default_factory=list)  # members of posts (not profile snapshots)
+    members: list[str] = field(default_factory=list)  # members of posts and counts (not profile snapshots)
     users: set[str] = field(default_factory=set)
     images: int = 0
+    observations: int = 0
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -180,6 +197,15 @@ def _check_member(found: _ShardFindings, shard: str, name: str, data: bytes) -> 
     if kind is None:
         found.problems.append(Problem("bad_member", where, "not a file of Instaloader's layout under a valid "
                                       "username (never used, never extracted)"))
+        return
+    if kind == "counts":  # re-read counts: one member per user and crawl, never twice
+        try:
+            found.observations += len(parse_counts_member(name, data))
+        except BadMetadata as err:
+            found.problems.append(Problem("bad_metadata", where, str(err)))
+            return
+        found.users.add(name.split("/", 1)[0])
+        found.members.append(name)
         return
     if name.endswith(".json.xz"):
         try:
