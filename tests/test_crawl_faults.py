@@ -531,7 +531,7 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["crawl"]["source"] = "instagram"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    proxy = f"http://127.0.0.1:{port}"
+    proxy = f"http://crawler:pr0xy-pw@127.0.0.1:{port}"  # its password must show nowhere
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "imgrate_root")
            and not k.startswith("IMGRATE_INSTAGRAM")}
     env.update(HTTPS_PROXY=proxy, HTTP_PROXY=proxy, IMGRATE_QUIET="1", COLUMNS="200")
@@ -542,8 +542,11 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     assert proc.returncode == 0, proc.stderr
     stopped = [line for line in proc.stderr.splitlines() if line.startswith("crawl stopped (unreachable)")]
     assert len(stopped) == 1 and "cannot reach www.instagram.com" in stopped[0], proc.stderr
+    assert f"the proxy 127.0.0.1:{port} refused or is down" in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr and sum("www.instagram.com" in line for line in proc.stderr.splitlines()) == 1
-    assert json.loads((tmp_path / "metrics" / "crawl.json").read_text())["status"] == "unreachable"
+    metrics = (tmp_path / "metrics" / "crawl.json").read_text()
+    assert json.loads(metrics)["status"] == "unreachable"
+    assert "pr0xy-pw" not in proc.stderr + proc.stdout + metrics
 
 
 def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:

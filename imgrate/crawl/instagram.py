@@ -351,8 +351,13 @@ class CrawlContext(instaloader.InstaloaderContext):
                 resp = send(request, **kwargs)
             except requests.exceptions.ConnectionError as err:
                 if (why := connect_failure(err)) is not None:
-                    host = urllib.parse.urlsplit(request.url or "").hostname or "Instagram"
-                    self._rate_controller.note_unreachable(f"cannot reach {host}: {why}")
+                    url = urllib.parse.urlsplit(request.url or "")
+                    if isinstance(err, requests.exceptions.ProxyError):  # name it, never its credentials
+                        proxy = urllib.parse.urlsplit((kwargs.get("proxies") or {}).get(url.scheme) or "")
+                        if proxy.hostname:
+                            why = why.replace("the proxy (HTTPS_PROXY)",
+                                              f"the proxy {proxy.hostname}:{proxy.port or 'default port'}")
+                    self._rate_controller.note_unreachable(f"cannot reach {url.hostname or 'Instagram'}: {why}")
                 raise
             self._rate_controller.note_response()
             return resp
