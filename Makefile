@@ -21,7 +21,7 @@ PY313_CANDIDATES = $(PYTHON313) python3.13 python3.14 python3 \
 	$(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3 /root/.pyenv/versions/3.1[3-9]*/bin/python3) \
 	/usr/local/bin/python3.13 /usr/bin/python3.13
 
-.PHONY: setup mongo-venv repro test bench bench-incremental clean-cache
+.PHONY: setup mongo-venv repro test bench bench-incremental clean-cache plots-template
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ bench: setup
 POSTS ?= 72000
 bench-incremental: setup
 	python bench/incremental.py --posts $(POSTS)
+
+# .dvc/plots-offline.html: `dvc plots show`'s page with Vega inlined (offline), from npm at the
+# versions pinned in tools/plots_template.py
+VEGA_PACKAGES = vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
+plots-template: setup
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent $(VEGA_PACKAGES) >/dev/null) && \
+	  python tools/plots_template.py $$tmp/*.tgz && rm -rf $$tmp
 
 clean-cache:
 	rm -rf .imgrate-cache

@@ -61,6 +61,11 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return seconds
 
 
+def _last_run_log(project: Path, stage: str) -> dict[str, Any]:
+    """The newest run log of a stage (.imgrate-cache/logs/<stage>/): cache hits, not metrics."""
+    return json.loads(sorted((project / ".imgrate-cache" / "logs" / stage).glob("*.json"))[-1].read_text())
+
+
 def make_project(dest: Path, params: dict[str, Any]) -> None:
     copy_project_files(dest)
     write_params(dest, params)
@@ -146,16 +151,16 @@ def main() -> None:
     r["crawl_growth_s"] = sh([dvc, "repro", "-s", "crawl"], project, env)
     new_shards = sorted({p.name for p in (project / "data/raw/shards").glob("*.tar")} - shards_before)
     r["new_shards"] = new_shards
-    crawl = json.loads((project / "metrics/crawl.json").read_text())["totals"]
+    crawl = json.loads((project / "metrics/crawl.json").read_text())
     r["new_posts"] = crawl["new_posts"]
     inc = {s: sh([dvc, "repro", "-s", s], project, env) for s in ("export", "preprocess")}
-    r["incremental"] = {**inc, "preprocess_metrics": json.loads((project / "metrics/preprocess.json").read_text())}
+    r["incremental"] = {**inc, "preprocess_metrics": _last_run_log(project, "preprocess")}
 
     # 3. full rebuild of the same data: no per-shard caches, stages forced
     for cache in ("export", "thumbs"):
         shutil.rmtree(project / ".imgrate-cache" / cache, ignore_errors=True)
     full = {s: sh([dvc, "repro", "-s", "-f", "--no-run-cache", s], project, env) for s in ("export", "preprocess")}
-    r["rebuild"] = {**full, "preprocess_metrics": json.loads((project / "metrics/preprocess.json").read_text())}
+    r["rebuild"] = {**full, "preprocess_metrics": _last_run_log(project, "preprocess")}
     r["ratio_incremental_over_rebuild"] = round(sum(inc.values()) / sum(full.values()), 4)
     print(json.dumps(r), flush=True)
 

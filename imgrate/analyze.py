@@ -388,6 +388,6 @@ def main() -> None:
 
     setup_logging()
     paths = project_paths()
-    c = run_stage(load_params(paths.params).analyze, paths)
+    c = run_stage(load_params(paths.params, ["analyze"]).analyze, paths)
     console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
                   f"figures in {paths.data_figures}, counts in {paths.data_report}", highlight=False, soft_wrap=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -34,6 +34,9 @@ class _Group(TyperGroup):
             raise typer.Exit(code=int(handle(err))) from None
 
 
+if TYPE_CHECKING:
+    from rich.table import Table
+
 app = typer.Typer(
     cls=_Group,
     help="imgrate: crawl photographers' posts, build a dataset, train CNNs, rank photos honestly.",
@@ -43,10 +46,12 @@ app = typer.Typer(
 )
 
 
-def _setup(verbose: bool = False) -> tuple[Params, Paths]:
+def _setup(*sections: str, verbose: bool = False) -> tuple[Params, Paths]:
+    """Logging, the project's paths and its params: only ``sections`` are validated (a command
+    reads its own section, as its DVC stage does), all of them when none is named."""
     setup_logging(verbose)
     paths = project_paths()
-    return load_params(paths.params), paths
+    return load_params(paths.params, sections or None), paths
 
 
 @app.command()
@@ -161,7 +166,12 @@ ModelOption = Annotated[Path | None, typer.Option(
     help="a trained model file (default: models/pretrained.pt, else models/paper_cnn.pt)")]
 
 
-def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None) -> None:
+UserOption = Annotated[str | None, typer.Option(
+    "--user", help="the photographer: percentiles against their own past posts (default: all photographers')")]
+
+
+def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None,
+           user: str | None = None) -> None:
     """Score ``files`` with ``model`` and print them ranked; unreadable files are reported.
     The table names files relative to ``base`` when given; JSON keeps the paths."""
     from imgrate.predict import Scorer
@@ -171,20 +181,35 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
         model = next((p for p in (paths.model("pretrained"), paths.model("paper_cnn")) if p.exists()),
                      paths.model("pretrained"))
     scorer = Scorer(model)
-    ranked, errors = scorer.score_files(files)
+    ranked, errors = scorer.score_files(files, user)
+    about = scorer.describe(user)
     if as_json:
-        print(json.dumps({**scorer.describe(), "scores": [{"rank": i, "file": r.file, "score": r.score}
-                                                          for i, r in enumerate(ranked, start=1)],
-                          "errors": errors}, indent=2))
+        print(json.dumps({**about, "scores": [
+            {"rank": i, "file": r.file, "score": r.score, "percentile": r.percentile,
+             "distance_percentile": r.distance_percentile, "unusual": r.unusual}
+            for i, r in enumerate(ranked, start=1)], "errors": errors}, indent=2))
     else:
         from rich.table import Table
 
         table = Table("rank", title=f"{title}\nranked by {model.name} ({scorer.input_size}px)")
         table.add_column("file", overflow="fold")
-        table.add_column("score", justify="right")
+        table.add_column("score", justify="right", no_wrap=True)
+        if scorer.reference:
+            table.add_column("percentile", justify="right", no_wrap=True)
+            table.add_column("note", overflow="fold")
         for i, r in enumerate(ranked, start=1):
-            table.add_row(str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}")
+            cells = [str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}"]
+            if scorer.reference:
+                cells += [f"{r.percentile:.0f}", "unusual photo: unlike the training photos" if r.unusual else ""]
+            table.add_row(*cells)
         console.print(table)
+        if scorer.reference:
+            if user is not None and user not in scorer.photographers():
+                print_note("note", f"{user} is not among the model's photographers")
+            console.print(f"percentile: the share of {about['percentile_of']} that the model scores below "
+                          "the photo (README: Ranking new photos)", highlight=False)
+        else:
+            print_note("note", "this model file has no reference block: retrain it for percentiles")
         for e in errors:
             print_note("not ranked", e["error"])
     if errors and not ranked:
@@ -195,11 +220,12 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files (any format and size Pillow reads)")],
     model: ModelOption = None,
+    user: UserOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Score photos with a trained model, best first; higher = predicted more popular for its photographer."""
     setup_logging()
-    _score(images, model, as_json, "photos")
+    _score(images, model, as_json, "photos", user=user)
 
 
 @app.command()
@@ -207,6 +233,7 @@ def rank(
     folder: Annotated[Path, typer.Argument(help="a folder of photos not posted yet (any format and size)")],
     model: ModelOption = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="include sub-folders")] = False,
+    user: UserOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
 ) -> None:
     """Rank every photo in a folder, best first; files that are not images are reported and skipped."""
@@ -216,7 +243,7 @@ def rank(
     files = image_files(folder, recursive)
     if not files:
         raise ImgrateError(f"{folder}: no files to rank")
-    _score(files, model, as_json, str(folder), base=folder)
+    _score(files, model, as_json, str(folder), base=folder, user=user)
 
 
 db_app = typer.Typer(
@@ -235,7 +262,7 @@ def _db() -> tuple[str, str, float]:
     """(uri, database, timeout_s) from the environment and params.yaml; exits if none is configured."""
     from imgrate.mongo import ENV_URI, resolve_uri
 
-    params, _ = _setup()
+    params, _ = _setup("export")
     uri = resolve_uri(params.export)
     if uri is None:
         raise ImgrateError(f"no MongoDB configured: set {ENV_URI} or export.mongo_uri in params.yaml")
@@ -264,16 +291,54 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     if as_json:
         print(json.dumps(rows, indent=2))
         return
+    console.print(posts_table(rows, f"{which} {n} liked posts" + (f" of {user}" if user else "")))
+    saved = [r["thumbnail_file"] for r in rows if r.get("thumbnail_file")]
+    if saved:
+        console.print(f"thumbnails: {len(saved)} files in {thumbnails}", highlight=False)
+
+
+def fitted_table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table that fits an 80-column terminal without cutting anything: ``columns`` are
+    (header, "num" or "text"); numbers never wrap, text wraps (folds) only when it must, and
+    no cell is ever shortened with an ellipsis. (The full rows: --json.)"""
     from rich.table import Table
 
-    title = f"{which} {n} liked posts" + (f" of {user}" if user else "")
-    table = Table("rank", "user", "shortcode", "date", "likes", "comments", "type", "shard", "image", title=title)
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, padding=(0, 1, 0, 0),
+                  header_style="bold underline")
+    for header, kind in columns:
+        if kind == "num":
+            table.add_column(header, justify="right", no_wrap=True, overflow="fold")
+        else:
+            table.add_column(header, overflow="fold")
+    return table
+
+
+TYPE_NAMES = {"GraphImage": "photo", "GraphSidecar": "sidecar", "GraphVideo": "video"}
+
+
+def posts_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """`imgrate db top/bottom`: rank, user, shortcode, date, likes, comments, type."""
+    table = fitted_table(title, [("#", "num"), ("user", "text"), ("shortcode", "text"), ("date", "num"),
+                                 ("likes", "num"), ("comments", "num"), ("type", "text")])
     for i, r in enumerate(rows, start=1):
-        image = r.get("thumbnail_file") or (r["member"].rsplit("/", 1)[-1] if r.get("member") else "-")
         likes = "hidden" if r.get("likes") is None else f"{r['likes']:,}"
         table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], likes, f"{r['comments']:,}",
-                      r["typename"], r["shard"], image)
-    console.print(table)
+                      TYPE_NAMES.get(r["typename"], r["typename"]))
+    return table
+
+
+def users_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """`imgrate db users`: followers, posts and likes statistics per user."""
+
+    def num(v: float | None, fmt: str = ",.0f") -> str:
+        return "-" if v is None else format(v, fmt)
+
+    table = fitted_table(title, [("user", "text"), ("followers", "num"), ("posts", "num"), ("likes", "num"),
+                                 ("mean", "num"), ("max", "num"), ("/follower", "num")])
+    for r in rows:  # std and min of the likes: --json (eight numbers and a name overflow 80 columns)
+        table.add_row(r["username"], num(r.get("followers")), str(r["posts"]), num(r["likes_total"]),
+                      num(r["likes_mean"]), num(r["likes_max"]), num(r["likes_per_follower"], ".4f"))
+    return table
 
 
 @db_app.command("top")
@@ -308,18 +373,7 @@ def db_users(as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    from rich.table import Table
-
-    def num(v: float | None, fmt: str = ",.0f") -> str:
-        return "-" if v is None else format(v, fmt)
-
-    table = Table("user", "followers", "posts", "likes total", "mean", "std", "min", "max", "likes/follower",
-                  title=f"users in {database}")
-    for r in rows:
-        table.add_row(r["username"], num(r.get("followers")), str(r["posts"]), num(r["likes_total"]),
-                      num(r["likes_mean"], ",.1f"), num(r["likes_std"], ",.1f"), num(r["likes_min"]),
-                      num(r["likes_max"]), num(r["likes_per_follower"], ".4f"))
-    console.print(table)
+    console.print(users_table(rows, f"users in {database}: likes in all, per post (mean, max), per follower"))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ added to the train matrix later is covered without touching this module. Baselin
   world's seed (never read from crawled data), mapped to the target scale by a linear fit
   on the training split: the upper bound of what an image model can reach.
 
-Outputs: ``metrics/evaluate.json`` (one entry per model and baseline),
-``metrics/leak.json`` (how well the user can be told from each model's outputs),
+Outputs: ``metrics/evaluate/<name>.json`` (the few numbers a comparison needs, one file
+per model and baseline, so `dvc metrics show` prints a leaderboard), ``reports/evaluate.json``
+(every metric of every model), ``reports/leak.json`` (how well the user can be told from
+each model's outputs),
 ``plots/predictions/<name>.csv`` and ``plots/spearman_per_user/<name>.csv`` (DVC plots)
 and PNG copies under ``reports/figures/evaluate/``.
 """
@@ -68,12 +70,24 @@ def _pixels(data: Dataset, rows: np.ndarray) -> np.ndarray:
     return data.images[rows].reshape(len(rows), -1).astype(np.float32) / 255.0
 
 
+def _reproducible_fit(estimator: Any, x_train: np.ndarray, y_train: np.ndarray,
+                      x_test: np.ndarray) -> tuple[Any, np.ndarray]:
+    """Fit and predict in float64 on one BLAS thread, so that the same inputs give the same
+    predictions to the last written digit: a threaded float32 solve of the pixel baselines'
+    underdetermined systems (7,500 columns, ~1,650 rows) changed in the 6th decimal between runs."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        estimator.fit(np.asarray(x_train, dtype=np.float64), np.asarray(y_train, dtype=np.float64))
+        return estimator, estimator.predict(np.asarray(x_test, dtype=np.float64))
+
+
 def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, name: str) -> np.ndarray:
     from sklearn.linear_model import RidgeCV
 
-    ridge = RidgeCV(alphas=np.logspace(-1, 5, 13)).fit(x_train, y_train)
+    ridge, pred = _reproducible_fit(RidgeCV(alphas=np.logspace(-1, 5, 13)), x_train, y_train, x_test)
     log.info("%s: alpha %.3g", name, ridge.alpha_)
-    return ridge.predict(x_test)
+    return pred
 
 
 def baseline_predictions(data: Dataset, seed: int) -> dict[str, np.ndarray]:
@@ -95,7 +109,7 @@ def baseline_predictions(data: Dataset, seed: int) -> dict[str, np.ndarray]:
     out["user_mean"] = np.array([means.get(u, fallback) for u in users_test])
 
     x_train, x_test = _pixels(data, train), _pixels(data, test)
-    out["linear_regression"] = LinearRegression().fit(x_train, y_train).predict(x_test)
+    out["linear_regression"] = _reproducible_fit(LinearRegression(), x_train, y_train, x_test)[1]
     out["ridge_pixels"] = _ridge(x_train, y_train, x_test, "ridge_pixels")
     return out
 
@@ -234,7 +248,7 @@ def shuffle_within_users(y: np.ndarray, users: np.ndarray, rng: np.random.Genera
 
 
 def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Report:
-    """The DVC stage: metrics/evaluate.json, metrics/leak.json, plots/ and reports/figures/evaluate/.
+    """The DVC stage: metrics/evaluate/, reports/evaluate.json, reports/leak.json, plots/ and reports/figures/evaluate/.
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """
@@ -253,13 +267,40 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
     for name, m in results.items():
         log.info("%s: spearman_within %s, ranking_accuracy_within %s, ranking_accuracy_mixed %s", name,
                  m["spearman_within"], m["ranking_accuracy_within"], m["ranking_accuracy_mixed"])
-    write_json(paths.stage_metrics("evaluate"), results)
+    write_json(paths.stage_report("evaluate"), results)
     write_json(paths.leak_metrics, leak)
+    _write_leaderboard(paths.evaluate_metrics, results, leak)
     per_user = {name: metrics.per_user(y_test, pred, users_test, "spearman", params.min_items)
                 for name, pred in predictions.items()}
     _write_plots(paths, data, test, y_test, predictions, per_user)
     _write_figures(paths, y_test, users_test, predictions, results, per_user, params)
     return Report(results, leak, skipped)
+
+
+# What metrics/evaluate/<name>.json keeps: the within-user numbers models are judged by, the
+# paper's metric at k = 2, and the leak (few columns: every stage's metrics share one table
+# in `dvc metrics show`, whose lines must fit a terminal). reports/evaluate.json has the rest.
+LEADERBOARD = ("spearman_within", "pairwise_within")
+
+
+def leaderboard_row(m: dict[str, Any], leak: dict[str, Any] | None) -> dict[str, Any]:
+    """One model's row of `dvc metrics show`, from its full metrics and leak entries."""
+    row = {k: m[k] for k in LEADERBOARD}
+    mixed = m.get("ranking_accuracy_mixed") or {}
+    if mixed:  # the paper's metric at its smallest set size (k = 2 by default)
+        k = min(mixed, key=int)
+        row[f"rank_acc_mixed_{k}"] = mixed[k]
+    if leak is not None:
+        row["leak_lift"] = leak["lift"]
+    return row
+
+
+def _write_leaderboard(folder: Path, results: dict[str, dict[str, Any]], leak: dict[str, dict[str, Any]]) -> None:
+    for stale in folder.glob("*.json"):  # a model that is gone (outside DVC, which empties the folder)
+        if stale.stem not in results:
+            stale.unlink()
+    for name, m in results.items():
+        write_json(folder / f"{name}.json", leaderboard_row(m, leak.get(name)))
 
 
 def _write_plots(paths: Paths, data: Dataset, test: np.ndarray, y_test: np.ndarray,
@@ -287,15 +328,20 @@ def _write_figures(paths: Paths, y_test: np.ndarray, users_test: np.ndarray,
 
     histories: dict[str, list[dict[str, float]]] = {}
     losses: dict[str, str] = {}
+    kept: dict[str, int] = {}
     for path in sorted(paths.models.glob("*.pt")):
         info, _ = read_model_file(path)
         if info.history:
             histories[path.stem] = info.history
             losses[path.stem] = info.fit.loss
+            best = info.summary.get("best_epoch")
+            if best is not None:
+                kept[path.stem] = int(best)
     out = paths.figures
+    counts = {str(u): int(n) for u, n in zip(*np.unique(users_test, return_counts=True))}
     figures.predicted_vs_actual(out / "predicted_vs_actual.png", y_test, predictions, users_test, results)
-    figures.spearman_per_user(out / "spearman_per_user.png", per_user)
-    figures.learning_curves(out / "learning_curves.png", histories, losses)
+    figures.spearman_per_user(out / "spearman_per_user.png", per_user, counts)
+    figures.learning_curves(out / "learning_curves.png", histories, losses, kept)
     figures.ranking_accuracy(out / "ranking_accuracy.png", results, params.set_sizes)
 
 
@@ -322,7 +368,7 @@ def summary_tables(report: Report) -> list[Table]:
 
     first = next(iter(report.metrics.values()), {})
     sizes = "/".join(sorted(first.get("ranking_accuracy_mixed", {}), key=int))
-    within = table("within users (metrics/evaluate.json)", "model", "spearman", "95% CI", "pairwise",
+    within = table("within users (reports/evaluate.json)", "model", "spearman", "95% CI", "pairwise",
                    "ndcg10", f"rank acc {sizes}")
     mixed = table("the paper's mixed-user sets, and over all posts", "model", f"rank acc {sizes}",
                   "spearman", "mse", "mae")
@@ -332,7 +378,7 @@ def summary_tables(report: Report) -> list[Table]:
                        f(m["ndcg10_within"]), ks(m["ranking_accuracy_within"]))
         mixed.add_row(name, ks(m["ranking_accuracy_mixed"]), f(m["spearman_global"]), f(m["mse"], 4),
                       f(m["mae"], 4))
-    leak = table("leak: the user told from each model's outputs (metrics/leak.json)", "model",
+    leak = table("leak: the user told from each model's outputs (reports/leak.json)", "model",
                  "user accuracy", "majority rate", "lift")
     for name, v in report.leak.items():
         leak.add_row(name, f(v["user_accuracy"]), f(v["majority_rate"]), f(v["lift"]))
@@ -353,7 +399,7 @@ def main() -> None:
 
     setup_logging()
     paths = project_paths()
-    params = load_params(paths.params)
+    params = load_params(paths.params, ["evaluate", "crawl"])  # crawl.demo: the oracle
     report = run_stage(params.evaluate, paths, params.crawl)
     for table in report.tables():
         console.print(table)

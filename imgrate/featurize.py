@@ -522,5 +522,5 @@ def main() -> None:
 
     setup_logging()
     paths = project_paths()
-    summary = run_stage(load_params(paths.params).featurize, paths)
+    summary = run_stage(load_params(paths.params, ["featurize"]).featurize, paths)
     console.print(summary.line(), highlight=False, soft_wrap=True)

@@ -41,6 +41,16 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return (n + cols - 1) // cols, cols
 
 
+def user_styles(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A distinct (colour, marker) per user: tab10's colours x 3 markers, 30 before a repeat
+    (the same scheme as the analyze stage's figures)."""
+    from matplotlib import colormaps
+
+    colours = colormaps["tab10"].colors
+    markers = ("o", "s", "^")
+    return {name: {"color": colours[i % 10], "marker": markers[(i // 10) % 3]} for i, name in enumerate(sorted(names))}
+
+
 def predicted_vs_actual(
     path: Path,
     y_true: np.ndarray,
@@ -48,14 +58,19 @@ def predicted_vs_actual(
     users: np.ndarray,
     scores: Mapping[str, Mapping[str, Any]],
 ) -> Path:
-    """One scatter per model: actual target (x) against prediction (y), coloured by user."""
+    """One scatter per model: actual target (x) against prediction (y); each photographer a
+    colour and marker of their own, named in one legend beside the panels."""
     names = list(predictions)
     rows, cols = _grid(len(names))
-    fig = _figure(3.2 * cols, 3.0 * rows)
+    fig = _figure(3.2 * cols + 2.2, 3.0 * rows)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    _, codes = np.unique(users, return_inverse=True)
+    users = np.asarray(users)
+    styles = user_styles([str(u) for u in np.unique(users)])
     for ax, name in zip(axes, names):
-        ax.scatter(y_true, predictions[name], c=codes.reshape(-1), cmap="tab20", s=8, alpha=0.7, linewidths=0)
+        for user, style in styles.items():
+            mine = users == user
+            ax.scatter(y_true[mine], np.asarray(predictions[name])[mine], s=10, alpha=0.75, linewidths=0,
+                       label=user, **style)
         rho = scores.get(name, {}).get("spearman_within")
         ax.set_title(f"{name}\nSpearman within users {_fmt(rho)}", fontsize=9)
         ax.set_xlabel("actual", fontsize=8)
@@ -63,12 +78,18 @@ def predicted_vs_actual(
         ax.tick_params(labelsize=7)
     for ax in axes[len(names):]:
         ax.set_visible(False)
-    fig.suptitle("Test split: predicted against actual (colour = photographer)", fontsize=10)
+    if names:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", fontsize=6, markerscale=1.4, frameon=False,
+                   title="photographer", title_fontsize=7)
+    fig.suptitle("Test split: predicted against actual", fontsize=10)
     return _save(fig, path)
 
 
-def spearman_per_user(path: Path, per_user: Mapping[str, Mapping[str, float]]) -> Path:
-    """Within-user Spearman of each model for each user (one marker per model)."""
+def spearman_per_user(path: Path, per_user: Mapping[str, Mapping[str, float]],
+                      counts: Mapping[str, int] | None = None) -> Path:
+    """Within-user Spearman of each model for each user (one marker per model); ``counts``:
+    each user's test posts, shown beside the name (a Spearman over 7 posts is noisy)."""
     users = sorted({u for values in per_user.values() for u in values})
     fig = _figure(7.5, max(2.5, 0.28 * len(users) + 1.2))
     ax = fig.add_subplot()
@@ -78,18 +99,20 @@ def spearman_per_user(path: Path, per_user: Mapping[str, Mapping[str, float]]) -
         x = np.array([values.get(u, np.nan) for u in users], dtype=float)
         ax.scatter(x, y, label=name, marker=markers[i % len(markers)], s=22, alpha=0.8)
     ax.axvline(0.0, color="grey", lw=0.8, ls="--")
-    ax.set_yticks(y, users, fontsize=7)
+    labels = [f"{u} (n={counts[u]})" if counts and u in counts else u for u in users]
+    ax.set_yticks(y, labels, fontsize=7)
     ax.set_xlim(-1.05, 1.05)
-    ax.set_xlabel("Spearman correlation within the user's test posts")
+    ax.set_xlabel("Spearman correlation within the user's test posts (n = test posts)")
     ax.set_title("Within-user Spearman per photographer (0 = chance)", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return _save(fig, path)
 
 
 def learning_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, float]]],
-                    losses: Mapping[str, str] | None = None) -> Path:
+                    losses: Mapping[str, str] | None = None, kept: Mapping[str, int] | None = None) -> Path:
     """Train and validation loss per epoch, one panel per trained model (``losses``: the
-    name of each model's training loss, ``mse`` by default)."""
+    name of each model's training loss, ``mse`` by default; ``kept``: the epoch whose
+    weights the model file holds, marked by a vertical line)."""
     names = list(histories)
     rows, cols = _grid(len(names), max_cols=3)
     fig = _figure(4.0 * cols, 3.0 * rows)
@@ -99,6 +122,8 @@ def learning_curves(path: Path, histories: Mapping[str, Sequence[Mapping[str, fl
         epochs = [h["epoch"] for h in hist]
         for key, label in (("train_loss", "train"), ("val_loss", "validation")):
             ax.plot(epochs, [h.get(key, np.nan) for h in hist], marker=".", label=label)
+        if kept and name in kept:
+            ax.axvline(kept[name], color="black", lw=0.9, ls="--", label=f"kept: epoch {kept[name]}")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel(f"{(losses or {}).get(name, 'mse')} loss", fontsize=8)

@@ -181,7 +181,7 @@ class MongoSink:
         return f"{mask_uri(self.uri)} database {self.database}"
 
     def write(self, posts: list[dict[str, Any]], users: list[dict[str, Any]]) -> dict[str, int]:
-        """Upsert new and changed rows; return counts for metrics/export.json."""
+        """Upsert new and changed rows; return counts for reports/export.json."""
         client = connect(self.uri, self.timeout_s)
         try:
             ping(client, self.uri)

@@ -12,6 +12,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -253,14 +254,46 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     return cls(**kwargs)
 
 
-def parse_params(data: Any) -> Params:
-    """Build :class:`Params` from the parsed YAML mapping, naming the first bad key."""
+class _Unread:
+    """A params section a stage did not ask for: it was not validated, so it cannot be read."""
+
+    def __init__(self, section: str) -> None:
+        self._section = section
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probe for these
+            raise AttributeError(name)
+        raise ParamsError(f"params section {self._section} was not loaded (load_params(..., sections=...))")
+
+
+def parse_params(data: Any, sections: Collection[str] | None = None) -> Params:
+    """Build :class:`Params` from the parsed YAML mapping, naming the first bad key.
+
+    ``sections``: validate and build only these sections (a stage reads its own, so a bad
+    ``train.lr`` fails training, not the crawl); the others must still be known sections, and
+    reading one raises. None: every section.
+    """
     if not isinstance(data, dict):
         raise ParamsError("params.yaml must be a mapping with one section per stage")
-    params = _build(Params, data, "")
+    names = [f.name for f in dataclasses.fields(Params)]
+    if sections is None:
+        params = _build(Params, data, "")
+        _check_values(params)
+        check_workable(params)
+        return params
+    unknown = sorted(set(sections) - set(names)) or sorted(set(data) - set(names))
+    if unknown:
+        raise ParamsError(f"unknown params key {unknown[0]} (known: {', '.join(names)})")
+    hints = typing.get_type_hints(Params)
+    # the unread sections take their defaults for the range checks, then become unreadable
+    built = {n: _convert(data[n], hints[n], n) if n in sections and n in data else hints[n]() for n in names}
+    missing = [n for n in names if n in sections and n not in data]
+    if missing:
+        raise ParamsError(f"missing params key {missing[0]}")
+    params = Params(**built)
     _check_values(params)
-    check_workable(params)
-    return params
+    check_workable(params, sections)
+    return dataclasses.replace(params, **{n: _Unread(n) for n in names if n not in sections})
 
 
 def _check_values(p: Params) -> None:
@@ -502,8 +535,8 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 - a SafeLoader subclass
 
 
-def load_params(path: Path) -> Params:
-    """Read and validate params.yaml."""
+def load_params(path: Path, sections: Collection[str] | None = None) -> Params:
+    """Read and validate params.yaml (only ``sections`` of it, when given: see parse_params)."""
     try:
         text = read_utf8(path)
     except FileNotFoundError as err:
@@ -516,4 +549,4 @@ def load_params(path: Path) -> Params:
         raise DuplicateKeyError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         raise ParamsError(f"{path} is not valid YAML: {err}") from None
-    return parse_params(data)
+    return parse_params(data, sections)

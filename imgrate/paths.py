@@ -104,9 +104,19 @@ class Paths:
         return self.metrics / f"{stage}.json"
 
     @property
+    def evaluate_metrics(self) -> Path:
+        """One small metrics file per model and baseline (``<name>.json``), so that
+        `dvc metrics show` prints one row per model: the leaderboard."""
+        return self.metrics / "evaluate"
+
+    # a stage's full report beside its metrics: git-tracked (cache: false), not a DVC metric
+    def stage_report(self, stage: str) -> Path:
+        return self.root / "reports" / f"{stage}.json"
+
+    @property
     def leak_metrics(self) -> Path:
-        """How well each model's outputs reveal the user (evaluate stage)."""
-        return self.metrics / "leak.json"
+        """How well each model's outputs reveal the user (evaluate stage's report)."""
+        return self.root / "reports" / "leak.json"
 
     @property
     def plots(self) -> Path:
@@ -143,7 +153,12 @@ class Paths:
     def crawl_logs(self) -> Path:
         """One JSON report per crawl run, with its timings (metrics/crawl.json has none, so a
         crawl that finds nothing new leaves it, and dvc.lock, unchanged)."""
-        return self.cache / "logs" / "crawl"
+        return self.stage_logs("crawl")
+
+    def stage_logs(self, stage: str) -> Path:
+        """One JSON file per run of ``stage`` with what depends on the run, not on the inputs
+        (timings, cache hits): outside the DVC outputs, so the same inputs give the same bytes."""
+        return self.cache / "logs" / stage
 
     @property
     def tmp(self) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from imgrate import reference
 from imgrate.dataset import Dataset, to_tensor_batch
 from imgrate.errors import DataError, ImageError
 from imgrate.featurize import Backbone
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Scored:
     file: str
-    score: float
+    score: float  # the model's raw output (its predicted target)
+    # where the score falls among the model's scores of the training photos (of the given
+    # photographer, else of all), 0-100; None for a model file without a reference block
+    percentile: float | None = None
+    # how far the photo lies from the training photos (imgrate.reference.input_check)
+    distance_percentile: float | None = None
+    unusual: bool = False
 
 
 class Scorer:
@@ -46,6 +53,11 @@ class Scorer:
         self.input = self.info.input
         self.input_size = self.input.size
         self._backbone: Backbone | None = None
+        self.reference: dict[str, Any] | None = self.info.extra.get(reference.KEY)
+
+    def photographers(self) -> list[str]:
+        """The photographers whose training photos the percentiles can be taken against."""
+        return sorted(self.reference["scores"]["by_user"]) if self.reference else []
 
     def _inputs(self, images: np.ndarray) -> np.ndarray:
         """What the model reads for uint8 images at :attr:`input_size`."""
@@ -66,9 +78,10 @@ class Scorer:
         out = [self._head(self._inputs(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def score_files(self, files: Sequence[Path]) -> tuple[list[Scored], list[dict[str, str]]]:
+    def score_files(self, files: Sequence[Path], user: str | None = None) -> tuple[list[Scored], list[dict[str, str]]]:
         """(scored files best first, errors): a file that is not a readable image is reported
-        in the errors, the others are still scored."""
+        in the errors, the others are still scored. Percentiles are taken against ``user``'s
+        training photos when the model knows that photographer, else against all of them."""
         names, arrays, errors = [], [], []
         for path in files:
             try:
@@ -76,8 +89,15 @@ class Scorer:
                 names.append(str(path))
             except ImageError as err:
                 errors.append({"file": str(path), "error": str(err)})
-        scores = self.score_images(np.stack(arrays)) if arrays else np.zeros(0)
-        ranked = sorted((Scored(f, float(s)) for f, s in zip(names, scores)), key=lambda r: (-r.score, r.file))
+        images = np.stack(arrays) if arrays else np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
+        scores = self.score_images(images) if arrays else np.zeros(0)
+        ref = self.reference
+        checks = reference.input_check(ref, images) if ref and arrays else [{} for _ in names]
+        pool = user if ref and user in ref["scores"]["by_user"] else None
+        found = [Scored(f, float(s), round(reference.percentile(ref, float(s), pool), 1) if ref else None,
+                        c.get("distance_percentile"), bool(c.get("unusual", False)))
+                 for f, s, c in zip(names, scores, checks)]
+        ranked = sorted(found, key=lambda r: (-r.score, r.file))
         return ranked, errors
 
     def score_rows(self, data: Dataset, paths: Paths, rows: np.ndarray) -> np.ndarray:
@@ -95,8 +115,15 @@ class Scorer:
             out.append(self._head(to_tensor_batch(x) if self.input.kind == "pixels" else x))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def describe(self) -> dict[str, Any]:
-        return {"model": str(self.path), "architecture": self.info.model, "input_size": self.input_size}
+    def describe(self, user: str | None = None) -> dict[str, Any]:
+        """The model and what its percentiles are taken against."""
+        out: dict[str, Any] = {"model": str(self.path), "architecture": self.info.model,
+                               "input_size": self.input_size}
+        if self.reference:
+            known = user in self.reference["scores"]["by_user"]
+            out["percentile_of"] = (f"{user}'s training photos" if known else
+                                    f"all {len(self.photographers())} photographers' training photos")
+        return out
 
 
 def read_image(path: Path, size: int) -> np.ndarray:

@@ -3,7 +3,7 @@
 The paper's recipe: the first image of each post (``_1`` of a sidecar; videos have none
 unless the crawl kept their thumbnails), ``size`` x ``size`` RGB uint8, likes divided by the
 user's most-liked post, per-user balance, a stable 8:1:1 split. Images that fail to decode
-are skipped and listed (``meta.json`` ``skipped``, ``metrics/preprocess.json``), and so are
+are skipped and listed (``meta.json`` ``skipped``, ``reports/preprocess.json``), and so are
 the posts of a shard that is damaged (checked through a cache keyed by the shard's name,
 size and mtime; export already skips such shards, so this guards a shard damaged since).
 
@@ -20,6 +20,7 @@ shard costs one decode of that shard's images; old shards cost two small file re
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -299,7 +300,8 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     copied out of them.
     """
     remove_stale_tmp(paths.dataset)  # left by a killed run (a 530 MB images array at the paper's scale)
-    remove_stale_tmp(paths.metrics, [paths.stage_metrics("preprocess").name])
+    for out in (paths.stage_metrics("preprocess"), paths.stage_report("preprocess")):
+        remove_stale_tmp(out.parent, [out.name])
     remove_stale_tmp(paths.cache / "thumbs")
     if not paths.posts_table.exists():
         raise DataError(f"{paths.posts_table} not found: run the export stage first")
@@ -378,13 +380,20 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {
         "posts": len(table), "likes_hidden": held["likes_hidden"], "too_young": held["too_young"],
-        "users_likes_hidden": held["users_likes_hidden"], "decoded": decoded, "from_cache": from_cache,
+        "users_likes_hidden": held["users_likes_hidden"],
         "skipped": sum(s["member"] is not None for s in skipped), "shards_damaged": len(damaged),
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
     }
-    write_json(paths.stage_metrics("preprocess"), metrics)
-    return metrics
+    # `dvc metrics show` gets three counts (one table line for every stage must fit a
+    # terminal); reports/preprocess.json has all of it (splits, skipped, duplicates)
+    write_json(paths.stage_report("preprocess"), metrics)
+    write_json(paths.stage_metrics("preprocess"), {k: metrics[k] for k in ("posts", "kept", "users")})
+    # what the thumbnail cache saved depends on the cache, not on the inputs: a run log, not a metric
+    run = {**metrics, "decoded": decoded, "from_cache": from_cache}
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    write_json(paths.stage_logs("preprocess") / f"{stamp}.json", run)
+    return run
 
 
 def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, ShardThumbs],
@@ -414,6 +423,6 @@ def main() -> None:
 
     setup_logging()
     paths = project_paths()
-    m = run_stage(load_params(paths.params).preprocess, paths)
+    m = run_stage(load_params(paths.params, ["preprocess"]).preprocess, paths)
     console.print(f"preprocess: {m['kept']} images ({m['decoded']} decoded, {m['from_cache']} from cache, "
                   f"{m['skipped']} skipped), splits {m['splits']}", highlight=False, soft_wrap=True)

@@ -12,14 +12,32 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 T = TypeVar("T")
 
-console = Console(stderr=True, markup=False)  # user text is never read as markup
+# Lines written to a file or a pipe (logs, tests, CI) are never hard-wrapped, whatever COLUMNS
+# says: a message must not depend on the width of a terminal that is not there.
+UNWRAPPED_WIDTH = 10_000
+
+
+class _Console(Console):
+    """Rich's console, as wide as the terminal on a terminal and unwrapped anywhere else."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console: Console = _Console(stderr=True, markup=False)  # user text is never read as markup
 
 
 def print_note(label: str, message: object, style: str = "yellow") -> None:
@@ -58,13 +76,14 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr through rich; library modules log through ``logging.getLogger(__name__)``."""
     level = logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(
-        level=level,
-        format="%(message)s",
-        datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False)],
-        force=True,
-    )
+    handler: logging.Handler
+    if console.is_terminal:
+        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:  # a log file or pipe: one plain line per record, never wrapped
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # Instaloader and urllib3 are chatty at INFO; their warnings still show.
     for noisy in ("urllib3", "instaloader", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgrate import metrics
+from imgrate import metrics, reference
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImgrateError
@@ -399,8 +399,8 @@ def fit(
                 best = {"score": score, "epoch": epoch, "state": _cpu_state(model), "bad": 0}
             else:
                 best["bad"] += 1
-        log.info("epoch %d/%d train_loss %.5f val_loss %.5f val_spearman_within %.3f",
-                 epoch, cfg.epochs, train_loss, val_loss, rho)
+        log.info("epoch %d/%d train_loss %.5f val_loss %.5f val_spearman_within %.3f (%.1f s)",
+                 epoch, cfg.epochs, train_loss, val_loss, rho, entry.seconds)
         if checkpoint is not None and info.main:
             checkpoint.save({"model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                              "history": [dataclasses.asdict(e) for e in history], "best": best})
@@ -421,6 +421,14 @@ def calibrate(model: nn.Module, train: Inputs, device: torch.device) -> None:
         return
     slope, intercept = np.polyfit(scores, train.y.astype(np.float64), 1)
     model.set_output_affine(max(float(slope), 1e-6), float(intercept))  # type: ignore[operator]
+
+
+def reference_block(model: nn.Module, train: Inputs, data: Dataset, device: torch.device) -> dict[str, Any]:
+    """The model file's :mod:`imgrate.reference` block: the model's scores of the training
+    photos (per photographer) and those photos' statistics, so that `imgrate rank` can say
+    where a new photo's score falls and whether the photo is like the ones it learned from."""
+    scores = predict_inputs(model, train, device)
+    return reference.build(scores, data.users(train.rows), data.images[train.rows])
 
 
 # --------------------------------------------------------------------------- the stage
@@ -494,10 +502,11 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
         history = fit(model, train, val, cfg, device, info=info, on_epoch=on_epoch, checkpoint=checkpoint)
         # the epoch whose weights the model file holds (fit keeps the first best one)
         kept = history[-1] if cfg.patience is None else max(history, key=epoch_score)
-        if live is not None:  # metrics.json (`dvc exp show`) also names the kept epoch
-            live.summary["kept_epoch"] = kept.epoch
-            if math.isfinite(kept.val_spearman_within):
-                live.summary["kept_val_spearman_within"] = kept.val_spearman_within
+        if live is not None:
+            # metrics.json (`dvc metrics show`, `dvc exp show`): the kept epoch, not the last
+            # epoch's losses (the curves are in plots/): one table of every stage's metrics
+            # must fit a terminal
+            live.summary = {"kept_epoch": kept.epoch}
         trained = True
     finally:
         if live is not None:
@@ -506,6 +515,7 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
             shutil.rmtree(staged, ignore_errors=True)
     if cfg.loss == "pairwise" and hasattr(model, "set_output_affine"):
         calibrate(model, train, device)
+    ref = reference_block(model, train, data, device) if info.main else None
     summary = {
         "model": model_name,
         "device": device.type,
@@ -516,8 +526,9 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
         "train_loss": kept.train_loss,
         "val_loss": kept.val_loss,
         "val_spearman_within": kept.val_spearman_within,
-        "seconds_per_epoch": float(np.mean([e.seconds for e in history])),
     }
+    # wall-clock time goes to the log, never into the model file: the same inputs give the same bytes
+    log.info("%s: %.2f s per epoch", model_name, float(np.mean([e.seconds for e in history])))
     if info.main:
         shared = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in MODELS}
         save_model(paths.model(model_name), model.cpu(), ModelFile(
@@ -526,8 +537,10 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
             input=input_spec,
             fit=cfg,
             params={**shared, model_name: dataclasses.asdict(section)},
-            history=[dataclasses.asdict(e) for e in history],
+            # no wall-clock seconds: the same inputs give the same bytes (timings go to the log)
+            history=[{k: v for k, v in dataclasses.asdict(e).items() if k != "seconds"} for e in history],
             summary=summary,
+            extra={reference.KEY: ref},  # how to read its scores: imgrate/reference.py
         ))
         if checkpoint is not None:
             checkpoint.remove()
@@ -580,7 +593,7 @@ def main(model_name: str) -> None:
     torchrun with that many processes and waits for them."""
     setup_logging()
     paths = project_paths()
-    params = load_params(paths.params)
+    params = load_params(paths.params, ["train"])
     model_spec(model_name)
     processes = nproc(params)
     if processes > 1 and "WORLD_SIZE" not in os.environ:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # what a project copy needs to run the pipeline (the imgrate package itself is installed)
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "users.txt", "stages", "imgrate", ".dvc/config",
-                 ".dvc/.gitignore", ".dvcignore", ".gitignore"]
+                 ".dvc/.gitignore", ".dvc/plots-offline.html", ".dvcignore", ".gitignore"]
 
 TINY_USERS = ["alpha_lens_demo", "bravo_frames_demo", "charlie_grain_demo"]
 

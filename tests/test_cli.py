@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,33 @@ def test_predict_scores_images_and_reports_non_images(tiny_world, tmp_path: Path
     assert payload["errors"][0]["file"].endswith("notes.txt") and "not a readable image" in payload["errors"][0]["error"]
     missing = runner.invoke(app, ["predict", str(tmp_path / "red.jpg"), "--model", str(tmp_path / "none.pt")])
     assert missing.exit_code == 2 and "model file not found" in missing.output
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_db_tables_show_whole_numbers_and_names_at_80_columns(width: int) -> None:
+    """`imgrate db top/bottom/users` on a terminal of 80 columns: every number and every
+    name appears whole (issue 12.6: `1,153…`, `DGorw…`, `2025-…`, `239,8…` were cut)."""
+    from rich.console import Console
+
+    from imgrate.cli import posts_table, users_table
+
+    posts = [{"user": "basalt_and_bloom_demo", "shortcode": f"DGorw{i}Xyz1A", "date": "2025-06-01T12:00:00",
+              "likes": 1_153_234 + i, "comments": 12_345, "typename": "GraphSidecar"} for i in range(3)]
+    users = [{"username": "basalt_and_bloom_demo", "followers": 239_811, "posts": 104,
+              "likes_total": 12_345_678, "likes_mean": 118_708.4, "likes_std": 98_765.4, "likes_min": 1_234,
+              "likes_max": 1_153_234, "likes_per_follower": 0.4950}]
+    for table, cells in ((posts_table(posts, "top 3 liked posts"),
+                          [v for p in posts for v in (p["user"], p["shortcode"], "2025-06-01", f"{p['likes']:,}",
+                                                      "12,345", "sidecar")]),
+                         (users_table(users, "users in imgrate"),
+                          ["basalt_and_bloom_demo", "239,811", "12,345,678", "118,708", "1,153,234", "0.4950"])):
+        console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+        console.print(table)
+        text = console.export_text()
+        assert max(len(line) for line in text.splitlines()) <= width, text
+        assert "…" not in text, text
+        for cell in cells:
+            assert cell in text, (cell, text)
 
 
 def _main_module(body: list) -> str | None:

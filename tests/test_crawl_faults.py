@@ -153,7 +153,9 @@ def test_private_missing_and_rate_limited_users_are_reported_and_the_rest_crawle
     # throttled_twice_demo: a cap on the backoff below what five tries would wait
     params = crawl_params(budget=BudgetParams(max_wait_per_user_s=100.0, backoff_base_s=30.0))
     run_stage(params, paths)
-    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    metrics = json.loads(paths.stage_report("crawl").read_text())
+    assert json.loads(paths.stage_metrics("crawl").read_text()) == {
+        "users": 7, "new_posts": metrics["totals"]["new_posts"], "requests": metrics["totals"]["requests"]}
     status = {u: m["status"] for u, m in metrics["users"].items()}
     assert status == {"alpha_lens_demo": "ok", "bravo_frames_demo": "ok", "quiet_private_lens": "private",
                       "ghost_of_nobody": "not_found", "missing_person_x": "not_found",
@@ -241,11 +243,6 @@ def _project(tmp_path: Path, users: list[str], rate: float, seed: int) -> Path:
     return project
 
 
-def _started(project: Path) -> bool:
-    work = project / ".imgrate-cache" / "crawl"
-    return work.is_dir() and any(p.is_dir() and any(p.iterdir()) for p in work.iterdir())
-
-
 def _assert_consistent(paths: Paths) -> None:
     """What a crawl killed at any moment leaves: complete shards only, nothing twice, stamps not ahead."""
     for p in paths.shards.iterdir():
@@ -256,23 +253,37 @@ def _assert_consistent(paths: Paths) -> None:
     assert report.ok, report.problems[:5]
 
 
+def _kill_moment(rng: random.Random, first: bool) -> tuple[str, int]:
+    """A seeded moment: a request (answered or not yet) or a rename (just before or after)."""
+    event = rng.choice(["request", "replace-before", "replace-after"])
+    top = (200 if event == "request" else 40) if first else (20 if event == "request" else 4)
+    return event, rng.randint(1, top)
+
+
 @pytest.mark.parametrize("trial", range(4))
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, trial: int) -> None:
+    """kill -9 lands at a moment the crawler itself reports reaching (tests/pause_crawl.py),
+    never after a sleep, so the test does not depend on the machine's speed."""
     rng = random.Random(trial)
     project = _project(tmp_path, USERS, rate=0.1, seed=trial)
     paths = Paths(project)
     env = {**os.environ, "IMGRATE_QUIET": "1"}
     env.pop("IMGRATE_ROOT", None)
     killed: list[bool] = []
-    for _ in range(2):
-        proc = subprocess.Popen([sys.executable, str(ROOT / "stages" / "crawl.py")], cwd=project, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and not _started(project) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.8))
-        proc.send_signal(signal.SIGKILL)
-        killed.append(proc.wait() == -signal.SIGKILL)
+    for run_no in range(2):
+        event, n = _kill_moment(rng, first=run_no == 0)
+        log = tmp_path / f"crawl{run_no}.log"  # a file, not a pipe: a full pipe would block the crawler
+        with open(log, "w") as err:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "pause_crawl.py"), event, str(n)],
+                                    cwd=project, env=env, text=True, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # the crawler's "paused ..." line, or "" when it ended first
+            if line:
+                assert line.strip() == f"paused {event} {n}", line
+                proc.send_signal(signal.SIGKILL)
+            code = proc.wait()
+        assert code in (0, -signal.SIGKILL), log.read_text()
+        killed.append(code == -signal.SIGKILL)
         if paths.shards.exists():
             _assert_consistent(paths)
     assert killed[0], "the crawl ended before the kill: the world is too small to show anything"
@@ -465,7 +476,7 @@ def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path
     users = [*USERS, "echo_frames_demo", "foxtrot_lens_demo"]
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
     run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths)
-    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "endpoint_changed", metrics["stop_reason"]
     assert metrics["totals"]["wait_s"] < 60 and metrics["waits_simulated"] is True
     reason = metrics["stop_reason"]
@@ -511,7 +522,7 @@ def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch:
     t0 = time.monotonic()
     report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
     assert time.monotonic() - t0 < 30
-    metrics = json.loads(paths.stage_metrics("crawl").read_text())
+    metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "unreachable"
     assert metrics["stop_reason"].startswith("cannot reach www.instagram.com: the name does not resolve")
     assert metrics["totals"]["requests"] == 2 and metrics["totals"]["wait_s"] == 0
@@ -544,9 +555,9 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     assert len(stopped) == 1 and "cannot reach www.instagram.com" in stopped[0], proc.stderr
     assert f"the proxy 127.0.0.1:{port} refused or is down" in " ".join(proc.stderr.split())
     assert "Traceback" not in proc.stderr and sum("www.instagram.com" in line for line in proc.stderr.splitlines()) == 1
-    metrics = (tmp_path / "metrics" / "crawl.json").read_text()
-    assert json.loads(metrics)["status"] == "unreachable"
-    assert "pr0xy-pw" not in proc.stderr + proc.stdout + metrics
+    report = (tmp_path / "reports" / "crawl.json").read_text()
+    assert json.loads(report)["status"] == "unreachable"
+    assert "pr0xy-pw" not in proc.stderr + proc.stdout + report + (tmp_path / "metrics" / "crawl.json").read_text()
 
 
 def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:

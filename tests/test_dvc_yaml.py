@@ -145,21 +145,22 @@ def test_paths_agree_with_paths_module() -> None:
     rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     s = _stages()
-    assert _outs(s["crawl"]) == {rel(p.raw)}
+    assert _outs(s["crawl"]) == {rel(p.raw), rel(p.stage_report("crawl"))}
     assert s["crawl"]["always_changed"] is True
     assert s["crawl"]["outs"][0][rel(p.raw)]["persist"] is True
-    assert _outs(s["export"]) == {rel(p.tables)}
-    assert _outs(s["preprocess"]) == {rel(p.dataset)}
+    assert _outs(s["export"]) == {rel(p.tables), rel(p.stage_report("export"))}
+    assert _outs(s["preprocess"]) == {rel(p.dataset), rel(p.stage_report("preprocess"))}
     assert {rel(p.raw), rel(p.tables)} <= _deps(s["preprocess"])
     assert rel(p.dataset) in _deps(s["train"])
     models = s["train"]["matrix"]["model"]
-    assert _outs(s["train"]) == {"models/${item.model}.pt"}
+    assert _outs(s["train"]) == {"models/${item.model}.pt", "dvclive/${item.model}/plots"}
     assert {rel(p.model(m)) for m in models} <= _deps(s["evaluate"])
     for stage in ("crawl", "export", "preprocess"):
         assert _outs(s[stage], "metrics") == {rel(p.stage_metrics(stage))}
-    assert _outs(s["evaluate"], "metrics") == {rel(p.stage_metrics("evaluate")), rel(p.leak_metrics)}
-    assert _outs(s["evaluate"]) == {rel(p.figures)}
-    assert _outs(s["evaluate"], "plots") == {rel(p.plots / "predictions"), rel(p.plots / "spearman_per_user")}
+    assert _outs(s["evaluate"], "metrics") == {rel(p.evaluate_metrics)}
+    assert _outs(s["evaluate"]) == {rel(p.stage_report("evaluate")), rel(p.leak_metrics)}
+    assert _outs(s["evaluate"], "plots") == {rel(p.figures), rel(p.plots / "predictions"),
+                                             rel(p.plots / "spearman_per_user")}
     assert rel(p.images_array(params.preprocess.size)).startswith(rel(p.dataset))
     # analyze: figures of the data; reads tables, dataset and shards; nothing depends on it
     assert {rel(p.raw), rel(p.tables), rel(p.dataset)} <= _deps(s["analyze"])
@@ -170,10 +171,24 @@ def test_paths_agree_with_paths_module() -> None:
     assert not any(analyze_outs & _deps(stage) for stage in s.values())
 
 
+def test_tracked_metrics_survive_a_failing_run() -> None:
+    """DVC deletes a stage's outputs before running it, unless `persist`: git-tracked metrics
+    (written atomically at the end of a run) persist, so a run that fails keeps the last ones."""
+    for name, stage in _stages().items():
+        for entry in stage.get("metrics", []):
+            path, opts = next(iter(entry.items()))
+            if not path.startswith("dvclive/"):  # DVCLive's own summary is rewritten by training
+                assert opts.get("persist") is True, (name, path)
+
+
 def test_metrics_and_plots_are_not_cached() -> None:
+    """Git carries metrics and plot tables; the evaluate PNGs alone live in DVC's cache."""
+    figures = Paths(ROOT).figures.relative_to(ROOT).as_posix()
     for name, stage in _stages().items():
         for kind in ("metrics", "plots"):
             for entry in stage.get(kind, []):
+                if entry == figures:
+                    continue
                 assert isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False, (name, entry)
 
 
@@ -187,3 +202,8 @@ def test_every_trained_model_has_a_learning_curve_plot() -> None:
         curves = (p.live_dir(model) / "plots" / "metrics").relative_to(ROOT).as_posix()
         assert plot["y"] == {f"{curves}/train_loss.tsv": "train_loss", f"{curves}/val_loss.tsv": "val_loss"}
         assert plot["x"] == "step"
+        spearman = plots.get(f"validation_spearman_{model}")
+        assert spearman is not None and spearman["y"] == {f"{curves}/val_spearman_within.tsv": "val_spearman_within"}
+    # each curve once: DVCLive's TSVs are outputs, not plots of their own as well
+    assert not any("dvclive" in next(iter(e)) if isinstance(e, dict) else "dvclive" in e
+                   for e in _stages()["train"].get("plots", []))

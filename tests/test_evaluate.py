@@ -99,10 +99,23 @@ def evaluated(synthetic: tuple[Paths, np.ndarray]) -> tuple[Paths, dict, dict]:
     paths, _ = synthetic
     report = run_stage(PARAMS, paths)  # no crawl params: no oracle
     assert report.skipped["oracle"].startswith("only on the simulated world")
-    results = json.loads(paths.stage_metrics("evaluate").read_text())
+    results = json.loads(paths.stage_report("evaluate").read_text())
     leak = json.loads(paths.leak_metrics.read_text())
     assert results == report.metrics and leak == report.leak
     return paths, results, leak
+
+
+def test_metrics_hold_one_small_row_per_model(evaluated: tuple[Paths, dict, dict]) -> None:
+    """metrics/evaluate/<name>.json: what a comparison needs, one file per model (one row of
+    `dvc metrics show`); the rest stays in reports/evaluate.json."""
+    paths, results, leak = evaluated
+    rows = {p.stem: json.loads(p.read_text()) for p in paths.evaluate_metrics.glob("*.json")}
+    assert set(rows) == set(results)
+    for name, row in rows.items():
+        assert row == {"spearman_within": results[name]["spearman_within"],
+                       "pairwise_within": results[name]["pairwise_within"],
+                       "rank_acc_mixed_2": results[name]["ranking_accuracy_mixed"]["2"],
+                       "leak_lift": leak[name]["lift"]}, name
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -253,6 +266,34 @@ def _json(proc) -> dict:  # noqa: ANN001
     return json.loads(proc.stdout or "{}")
 
 
+def _assert_drawn_offline(project: Path) -> None:
+    """Headless Chromium with the network cut off draws every Vega plot and image of the page;
+    the same page on DVC's default template (Vega from a CDN) draws none, which shows that
+    the network really was off."""
+    import os
+
+    import browser
+    from conftest import dvc
+
+    if browser.chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: CI needs it (.ci/run installs Debian's chromium)")
+        return  # a developer machine without chromium: the page checks above still ran
+    page = project / "dvc_plots" / "index.html"
+    report = browser.render(page)
+    want = browser.vega_plots(page)
+    assert report["vega_loaded"] and report["vega_drawn"] == want > 0, report
+    assert report["images"] == report["images_loaded"] >= len(FIGURES), report
+    from dvc_render.html import PAGE_HTML  # DVC's own page: Vega from cdn.jsdelivr.net
+
+    (project / "cdn.html").write_text(PAGE_HTML)
+    dvc(project, "plots", "show", "--html-template", str(project / "cdn.html"), "-o", "dvc_plots_cdn")
+    online = browser.render(project / "dvc_plots_cdn" / "index.html")
+    assert not online["vega_loaded"] and online["vega_drawn"] == 0, online
+    shutil.rmtree(project / "dvc_plots_cdn")
+    (project / "cdn.html").unlink()
+
+
 @pytest.mark.slow
 def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> None:
     from conftest import dvc, git, run
@@ -265,19 +306,26 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
 
     # 2. repro: evaluate writes both metric files, per-model plots and the oracle
     dvc(project, "repro")
-    results = json.loads((project / "metrics/evaluate.json").read_text())
+    results = json.loads((project / "reports/evaluate.json").read_text())
     assert {"paper_cnn", "oracle", *PIXEL_BASELINES} <= set(results)
-    assert set(json.loads((project / "metrics/leak.json").read_text())) == set(results)
+    assert set(json.loads((project / "reports/leak.json").read_text())) == set(results)
+    assert {p.stem for p in (project / "metrics/evaluate").glob("*.json")} == set(results)
     for fig in FIGURES:
         assert (project / "reports/figures/evaluate" / fig).exists(), fig
 
-    # 3. dvc plots show writes a page a browser opens, with every plot in it
+    # 3. dvc plots show writes a page a browser opens, with every plot in it, each curve once,
+    # and the PNG figures; the project's template carries Vega, so it needs no network
     dvc(project, "plots", "show", "-o", "dvc_plots")
     page = (project / "dvc_plots/index.html").read_text()
-    assert "paper_cnn: train and validation loss" in page
+    assert "paper_cnn: train and validation loss" in page and "cdn.jsdelivr" not in page
     per_model = [f"plots/{kind}/{model}.csv" for kind in ("predictions", "spearman_per_user") for model in results]
-    for name in ("learning_curves_paper_cnn", "dvclive/paper_cnn/plots/metrics/val_loss.tsv", *per_model):
-        assert f"vegaEmbed('#{re.sub(r'[^A-Za-z0-9]', '_', name)}'" in page, name  # the plot's id
+    for name in ("learning_curves_paper_cnn", "validation_spearman_paper_cnn", *per_model):
+        assert page.count(f"vegaEmbed('#{re.sub(r'[^A-Za-z0-9]', '_', name)}'") == 1, name  # the plot's id
+    for tsv in ("train_loss", "val_loss", "val_spearman_within"):  # not drawn a second time on their own
+        assert f"dvclive_paper_cnn_plots_metrics_{tsv}_tsv" not in page, tsv
+    for fig in FIGURES:
+        assert f"reports_figures_evaluate_{fig.replace('.', '_')}" in page, fig  # the PNGs, as images
+    _assert_drawn_offline(project)
     shutil.rmtree(project / "dvc_plots")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "first run")
@@ -305,7 +353,29 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
     for name, lr in (("lr-high", 0.01), ("lr-low", 0.0001)):
         data = exps[name]
         assert data["params"]["params.yaml"]["data"]["train"]["paper_cnn"]["lr"] == lr
-        spearman = data["metrics"]["metrics/evaluate.json"]["data"]["paper_cnn"]["spearman_within"]
+        spearman = data["metrics"]["metrics/evaluate/paper_cnn.json"]["data"]["spearman_within"]
         assert spearman is None or math.isfinite(spearman)
     table = dvc(project, "exp", "show", "--md", "--only-changed").stdout
     assert "lr-high" in table and "lr-low" in table
+
+
+def test_figures_tell_27_photographers_apart_and_mark_the_kept_epoch(tmp_path: Path) -> None:
+    """Issue 12.10: one (colour, marker) per photographer with a legend, n per user beside
+    the Spearman bars, the kept epoch marked on the learning curves."""
+    from PIL import Image
+
+    from imgrate import figures
+
+    users = np.array([f"photographer_{i:02d}" for i in range(27) for _ in range(7)])
+    styles = figures.user_styles(sorted(set(users)))
+    assert len({(s["color"], s["marker"]) for s in styles.values()}) == 27
+    rng = np.random.default_rng(0)
+    y = rng.random(len(users))
+    out = figures.predicted_vs_actual(tmp_path / "pva.png", y, {"a": y + rng.normal(0, 0.1, len(y))}, users,
+                                      {"a": {"spearman_within": 0.5}})
+    counts = {u: 7 for u in set(users)}
+    bars = figures.spearman_per_user(tmp_path / "spu.png", {"a": {u: 0.1 for u in set(users)}}, counts)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.0 + (e - 5) ** 2 / 50} for e in range(1, 11)]
+    curves = figures.learning_curves(tmp_path / "lc.png", {"a": history}, kept={"a": 5})
+    for png in (out, bars, curves):
+        assert Image.open(png).size[0] > 300

@@ -129,8 +129,8 @@ def test_bad_posts_are_skipped_and_counted_with_shard_and_member(bad_world) -> N
     got = {s["member"]: s["reason"] for s in skipped if s["shard"] == "000001.tar"}
     assert got == expected
     assert [(s["shard"], s["member"]) for s in skipped if s["shard"] in odd] == list(odd.items())
-    metrics = json.loads(paths.stage_metrics("export").read_text())
-    assert metrics["posts_skipped"] == len(expected) + len(odd)
+    report = json.loads(paths.stage_report("export").read_text())
+    assert report["posts_skipped"] == len(expected) + len(odd)
     posts = read_jsonl(paths.posts_table)
     users = read_jsonl(paths.users_table)
     assert all(is_shortcode(p["shortcode"]) and is_username(p["user"]) for p in posts)

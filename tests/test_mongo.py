@@ -67,7 +67,7 @@ def test_export_upserts_the_json_rows_then_only_what_changed(tmp_path: Path, mon
     posts, users = read_jsonl(paths.posts_table), read_jsonl(paths.users_table)
     assert m1["posts_written"] == len(posts) == mongo_db.posts.count_documents({}) > 20
     assert m1["users_written"] == len(users) == mongo_db.users.count_documents({}) == len(TINY_USERS)
-    assert json.loads(paths.stage_metrics("export").read_text())["posts_written"] == len(posts)
+    assert json.loads(paths.stage_report("export").read_text())["posts_written"] == len(posts)
     docs = _docs(mongo_db.posts, "shortcode")
     for row in posts:  # each document is its JSON row, plus its hash and a thumbnail
         doc = dict(docs[row["shortcode"]])
@@ -197,7 +197,7 @@ def test_stage_script_exports_to_mongo(db_project, mongo_uri: str) -> None:
     from pymongo import MongoClient
 
     root, database = db_project
-    metrics = json.loads((root / "metrics" / "export.json").read_text())
+    metrics = json.loads((root / "reports" / "export.json").read_text())  # the full report
     posts = read_jsonl(root / "data" / "tables" / "posts.jsonl")
     assert metrics["posts_written"] == metrics["posts"] == len(posts)
     assert metrics["users_written"] == len(TINY_USERS)

@@ -65,6 +65,29 @@ def test_missing_params_file_is_named(tmp_path: Path) -> None:
         load_params(tmp_path / "params.yaml")
 
 
+def test_a_stage_validates_only_the_sections_it_reads() -> None:
+    """`train.paper_cnn.lr: fast` fails the stages that read train, not the crawl (issue 12.7)."""
+    data = _raw()
+    data["train"]["paper_cnn"]["lr"] = "fast"
+    data["preprocess"]["size"] = 2  # out of range: checked only where preprocess is read
+    crawl_only = parse_params(data, ["crawl"])
+    assert crawl_only.crawl.source == "demo"
+    with pytest.raises(ParamsError, match="params section train was not loaded"):
+        crawl_only.train.seed  # noqa: B018
+    with pytest.raises(ParamsError, match="train.paper_cnn.lr: expected a number, got 'fast'"):
+        parse_params(data, ["train"])
+    with pytest.raises(ParamsError, match="preprocess.size: must be at least 8"):
+        parse_params(data, ["preprocess"])
+    with pytest.raises(ParamsError, match="train.paper_cnn.lr"):
+        parse_params(data)  # every section: the CLI's and the tests' default
+    data["trainn"] = {}
+    with pytest.raises(ParamsError, match="unknown params key trainn"):
+        parse_params(data, ["crawl"])  # an unknown section is still named, by every stage
+    del data["trainn"], data["crawl"]
+    with pytest.raises(ParamsError, match="missing params key crawl"):
+        parse_params(data, ["crawl"])
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import dvc, git, tiny_params, write_params
+from conftest import dvc, git, make_project, run, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
 ALL = ["crawl", "export", "preprocess", "featurize", "train@paper_cnn", "train@pretrained", "evaluate"]
@@ -41,9 +41,9 @@ def repro_everything(project: Path) -> list[str]:
 def test_repro_lifecycle(project: Path) -> None:
     # 1. from scratch: every stage runs and writes its metrics
     assert repro_everything(project) == ALL
-    for name in ("crawl", "export", "preprocess", "evaluate"):
+    for name in ("crawl", "export", "preprocess", "evaluate/paper_cnn"):
         assert (project / "metrics" / f"{name}.json").exists(), name
-    evaluate = json.loads((project / "metrics/evaluate.json").read_text())
+    evaluate = json.loads((project / "reports/evaluate.json").read_text())
     for model in ("paper_cnn", "pretrained", "linear_regression"):
         assert set(evaluate[model]["ranking_accuracy_mixed"]) == {"2", "5", "10"}
         assert evaluate[model]["mse"] >= 0
@@ -57,10 +57,10 @@ def test_repro_lifecycle(project: Path) -> None:
     assert digest(project / "data/raw") == raw_before
     status = dvc(project, "status", "--json").stdout
     assert json.loads(status or "{}").keys() <= {"crawl"}
-    # and a second no-op leaves the working tree clean: no timings in metrics/crawl.json
-    # (they go to one log per run under .imgrate-cache/logs/crawl/)
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "no-op crawl")
+    # and it leaves the working tree clean, twice: no timings in metrics/crawl.json (they go
+    # to one log per run under .imgrate-cache/logs/crawl/), and a crawl that finds nothing
+    # keeps the report of the crawl that last changed data/raw
+    assert git(project, "status", "--porcelain").stdout == ""
     assert repro(project) == ["crawl"]
     assert git(project, "status", "--porcelain").stdout == ""
     logs = sorted((project / ".imgrate-cache/logs/crawl").glob("*.json"))
@@ -99,17 +99,47 @@ def test_repro_lifecycle(project: Path) -> None:
     assert {k: raw_after[k] for k in old_shards} == old_shards
     assert len([k for k in raw_after if k.startswith("shards/")]) > len(old_shards)
     crawl = json.loads((project / "metrics/crawl.json").read_text())
-    assert crawl["totals"]["new_posts"] > 0
+    assert crawl["new_posts"] > 0
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "later clock")
 
     # 5. dvc metrics diff compares two committed runs
     diff = json.loads(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    assert "metrics/evaluate.json" in diff and "metrics/preprocess.json" in diff
+    assert "metrics/evaluate/paper_cnn.json" in diff and "metrics/preprocess.json" in diff
     changed = diff["metrics/preprocess.json"]
     assert changed["kept"]["new"] > changed["kept"]["old"]
     table = dvc(project, "metrics", "show").stdout
-    assert "paper_cnn" in table or "evaluate.json" in table
+    assert "metrics/evaluate/paper_cnn.json" in table and "spearman_within" in table
+    assert max(len(line) for line in table.splitlines()) < 200, table  # readable in a terminal
+
+
+def test_two_clones_reproduce_the_same_bytes(tmp_path: Path) -> None:
+    """Same inputs, same bytes: a fresh clone's `dvc repro` gives the dvc.lock the first run
+    committed and leaves git clean (no wall-clock time, cache counter or threaded float noise
+    in any output or metric). Then a bad param of one stage fails that stage only, and no
+    tracked metric is deleted on the way."""
+    first = make_project(tmp_path / "first")
+    assert repro_everything(first) == ALL
+    git(first, "add", "-A")
+    git(first, "commit", "-q", "-m", "first run")
+    second = tmp_path / "second"
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path)
+    assert not (second / "data" / "raw").exists() and not (second / ".imgrate-cache").exists()
+    # analyze does not rerun: the tables and the dataset it reads came out byte-identical
+    assert repro(second) == ALL
+    assert git(second, "status", "--porcelain").stdout == ""
+    assert (second / "dvc.lock").read_bytes() == (first / "dvc.lock").read_bytes()
+
+    params = tiny_params()
+    params["train"]["paper_cnn"]["lr"] = "fast"
+    write_params(second, params)
+    proc = dvc(second, "repro", check=False)
+    assert proc.returncode != 0
+    assert "train.paper_cnn.lr: expected a number, got 'fast'" in proc.stdout + proc.stderr
+    assert ran(proc.stdout)[0] == "crawl"  # the crawl does not read train: it ran and passed
+    changed = git(second, "status", "--porcelain").stdout.splitlines()
+    deleted = [line[3:] for line in changed if line.startswith(" D")]
+    assert not [p for p in deleted if p.startswith(("metrics/", "reports/"))], changed
 
 
 def test_bad_params_fail_the_stage_naming_the_key(project: Path) -> None:

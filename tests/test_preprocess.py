@@ -172,10 +172,16 @@ def test_dataset_outputs(tiny_world) -> None:
     for user in TINY_USERS:
         assert max(r["target"] for r in index if r["user"] == user) == pytest.approx(1.0)
     metrics = json.loads(paths.stage_metrics("preprocess").read_text())
+    assert set(metrics) == {"posts", "kept", "users"}  # the rest in reports/preprocess.json
+    report = json.loads(paths.stage_report("preprocess").read_text())
+    assert "decoded" not in report and "from_cache" not in report  # cache state: in the run log only
+    (run_log,) = sorted(paths.stage_logs("preprocess").glob("*.json"))[-1:]
+    run = json.loads(run_log.read_text())
+    assert run["posts"] == metrics["posts"] == report["posts"]
     # held back: hidden like counts, and posts read before they were min_age_days old
-    assert metrics["decoded"] + metrics["from_cache"] + metrics["likes_hidden"] == metrics["posts"]
-    assert metrics["too_young"] >= 1 and metrics["users_likes_hidden"] == []
-    assert sum(metrics["splits"].values()) == metrics["kept"] == len(index)
+    assert run["decoded"] + run["from_cache"] + report["likes_hidden"] == report["posts"]
+    assert report["too_young"] >= 1 and report["users_likes_hidden"] == []
+    assert sum(report["splits"].values()) == metrics["kept"] == len(index)
 
 
 def test_first_image_of_sidecars_and_no_videos(tiny_world) -> None:

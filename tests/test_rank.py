@@ -72,6 +72,49 @@ def test_rank_ranks_the_images_and_reports_the_rest(trained: Path, folder: Path,
     assert "damaged or unsupported" in errors["broken.jpg"]
 
 
+@pytest.mark.parametrize("model", ["paper_cnn", "pretrained"])
+def test_percentiles_against_the_training_photos_and_unusual_photos_flagged(
+        trained: Path, folder: Path, model: str) -> None:
+    """Photos the model never saw get a percentile in [0, 100] among its scores of the
+    training photos (of one photographer with --user, else of all), and a black frame and a
+    black-and-white checkerboard, unlike any crawled photo, are flagged unusual while the
+    crawled photos are not."""
+    from imgrate import reference
+    from imgrate.models import read_model_file
+
+    model_file = trained / "models" / f"{model}.pt"
+    info, _ = read_model_file(model_file)
+    ref = info.extra[reference.KEY]  # the model file's reference block
+    users = sorted(ref["scores"]["by_user"])
+    assert len(ref["scores"]["all"]) == sum(len(v) for v in ref["scores"]["by_user"].values()) > 0
+    Image.new("RGB", (200, 200), (0, 0, 0)).save(folder / "black.webp")
+    board = (np.indices((120, 120)).sum(axis=0) // 10 % 2 * 255).astype(np.uint8)
+    Image.fromarray(board).convert("RGB").save(folder / "board.png")
+    runner = CliRunner()
+    outs = {}
+    for who in (None, users[0], "nobody_we_know"):
+        args = ["rank", str(folder), "--model", str(model_file), "--json"] + (["--user", who] if who else [])
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        outs[who] = json.loads(result.stdout)
+    by_name = {Path(r["file"]).name: r for r in outs[None]["scores"]}
+    assert set(by_name) == IMAGES | {"black.webp", "board.png"}
+    for r in by_name.values():
+        assert 0.0 <= r["percentile"] <= 100.0
+        # the percentile is the share of training scores below the photo's score
+        below = np.mean(np.array(ref["scores"]["all"]) < r["score"]) * 100
+        assert below - 0.05 <= r["percentile"] <= below + 100.0 / len(ref["scores"]["all"]) + 0.05  # rounded to 0.1
+    assert by_name["black.webp"]["unusual"] is True and by_name["board.png"]["unusual"] is True
+    assert not any(by_name[n]["unusual"] for n in ("a.jpg", "b.png"))  # photos of the crawled world
+    assert outs[None]["percentile_of"] == f"all {len(users)} photographers' training photos"
+    assert outs[users[0]]["percentile_of"] == f"{users[0]}'s training photos"
+    own = {Path(r["file"]).name: r["percentile"] for r in outs[users[0]]["scores"]}
+    assert own["a.jpg"] == pytest.approx(reference.percentile(ref, by_name["a.jpg"]["score"], users[0]), abs=0.05)
+    assert outs["nobody_we_know"]["percentile_of"] == outs[None]["percentile_of"]  # unknown: all users
+    text = runner.invoke(app, ["rank", str(folder), "--model", str(model_file), "--user", "nobody_we_know"]).output
+    assert "percentile" in text and "unusual photo" in text and "nobody_we_know is not among" in text
+
+
 def test_rank_prints_a_table_and_the_skipped_files(trained: Path, folder: Path) -> None:
     result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / "pretrained.pt")])
     assert result.exit_code == 0, result.output

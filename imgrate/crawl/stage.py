@@ -140,7 +140,7 @@ class CrawlReport:
         return sum(u.new_posts for u in self.users)
 
     def to_metrics(self, *, timings: bool = False) -> dict[str, Any]:
-        """The report as metrics/crawl.json holds it; ``timings`` adds the wall-clock seconds
+        """The report as reports/crawl.json holds it; ``timings`` adds the wall-clock seconds
         (kept out of the metrics: they differ on every run, so git and DVC would see a change
         after each crawl that found nothing)."""
         totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in STATUSES}
@@ -705,16 +705,48 @@ def _take(result: UserResult, paths: Paths, known: set[str], stored: Stored, wri
     finished.append(result.username)
 
 
+# The numbers metrics/crawl.json keeps for `dvc metrics show` / `diff`; everything else (per
+# user status, reason, requests, retries, waits; the budget; the shards) is in reports/crawl.json.
+METRIC_KEYS = ("users", "new_posts", "requests")
+
+
+def crawl_metrics(full: dict[str, Any]) -> dict[str, Any]:
+    """metrics/crawl.json from the full report (:meth:`CrawlReport.to_metrics`)."""
+    return {k: full["totals"][k] for k in METRIC_KEYS}
+
+
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
-    """The DVC stage: crawl, then write metrics/crawl.json, and the same with timings under
-    .imgrate-cache/logs/crawl/ (one file per run)."""
-    remove_stale_tmp(paths.metrics, [paths.stage_metrics("crawl").name])  # left by a killed run
+    """The DVC stage: crawl, then write metrics/crawl.json and reports/crawl.json, and the
+    report with timings under .imgrate-cache/logs/crawl/ (one file per run).
+
+    metrics/crawl.json and reports/crawl.json describe the crawl that last changed data/raw
+    (or the users' statuses): a crawl that finds nothing new and whose users fare as before
+    leaves them as they are (its report goes to the log), so the same data gives the same
+    bytes whether it was crawled now or pulled, and a no-op `dvc repro` leaves git clean.
+    """
+    for out in (paths.stage_metrics("crawl"), paths.stage_report("crawl")):  # left by a killed run
+        remove_stale_tmp(out.parent, [out.name])
     report = run(params, paths, part=part)
-    write_json(paths.stage_metrics("crawl"), report.to_metrics())
+    full = report.to_metrics()
+    metrics_path, report_path = paths.stage_metrics("crawl"), paths.stage_report("crawl")
+    if report.shards or not metrics_path.exists() or _statuses_differ(report_path, full):
+        write_json(report_path, full)
+        write_json(metrics_path, crawl_metrics(full))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
     return report
+
+
+def _statuses_differ(path: Path, full: dict[str, Any]) -> bool:
+    """True when the report at ``path`` is missing, unreadable, or gives the run or a user
+    another status."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        return old.get("status") != full.get("status") or {u: v.get("status") for u, v in old["users"].items()} != {
+            u: v["status"] for u, v in full["users"].items()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return True
 
 
 def main(part: str | None = None) -> None:
@@ -727,11 +759,11 @@ def main(part: str | None = None) -> None:
 
     setup_logging()
     paths = project_paths()
-    report = run_stage(load_params(paths.params).crawl, paths, part=parse_part(part) if part else None)
+    report = run_stage(load_params(paths.params, ["crawl"]).crawl, paths, part=parse_part(part) if part else None)
     totals = report.to_metrics()["totals"]
     console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
                   f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
-                  f"report in {paths.stage_metrics('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""),
+                  f"report in {paths.stage_report('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""),
                   highlight=False, soft_wrap=True)
     for user in report.users:
         if user.status not in ("ok", "skipped") and not user.unreachable:
