@@ -252,9 +252,11 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """
-    remove_stale_tmp(paths.metrics, [paths.stage_metrics("evaluate").name, paths.leak_metrics.name])
-    for folder in (paths.plots / "predictions", paths.plots / "spearman_per_user", paths.figures):
-        remove_stale_tmp(folder)  # left by a killed run
+    for out in (paths.stage_report("evaluate"), paths.leak_metrics):  # left by a killed run
+        remove_stale_tmp(out.parent, [out.name])
+    for folder in (paths.evaluate_metrics, paths.plots / "predictions", paths.plots / "spearman_per_user",
+                   paths.figures):
+        remove_stale_tmp(folder)
     data = load_dataset(paths)
     test = data.split("test")
     if len(test) == 0:
