@@ -34,7 +34,7 @@ from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError, ImageError
 from imgrate.figures import DPI, figure, save, user_styles
 from imgrate.images import fitted, image_info
-from imgrate.io import atomic_open, read_jsonl
+from imgrate.io import atomic_open, read_jsonl, remove_stale_tmp
 from imgrate.params import AnalyzeParams
 from imgrate.paths import Paths
 from imgrate.shards import read_member
@@ -313,6 +313,8 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
 
 def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     """The DVC stage: the figures under reports/figures/data/ and reports/data.md; returns the counts."""
+    remove_stale_tmp(paths.data_figures)  # left by a killed run
+    remove_stale_tmp(paths.data_report.parent, [paths.data_report.name])
     for table in (paths.posts_table, paths.users_table):
         if not table.exists():
             raise DataError(f"{table} not found: run the export stage first")

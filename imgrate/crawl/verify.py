@@ -34,7 +34,7 @@ from imgrate.metadata import (
 )
 from imgrate.paths import Paths
 from imgrate.progress import track
-from imgrate.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
+from imgrate.shards import SHARD_RE, ShardDamaged, ShardUnreadable, iter_members, list_shards, post_key, read_manifest
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -127,11 +127,11 @@ def verify_raw(paths: Paths) -> RawReport:
         try:
             for name, data in iter_members(shard):
                 _check_member(found, shard.name, name, data)
+        except ShardUnreadable as err:  # not a tar file at all
+            report.problems.append(Problem("unreadable_shard", shard.name, err.detail))
+            continue
         except ShardDamaged as err:
             report.problems.append(Problem("damaged_shard", shard.name, _damage_detail(shard, err)))
-            continue
-        except DataError as err:  # not a tar file at all
-            report.problems.append(Problem("unreadable_shard", shard.name, str(err)))
             continue
         report.problems += found.problems
         report.images += found.images
