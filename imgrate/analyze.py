@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 from imgrate.crawl.shards import read_member
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError
-from imgrate.io import atomic_open, atomic_path, read_jsonl
+from imgrate.io import atomic_open, atomic_path, read_jsonl, remove_stale_tmp
 from imgrate.params import AnalyzeParams
 from imgrate.paths import Paths
 
@@ -341,6 +341,8 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
 
 def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     """The DVC stage: the figures under reports/figures/data/ and reports/data.md; returns the counts."""
+    remove_stale_tmp(paths.data_figures)  # left by a killed run
+    remove_stale_tmp(paths.data_report.parent, [paths.data_report.name])
     for table in (paths.posts_table, paths.users_table):
         if not table.exists():
             raise DataError(f"{table} not found: run the export stage first")

@@ -38,7 +38,7 @@ import numpy as np
 from imgrate import metrics
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError
-from imgrate.io import atomic_open, write_json
+from imgrate.io import atomic_open, remove_stale_tmp, write_json
 from imgrate.params import CrawlParams, EvaluateParams
 from imgrate.paths import Paths
 
@@ -252,6 +252,11 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
 
     ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
     """
+    for out in (paths.stage_report("evaluate"), paths.leak_metrics):  # left by a killed run
+        remove_stale_tmp(out.parent, [out.name])
+    for folder in (paths.evaluate_metrics, paths.plots / "predictions", paths.plots / "spearman_per_user",
+                   paths.figures):
+        remove_stale_tmp(folder)
     data = load_dataset(paths)
     test = data.split("test")
     if len(test) == 0:

@@ -45,7 +45,7 @@ from imgrate.crawl.metadata import (
 )
 from imgrate.crawl.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
 from imgrate.errors import DataError
-from imgrate.io import write_json, write_jsonl
+from imgrate.io import remove_stale_tmp, write_json, write_jsonl
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -256,6 +256,9 @@ def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, 
 
 def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
     """The DVC stage: write the JSON tables, then any sinks, then metrics/export.json and reports/export.json."""
+    remove_stale_tmp(paths.tables)  # left by a killed run: data/tables is this stage's alone
+    for out in (paths.stage_metrics("export"), paths.stage_report("export")):
+        remove_stale_tmp(out.parent, [out.name])
     shards = list_shards(paths.shards)
     if not shards:
         raise DataError(f"no shards in {paths.shards}: run the crawl stage first")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,31 @@ def atomic_path(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# what atomic_path's mkstemp names look like: ".<name>.<8 random characters>.tmp"
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_tmp(folder: Path, names: Iterable[str] | None = None) -> list[str]:
+    """Remove the temporary files that :func:`atomic_path` leaves in ``folder`` when its
+    process is killed between creating one and renaming it, for the outputs ``names`` (every
+    one when None); return the names removed.
+
+    A stage calls it on its own outputs before it writes them, so a kill -9 never leaves a
+    temporary file inside a DVC output for good. DVC runs one stage of a project at a time,
+    so no live write is touched (the same stage run by hand beside ``dvc repro`` could be).
+    """
+    if not folder.is_dir():
+        return []
+    wanted = None if names is None else set(names)
+    removed = []
+    for p in sorted(folder.iterdir()):
+        m = _TMP_RE.match(p.name)
+        if m and (wanted is None or m["name"] in wanted) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
 
 
 @contextmanager

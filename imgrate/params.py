@@ -68,6 +68,10 @@ class CrawlParams:
     users_file: str = "users.txt"
     max_posts: int | None = None  # per user and run; None = all (the paper)
     shard_size: int = 500  # posts per tar shard
+    # durable progress within a user's crawl: its verified posts go into a shard every
+    # commit_every_posts posts, or after commit_every_s seconds with at least commit_every_posts // 5
+    commit_every_posts: int = 100
+    commit_every_s: float = 120.0
     video_thumbnails: bool = False  # keep a video's thumbnail (else videos are skipped)
     strict: bool = False  # fail the stage on the first user that fails
     max_attempts: int = 5  # tries per request before a user's crawl fails (Instaloader's max_connection_attempts)
@@ -296,6 +300,8 @@ def _check_values(p: Params) -> None:
     """Range checks that a type alone cannot express."""
     checks: list[tuple[bool, str]] = [
         (p.crawl.shard_size >= 1, "crawl.shard_size: must be at least 1"),
+        (p.crawl.commit_every_posts >= 1, "crawl.commit_every_posts: must be at least 1"),
+        (p.crawl.commit_every_s >= 0, "crawl.commit_every_s: must be >= 0"),
         (p.crawl.max_posts is None or p.crawl.max_posts >= 1, "crawl.max_posts: must be null or >= 1"),
         (p.crawl.demo.image_size >= 16, "crawl.demo.image_size: must be at least 16"),
         (p.crawl.demo.mean_interval_days > 0, "crawl.demo.mean_interval_days: must be > 0"),

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 
 from imgrate.crawl.shards import ShardDamaged, check_shard_cached, iter_members
 from imgrate.errors import DataError, ImageError
-from imgrate.io import atomic_path, read_jsonl, write_json, write_jsonl
+from imgrate.io import atomic_path, read_jsonl, remove_stale_tmp, write_json, write_jsonl
 from imgrate.params import PreprocessParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -299,6 +299,10 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     of unchanged shards are only memory-mapped, and only the rows kept after balancing are
     copied out of them.
     """
+    remove_stale_tmp(paths.dataset)  # left by a killed run (a 530 MB images array at the paper's scale)
+    for out in (paths.stage_metrics("preprocess"), paths.stage_report("preprocess")):
+        remove_stale_tmp(out.parent, [out.name])
+    remove_stale_tmp(paths.cache / "thumbs")
     if not paths.posts_table.exists():
         raise DataError(f"{paths.posts_table} not found: run the export stage first")
     table = [p for p in read_jsonl(paths.posts_table) if p.get("member")]

@@ -52,7 +52,7 @@ from imgrate import metrics, reference
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.devices import pick_device
 from imgrate.errors import DataError, ImgrateError
-from imgrate.io import atomic_path
+from imgrate.io import atomic_path, remove_stale_tmp
 from imgrate.models import MODELS, FitConfig, ModelFile, dataset_inputs, model_spec, save_model
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
@@ -450,6 +450,8 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
     info = dist_from_env()
     if not info.main:
         logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
+    if info.main:  # left by a killed run
+        remove_stale_tmp(paths.models, [paths.model(model_name).name])
     device = pick_device(params.train.device, info.local_rank)
     init_distributed(info, device)
     try:

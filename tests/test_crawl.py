@@ -12,7 +12,7 @@ import instaloader
 import pytest
 
 from imgrate.crawl.demo import DemoWorld, WorldConfig
-from imgrate.crawl.shards import list_shards, member_names
+from imgrate.crawl.shards import list_shards, member_names, read_manifest
 from imgrate.crawl.stage import run
 from imgrate.crawl.users import parse_users, read_users
 from imgrate.errors import UsersFileError
@@ -149,3 +149,88 @@ def test_shard_json_members_are_xz(tmp_path: Path) -> None:
     with tarfile.open(list_shards(paths.shards)[0]) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".json.xz"))
         assert lzma.decompress(tar.extractfile(member).read()).startswith(b"{")
+
+
+# ---- durable progress within a user's crawl (issue 13: a kill before the first shard kept nothing)
+
+
+def _verified(paths: Paths) -> list[str]:
+    """Every post member stored, checked as verify checks it (nothing twice, stamps not ahead)."""
+    from imgrate.crawl.verify import verify_raw
+
+    report = verify_raw(paths)
+    assert report.ok, report.problems[:3]
+    return [n for s in list_shards(paths.shards) for n in member_names(s) if n.endswith("_UTC.json.xz")]
+
+
+def test_progress_is_committed_to_shards_during_a_users_crawl(tmp_path: Path) -> None:
+    user = ["alpha_lens_demo"]
+    base = dataclasses.replace(crawl_params(until="2025-03-15"), shard_size=500)
+    expected = {p.shortcode for p in world_for(base, user).posts(user[0])}
+    # by post count: a shard every 4 posts, the last one with the rest and the profile
+    paths = Paths(tmp_path / "posts")
+    report = run(dataclasses.replace(base, commit_every_posts=4), paths, user)
+    posts = [read_manifest(s).posts for s in list_shards(paths.shards)]
+    assert len(expected) >= 12 and report.new_posts == len(expected) == len(_verified(paths))
+    assert posts[:-1] == [4] * (len(posts) - 1) and 0 <= posts[-1] <= 4
+    # by time, with the floor: commit_every_s 0 commits as soon as commit_every_posts // 5 posts are ready
+    paths = Paths(tmp_path / "time")
+    run(dataclasses.replace(base, commit_every_posts=10, commit_every_s=0.0), paths, user)
+    posts = [read_manifest(s).posts for s in list_shards(paths.shards)]
+    assert posts[:-1] == [2] * (len(posts) - 1) and len(_verified(paths)) == len(expected)
+    # the default (100 posts) leaves a small user's crawl to one shard, as before
+    paths = Paths(tmp_path / "default")
+    run(base, paths, user)
+    assert [read_manifest(s).posts for s in list_shards(paths.shards)] == [len(expected)]
+
+
+_KILLED_CRAWL = r"""
+import dataclasses, json, os, sys
+from imgrate.crawl import instagram
+from imgrate.crawl.stage import run
+from pathlib import Path
+from imgrate.params import CrawlParams, DemoParams, FaultParams
+from imgrate.paths import Paths
+
+args = json.loads(sys.argv[1])
+count = instagram.BudgetRateController.count_request
+
+def count_and_die(self, per_user=True):
+    if self.requests + 1 == args["kill_at"]:
+        os._exit(137)  # as kill -9: no finally, no flush, no resume file
+    count(self, per_user)
+
+instagram.BudgetRateController.count_request = count_and_die
+demo = DemoParams(**{**args["demo"], "faults": FaultParams(**args["demo"]["faults"])})
+run(CrawlParams(demo=demo, shard_size=500, commit_every_posts=args["commit_every_posts"]), Paths(Path(args["root"])),
+    args["users"])
+"""
+
+
+@pytest.mark.parametrize("commit_every_posts", [3, 1000])
+def test_a_crawl_killed_before_its_first_shard_keeps_what_it_verified(tmp_path: Path,
+                                                                     commit_every_posts: int) -> None:
+    import json
+    import subprocess
+    import sys
+
+    user = ["alpha_lens_demo"]
+    params = dataclasses.replace(crawl_params(until="2025-03-15"), shard_size=500, commit_every_posts=commit_every_posts)
+    full = run(params, Paths(tmp_path / "full"), user)  # how many requests the whole crawl takes
+    expected = {p.shortcode for p in world_for(params, user).posts(user[0])}
+    paths = Paths(tmp_path / "killed")
+    args = {"root": str(paths.root), "users": user, "commit_every_posts": commit_every_posts,
+            "kill_at": full.requests * 2 // 3, "demo": dataclasses.asdict(params.demo)}
+    proc = subprocess.run([sys.executable, "-c", _KILLED_CRAWL, json.dumps(args)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 137, proc.stderr[-2000:]
+    kept = _verified(paths) if paths.shards.exists() else []
+    if commit_every_posts == 1000:
+        assert kept == []  # the old behaviour: nothing durable before the user is done
+    else:
+        assert len(kept) >= len(expected) // 3 >= 3  # what was verified before the kill is in shards
+        assert not paths.stamps.exists()  # and the stamp claims nothing: the user is not done
+    again = run(params, paths, user)  # the next run completes the user, nothing twice
+    stored = _verified(paths)
+    assert len(stored) == len(set(stored)) == len(expected)
+    assert again.new_posts == len(expected) - len(kept)

@@ -71,3 +71,15 @@ def test_bad_member_is_skipped_and_counted_or_fails_when_strict(tiny_world, tmp_
 def test_no_shards_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run the crawl stage first"):
         run_stage(ExportParams(strict=False), Paths(tmp_path))
+
+
+def test_a_killed_run_leaves_no_temporary_file_in_the_tables(tiny_world, tmp_path: Path) -> None:
+    from conftest import copy_world
+    from test_io import leftover
+
+    params, tiny = tiny_world
+    paths = copy_world(tiny, tmp_path)
+    stale = [leftover(paths.posts_table), leftover(paths.users_table), leftover(paths.stage_metrics("export"))]
+    run_stage(params.export, paths)
+    assert not any(p.exists() for p in stale)
+    assert sorted(p.name for p in paths.tables.iterdir()) == ["posts.jsonl", "skipped.jsonl", "users.jsonl"]

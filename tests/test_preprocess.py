@@ -276,3 +276,19 @@ def test_new_shard_decodes_only_new_images_and_keeps_splits(tmp_path: Path) -> N
     assert run_stage(params.preprocess, paths)["decoded"] == 0
     shutil.rmtree(paths.cache / "thumbs")
     assert run_stage(params.preprocess, paths)["decoded"] == second["kept"] + second["too_young"]
+
+
+def test_a_killed_run_leaves_no_temporary_file_in_the_dataset(tiny_world, tmp_path: Path) -> None:
+    """A kill -9 in the rename window leaves .images_50.npy.<random>.tmp inside the DVC output;
+    the next run removes it before it writes (issue 13: 530 MB at the paper's scale)."""
+    from conftest import copy_world
+    from test_io import leftover
+
+    params, tiny = tiny_world
+    paths = copy_world(tiny, tmp_path)
+    stale = [leftover(paths.images_array(50)), leftover(paths.dataset_index), leftover(paths.dataset_meta),
+             leftover(paths.stage_metrics("preprocess"))]
+    other = leftover(paths.stage_metrics("evaluate"))  # another stage's: not preprocess's to remove
+    run_stage(params.preprocess, paths)
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert sorted(p.name for p in paths.dataset.iterdir()) == ["images_50.npy", "index.jsonl", "meta.json"]

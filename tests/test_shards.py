@@ -99,6 +99,7 @@ def old_format_copy(shard: Path, dest: Path) -> Path:
     meta = {f"imgrate.{k}": v for k, v in shard_meta(shard).items()}
     with tarfile.open(shard) as src, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT, pax_headers=meta) as dst:
         for m in src.getmembers():
+            m.uname = m.gname = ""  # as written before manifests
             dst.addfile(m, src.extractfile(m))
     return dest
 
@@ -160,6 +161,26 @@ def test_each_kind_of_damage_is_noticed_and_names_the_shard(crawled: Paths, tmp_
         assert len(check.members) == n_members  # the manifest still says what the shard held
     elif damage is cut_inside:
         assert victim in message
+
+
+def test_a_lost_manifest_is_noticed_and_a_shard_that_is_no_tar_is_skipped(crawled: Paths, tmp_path: Path) -> None:
+    """Zeroing the manifest's text leaves a tar file that reads to its end; the owner name in
+    each member's header still says a manifest belongs to it. A file that is no tar file at
+    all is named, and export (not strict) skips it like any damaged shard."""
+    paths = Paths(tmp_path)
+    shutil.copytree(crawled.raw, paths.raw)
+    shards = list_shards(paths.shards)
+    with tarfile.open(shards[0]) as tar:
+        start = tar.firstmember.offset  # the PAX global header and its data come before it
+    with open(shards[0], "r+b") as fh:
+        fh.seek(512)
+        fh.write(b"\0" * (start - 512))
+    assert read_manifest(shards[0]) is None and not check_shard(shards[0]).ok
+    (paths.shards / "000099.tar").write_bytes(b"not a tar file at all " * 100)
+    kinds = {p.where: p.kind for p in verify_raw(paths).problems if p.where.endswith(".tar")}
+    assert kinds == {shards[0].name: "damaged_shard", "000099.tar": "unreadable_shard"}
+    m = export(ExportParams(), paths)
+    assert m["shards_damaged"] == 2 and m["posts"] > 0
 
 
 def _damage_three(paths: Paths) -> dict[str, str]:

@@ -39,7 +39,7 @@ import socket
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,12 +567,18 @@ def make_loader(
     return loader, loader.context.controller
 
 
+class ProgressCommitFailed(AbortDownloadException):
+    """The ``on_post`` hook failed; :func:`crawl_user` raises the original error after
+    Instaloader has saved its resume file."""
+
+
 def crawl_user(
     loader: instaloader.Instaloader,
     username: str,
     stamps: instaloader.LatestStamps,
     work: Path,
     max_posts: int | None,
+    on_post: Callable[[], None] | None = None,
 ) -> UserResult:
     """Download the posts of ``username`` newer than its stamp into ``work/<username>``.
 
@@ -581,8 +587,23 @@ def crawl_user(
     Instaloader's resume file in the work folder, and the stamp where it was, so the next run
     continues (or, without a resume file, walks the same posts again, skipping the images
     already there).
+
+    ``on_post`` is called before each post's download, when every post before it is
+    complete on disk (Instaloader's ``post_filter`` seam); the crawl stage commits durable
+    progress there. An error it raises ends the crawl and is raised again here.
     """
     context = loader.context
+    hook_error: list[BaseException] = []
+
+    def post_filter(_post: instaloader.Post) -> bool:
+        if on_post is not None:
+            try:
+                on_post()
+            except Exception as err:  # noqa: BLE001 - Instaloader would swallow some kinds and skip the post
+                hook_error.append(err)
+                raise ProgressCommitFailed(f"committing progress failed: {type(err).__name__}") from err
+        return True
+
     assert isinstance(context, CrawlContext), "make the loader with make_loader()"
     context.start_user()
     result = UserResult(username)
@@ -597,7 +618,10 @@ def crawl_user(
             latest_stamps=stamps,
             raise_errors=True,
             max_count=max_posts,
+            post_filter=post_filter,
         )
+    except ProgressCommitFailed:
+        raise hook_error[0] from None
     except BudgetExhausted as err:
         result.status, result.stops_run = "skipped", True
         result.reason = f"{err}; this user's crawl continues in the next run"

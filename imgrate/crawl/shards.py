@@ -47,6 +47,14 @@ POST_METADATA_RE = re.compile(r"^[^/]+/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC\.
 # few KB): a bigger one is not read into memory, and its shard is reported damaged.
 MAX_MEMBER_BYTES = 64 * 2**20
 _END_BLOCKS = 2 * tarfile.BLOCKSIZE  # a tar file ends with two zero blocks (then zero padding)
+# The owner name of every member of a shard with a manifest: a second marker, in each member's
+# own header, so a shard whose PAX header lost its manifest (zeroed) is not taken for an old one.
+OWNER = "imgrate"
+
+
+def _show(name: str) -> str:
+    """A member name as messages quote it: as it is when short and printable, else an excerpt."""
+    return name if len(name) <= 120 and name.isprintable() else repr(name[:100]) + "..."
 
 
 class ShardDamaged(DataError):
@@ -55,6 +63,10 @@ class ShardDamaged(DataError):
     def __init__(self, shard: str, detail: str, member: str | None = None) -> None:
         self.shard, self.detail, self.member = shard, detail, member
         super().__init__(f"shard {shard} is damaged: {detail}")
+
+
+class ShardUnreadable(ShardDamaged):
+    """A shard that does not open as a tar file at all (empty, cut in its first header, not a tar)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ def _write(dest: Path, entries: Sequence[tuple[str, int, int, str, Callable[[], 
                 info.size = size
                 info.mtime = mtime
                 info.mode = 0o644
+                info.uname = info.gname = OWNER
                 with source() as fh:
                     tar.addfile(info, fh)
     return dest
@@ -186,11 +199,11 @@ def read_manifest(shard: Path) -> Manifest | None:
 
 
 def open_shard(shard: Path) -> tarfile.TarFile:
-    """Open a shard for reading, with a :class:`DataError` naming it when it is unreadable."""
+    """Open a shard for reading, with a :class:`ShardUnreadable` naming it when it is unreadable."""
     try:
         return tarfile.open(shard, "r:")
     except (tarfile.TarError, OSError) as err:
-        raise DataError(f"shard {shard.name} is not a readable tar file: {err}") from err
+        raise ShardUnreadable(shard.name, f"not a readable tar file: {err}") from err
 
 
 def member_names(shard: Path) -> list[str]:
@@ -218,16 +231,19 @@ def iter_members(shard: Path, names: set[str] | None = None) -> Iterator[tuple[s
                 last = member.name
                 if not member.isfile():
                     continue
+                if manifest is None and member.uname == OWNER:
+                    raise ShardDamaged(shard.name, "its members were written with a manifest, and the header "
+                                       "that held it is damaged", member.name)
                 if manifest is not None:
                     if member.name not in manifest.members or member.name in seen:
-                        raise ShardDamaged(shard.name, f"member {member.name} is not in its manifest",
+                        raise ShardDamaged(shard.name, f"member {_show(member.name)} is not in its manifest",
                                            member.name)
                     if member.size != manifest.members[member.name][0]:
-                        raise ShardDamaged(shard.name, f"member {member.name} is {member.size} bytes, its "
+                        raise ShardDamaged(shard.name, f"member {_show(member.name)} is {member.size} bytes, its "
                                            f"manifest says {manifest.members[member.name][0]}", member.name)
                 seen.add(member.name)
                 if member.size > MAX_MEMBER_BYTES:
-                    raise ShardDamaged(shard.name, f"member {member.name} is {member.size} bytes, more than "
+                    raise ShardDamaged(shard.name, f"member {_show(member.name)} is {member.size} bytes, more than "
                                        f"any photo or metadata file ({MAX_MEMBER_BYTES} at most); not read",
                                        member.name)
                 if names is not None and member.name not in names:
@@ -235,26 +251,26 @@ def iter_members(shard: Path, names: set[str] | None = None) -> Iterator[tuple[s
                 fh = tar.extractfile(member)
                 data = fh.read() if fh is not None else b""
                 if len(data) != member.size:
-                    raise ShardDamaged(shard.name, f"cut inside member {member.name} "
+                    raise ShardDamaged(shard.name, f"cut inside member {_show(member.name)} "
                                        f"({len(data)} of {member.size} bytes)", member.name)
                 if manifest is not None and hashlib.sha256(data).hexdigest() != manifest.members[member.name][1]:
-                    raise ShardDamaged(shard.name, f"member {member.name} differs from its manifest (sha256)",
+                    raise ShardDamaged(shard.name, f"member {_show(member.name)} differs from its manifest (sha256)",
                                        member.name)
                 yield member.name, data
             end = tar.offset
         except tarfile.TarError as err:  # a cut inside a member, a damaged header
-            where = f" after member {last}" if last else ""
+            where = f" after member {_show(last)}" if last else ""
             raise ShardDamaged(shard.name, f"unreadable{where}: {err}", last) from None
     if manifest is not None and (missing := [n for n in manifest.members if n not in seen]):
         raise ShardDamaged(shard.name, f"{len(missing)} of {len(manifest.members)} members never reached, from "
-                           f"{missing[0]} on: the file is cut or a header is zeroed", missing[0])
+                           f"{_show(missing[0])} on: the file is cut or a header is zeroed", missing[0])
     _check_end(shard, end, last)
 
 
 def _check_end(shard: Path, end: int, last: str | None) -> None:
     """After the last member a tar file holds only its end-of-archive zero blocks."""
     size = shard.stat().st_size
-    after = f" after member {last}" if last else " before its first member"
+    after = f" after member {_show(last)}" if last else " before its first member"
     if size - end < _END_BLOCKS:
         raise ShardDamaged(shard.name, f"cut{after} (no end-of-archive blocks)")
     with open(shard, "rb") as fh:

@@ -10,6 +10,13 @@ its stamp committed and its work folder removed. So:
   files and Instaloader's resume file in its work folder, and its stamp does not move: the
   next run continues where it stopped (resume file) or walks the same posts again and finds
   the images already there (after a kill);
+- during a user's crawl, its verified posts are committed to a shard every
+  ``crawl.commit_every_posts`` posts, or after ``crawl.commit_every_s`` seconds with at least a
+  fifth of that many (:class:`_ProgressCommits`), so a crawl killed before its first full shard
+  keeps what it verified. The stamp still moves only when the user is done (posts come
+  newest first: the stamp may only pass the posts once none older is missing); the files
+  stay in the work folder, so a crawl after a kill finds them and does not download them
+  again, and the shards are "already stored" for it;
 - a post already in a shard (a run killed between a shard and the stamps) is not stored
   twice; no partial shard is ever visible;
 - a crawl that finds nothing new writes nothing: data/raw stays byte-identical;
@@ -94,7 +101,7 @@ from imgrate.crawl.stamps import (
 from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
 from imgrate.errors import CrawlError
-from imgrate.io import atomic_open, write_json
+from imgrate.io import atomic_open, remove_stale_tmp, write_json
 from imgrate.params import CrawlParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -322,6 +329,8 @@ def _group_files(
         target.append(StagedFile(arcname, path))
     posts = [sorted(g, key=lambda f: f.arcname) for k, g in sorted(groups.items())
              if k not in rejected and any(f.arcname.endswith(".json.xz") for f in g)]
+    # the profile also goes in when no intact shard holds one (stored_profile None): e.g. all
+    # of a user's new posts went in at progress commits, in this run or in one that was killed
     if profile and (posts or counts or _profile_changed(profile[0].path, stored_profile)):
         posts.append(profile)
     if counts:
@@ -475,6 +484,8 @@ def run(
                 writer = _ShardWriter(paths, params.shard_size, meta, int(source.crawled_at.timestamp()), tag)
                 finished: list[str] = []
                 committer = _Committer(paths, own_stamps, staged_stamps, seen)
+                progress = _ProgressCommits(paths, known, writer, committer, finished,
+                                           params.commit_every_posts, params.commit_every_s)
                 stopped: str | None = None
                 limited_in_a_row = 0
                 health = RunHealth()
@@ -483,7 +494,9 @@ def run(
                         if stopped is not None:
                             report.users.append(UserResult(user, "skipped", f"not attempted: {stopped}"))
                             continue
-                        result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts)
+                        progress.start(user)
+                        result = crawl_user(source.loader, user, stamps, paths.crawl_work, params.max_posts,
+                                            on_post=progress)
                         if result.status == "ok":
                             _recount(source.loader, result, stored.of_user(user), params.refresh_days,
                                      int(source.crawled_at.timestamp()), paths, known)
@@ -502,6 +515,7 @@ def run(
                             report.status, report.stop_reason = "stopped", stopped
                         if result.status == "ok":
                             _take(result, paths, known, stored, writer, finished)  # fails it if a file is bad
+                        result.new_posts += progress.stored
                         if result.status != "ok":
                             # a user that could not connect says nothing new: the run's verdict says it once
                             (log.debug if result.unreachable else log.warning)(
@@ -524,6 +538,53 @@ def run(
                 json.dump(visits, fh, sort_keys=True)
     report.seconds = time.monotonic() - start
     return report
+
+
+class _ProgressCommits:
+    """Commits the current user's verified posts to shards while it is crawled.
+
+    Called before each post's download (every post before it is complete on disk). A
+    commit is due after ``every_posts`` posts, or after ``every_s`` seconds with at least
+    ``floor`` (a fifth of ``every_posts``) posts, whichever comes first. Why these defaults
+    (100 posts, 120 s, 20 posts): Instaloader's throttle lets a real crawl read at most about
+    3.6 posts a second (200 timeline pages of 12 posts per 11 minutes), so 100 posts take
+    half a minute or more and a kill loses at most about two minutes of work, while a shard
+    still holds 20-100 posts (a few MB of photos): the paper's 71,747 posts make at most a
+    few thousand files for DVC, typically hundreds, not 150,000. The demo world crawls far
+    faster, so there the post count decides and runs stay deterministic.
+    """
+
+    def __init__(self, paths: Paths, known: set[str], writer: _ShardWriter, committer: _Committer,
+                 finished: list[str], every_posts: int, every_s: float) -> None:
+        self.paths, self.known, self.writer, self.committer, self.finished = paths, known, writer, committer, finished
+        self.every_posts, self.every_s = every_posts, every_s
+        self.floor = max(1, every_posts // 5)
+        self.start("")
+
+    def start(self, user: str) -> None:
+        self.user, self.begun, self.since, self.stored = user, 0, time.monotonic(), 0
+
+    def __call__(self) -> None:
+        self.begun += 1  # the post about to be downloaded; those before it are complete
+        complete = self.begun - 1
+        if complete >= self.every_posts or (complete >= self.floor and time.monotonic() - self.since >= self.every_s):
+            self.commit()
+
+    def commit(self) -> None:
+        user_dir = self.paths.crawl_work / self.user
+        files = sorted(p for p in user_dir.rglob("*") if p.is_file())
+        groups, bad, _ = _group_files(self.user, files, user_dir, self.known)
+        posts = [g for g in groups if post_key(g[0].arcname)]  # the profile goes in with the last posts
+        if bad:
+            posts = []  # a file that does not decode: the end of the user's crawl deals with it
+        if posts:
+            self.writer.add(self.user, posts)
+            self.writer.flush(final=True)
+            self.known.update(f.arcname for g in posts for f in g)
+            self.stored += len(posts)
+            self.committer.commit(set(self.finished) - self.writer.pending_users)
+            log.info("%s: progress committed, %d verified posts in shards so far", self.user, self.stored)
+        self.begun, self.since = 1, time.monotonic()
 
 
 def _stored(paths: Paths) -> tuple[set[str], list[ShardCheck]]:
@@ -665,6 +726,8 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     leaves them as they are (its report goes to the log), so the same data gives the same
     bytes whether it was crawled now or pulled, and a no-op `dvc repro` leaves git clean.
     """
+    for out in (paths.stage_metrics("crawl"), paths.stage_report("crawl")):  # left by a killed run
+        remove_stale_tmp(out.parent, [out.name])
     report = run(params, paths, part=part)
     full = report.to_metrics()
     metrics_path, report_path = paths.stage_metrics("crawl"), paths.stage_report("crawl")

@@ -30,7 +30,15 @@ from imgrate.crawl.metadata import (
     parse_counts_member,
     parse_member,
 )
-from imgrate.crawl.shards import SHARD_RE, ShardDamaged, iter_members, list_shards, post_key, read_manifest
+from imgrate.crawl.shards import (
+    SHARD_RE,
+    ShardDamaged,
+    ShardUnreadable,
+    iter_members,
+    list_shards,
+    post_key,
+    read_manifest,
+)
 from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
 from imgrate.paths import Paths
@@ -127,11 +135,11 @@ def verify_raw(paths: Paths) -> RawReport:
         try:
             for name, data in iter_members(shard):
                 _check_member(found, shard.name, name, data)
+        except ShardUnreadable as err:  # not a tar file at all
+            report.problems.append(Problem("unreadable_shard", shard.name, err.detail))
+            continue
         except ShardDamaged as err:
             report.problems.append(Problem("damaged_shard", shard.name, _damage_detail(shard, err)))
-            continue
-        except DataError as err:  # not a tar file at all
-            report.problems.append(Problem("unreadable_shard", shard.name, str(err)))
             continue
         report.problems += found.problems
         report.images += found.images
