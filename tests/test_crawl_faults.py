@@ -153,7 +153,8 @@ def test_private_missing_and_rate_limited_users_are_reported_and_the_rest_crawle
     run_stage(params, paths)
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert json.loads(paths.stage_metrics("crawl").read_text()) == {
-        "users": 7, "new_posts": metrics["totals"]["new_posts"], "requests": metrics["totals"]["requests"]}
+        "users": 7, "new_posts": metrics["totals"]["new_posts"], "requests": metrics["totals"]["requests"],
+        "status": "complete"}
     status = {u: m["status"] for u, m in metrics["users"].items()}
     assert status == {"alpha_lens_demo": "ok", "bravo_frames_demo": "ok", "quiet_private_lens": "private",
                       "ghost_of_nobody": "not_found", "missing_person_x": "not_found",
@@ -474,6 +475,7 @@ def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path
     run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths)
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "endpoint_changed", metrics["stop_reason"]
+    assert json.loads(paths.stage_metrics("crawl").read_text())["status"] == "endpoint_changed"
     assert metrics["totals"]["wait_s"] < 60 and metrics["waits_simulated"] is True
     reason = metrics["stop_reason"]
     assert "Upgrade Instaloader" in reason and "instaloader==4.16 in pyproject.toml" in reason
@@ -520,6 +522,7 @@ def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch:
     assert time.monotonic() - t0 < 30
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "unreachable"
+    assert json.loads(paths.stage_metrics("crawl").read_text())["status"] == "unreachable"
     assert metrics["stop_reason"].startswith("cannot reach www.instagram.com: the name does not resolve")
     assert metrics["totals"]["requests"] == 2 and metrics["totals"]["wait_s"] == 0
     assert [u.status for u in report.users][:2] == ["failed", "failed"]

@@ -697,8 +697,10 @@ METRIC_KEYS = ("users", "new_posts", "requests")
 
 
 def crawl_metrics(full: dict[str, Any]) -> dict[str, Any]:
-    """metrics/crawl.json from the full report (:meth:`CrawlReport.to_metrics`)."""
-    return {k: full["totals"][k] for k in METRIC_KEYS}
+    """metrics/crawl.json from the full report (:meth:`CrawlReport.to_metrics`): the totals, and
+    the run's status (complete, stopped, endpoint_changed, unreachable), so that a crawl that
+    stopped for a changed Instagram or no network says so where `dvc metrics show` looks."""
+    return {**{k: full["totals"][k] for k in METRIC_KEYS}, "status": full["status"]}
 
 
 def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
