@@ -137,9 +137,10 @@ class CrawlReport:
         return sum(u.new_posts for u in self.users)
 
     def to_metrics(self, *, timings: bool = False) -> dict[str, Any]:
-        """The report as reports/crawl.json holds it; ``timings`` adds the wall-clock seconds
-        (kept out of the metrics: they differ on every run, so git and DVC would see a change
-        after each crawl that found nothing)."""
+        """The report as reports/crawl.json holds it; ``timings`` adds the wall-clock seconds and
+        the waits (kept out of the tracked report: they differ from run to run, even simulated
+        ones, since Instaloader's throttle windows follow the real time between requests, so
+        two clones would commit different bytes)."""
         totals: dict[str, Any] = {s: sum(u.status == s for u in self.users) for s in STATUSES}
         totals.update(
             users=len(self.users),
@@ -147,15 +148,14 @@ class CrawlReport:
             requests=self.requests,
             retries=sum(u.retries for u in self.users),
             refusals=sum(u.refusals for u in self.users),
-            wait_s=round(sum(u.wait_s for u in self.users), 3),
             shards_written=len(self.shards),
             shards_damaged=len(self.damaged),
             recounted=sum(u.recounted for u in self.users),  # stored posts whose counts were re-read
             observations=sum(u.observations for u in self.users),  # changed counts stored
             recount_requests=sum(u.recount_requests for u in self.users),  # requests the re-reading cost
         )
-        if timings:
-            totals["seconds"] = round(self.seconds, 3)
+        if timings:  # Instaloader's throttle waits follow the real time between requests, too
+            totals.update(seconds=round(self.seconds, 3), wait_s=round(sum(u.wait_s for u in self.users), 3))
         users = {
             u.username: {
                 "status": u.status,
@@ -164,11 +164,10 @@ class CrawlReport:
                 "requests": u.requests,
                 "retries": u.retries,
                 "refusals": u.refusals,
-                "wait_s": round(u.wait_s, 3),
                 "recounted": u.recounted,
                 "observations": u.observations,
                 "recount_requests": u.recount_requests,
-                **({"seconds": round(u.seconds, 3)} if timings else {}),
+                **({"seconds": round(u.seconds, 3), "wait_s": round(u.wait_s, 3)} if timings else {}),
             }
             for u in self.users
         }
