@@ -22,7 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("IMGRATE_QUIET", "1")
 
-import imgrate.demo.server as demo
+from world import count_servers
+
 from imgrate.crawl.stage import run
 from imgrate.crawl.verify import verify_raw
 from imgrate.params import BudgetParams, CrawlParams, DemoParams, FaultParams
@@ -41,14 +42,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)  # users stopped by the budget are expected here
 
     users = [f"bench_{i:02d}_lens" for i in range(args.users)]
-    servers: list[demo.DemoServer] = []
-    serve = demo.serve
-
-    def counting_serve(*a, **kw):  # the simulated Instagram's own request count
-        servers.append(serve(*a, **kw))
-        return servers[-1]
-
-    demo.serve = counting_serve
+    servers = count_servers()  # the simulated Instagram's own request count
 
     def params(budget: int | None, seed: int) -> CrawlParams:
         world = DemoParams(seed=3, start="2025-01-01", until=args.until, image_size=args.image_size,

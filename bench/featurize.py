@@ -21,7 +21,6 @@ small simulated world crawled into a temporary folder.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile
@@ -30,30 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from world import build_world
 
 from imgrate.featurize import BACKBONES, Extractor, FeatureMeta, _decode, cores, embed, wanted_members
-from imgrate.params import FeaturizeParams, load_params
+from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
 from imgrate.shards import iter_members
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-
-
-def build_world(dest: Path, users: int) -> Paths:
-    """Crawl and export a small simulated world under ``dest``."""
-    from imgrate.crawl.stage import run_stage as crawl
-    from imgrate.crawl.users import read_users
-    from imgrate.export import run_stage as export
-
-    names = read_users(ROOT / "users.txt")[:users]
-    (dest / "users.txt").write_text("\n".join(names) + "\n")
-    params = load_params(ROOT / "params.yaml")
-    crawl_params = dataclasses.replace(params.crawl, demo=dataclasses.replace(params.crawl.demo, until="2025-09-30"))
-    paths = Paths(dest)
-    crawl(crawl_params, paths)
-    export(dataclasses.replace(params.export, mongo_uri=None), paths)
-    return paths
 
 
 def pick(paths: Paths, limit: int) -> dict[str, set[str]]:
@@ -93,7 +77,7 @@ def main() -> None:
     tmp = None
     if args.root is None:
         tmp = Path(tempfile.mkdtemp(prefix="imgrate-bench-world-"))
-        paths = build_world(tmp, args.users)
+        paths = build_world(tmp, args.users, preprocess=False)
     else:
         paths = Paths(args.root.resolve())
     workers = args.workers or cores()

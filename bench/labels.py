@@ -29,7 +29,8 @@ from pathlib import Path
 
 os.environ.setdefault("IMGRATE_QUIET", "1")
 
-import imgrate.demo.server as demo
+from world import count_servers
+
 from imgrate.crawl.stage import run
 from imgrate.crawl.users import read_users
 from imgrate.crawl.verify import verify_raw
@@ -54,14 +55,7 @@ def main() -> None:
     users = read_users(args.users_file)
     end = dt.date.fromisoformat(params.crawl.demo.until)
     clocks = [(end - dt.timedelta(days=args.days - i)).isoformat() for i in range(args.days + 1)]
-    servers: list[demo.DemoServer] = []
-    serve = demo.serve
-
-    def counting_serve(*a, **kw):  # the simulated Instagram's own request count
-        servers.append(serve(*a, **kw))
-        return servers[-1]
-
-    demo.serve = counting_serve
+    servers = count_servers()  # the simulated Instagram's own request count
 
     def crawl_params(until: str, refresh_days: int):
         d = dataclasses.replace(params.crawl.demo, until=until, image_size=args.image_size)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from world import build_world
 
 from imgrate.dataset import load_dataset
 from imgrate.models import dataset_inputs, model_spec
@@ -34,24 +35,6 @@ from imgrate.train import fit, split_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
-
-
-def build_world(dest: Path, users: int) -> Paths:
-    """Crawl, export and preprocess a small simulated world under ``dest``."""
-    from imgrate.crawl.stage import run_stage as crawl
-    from imgrate.crawl.users import read_users
-    from imgrate.export import run_stage as export
-    from imgrate.preprocess import run_stage as preprocess
-
-    names = read_users(ROOT / "users.txt")[:users]
-    (dest / "users.txt").write_text("\n".join(names) + "\n")
-    params = load_params(ROOT / "params.yaml")
-    crawl_params = dataclasses.replace(params.crawl, demo=dataclasses.replace(params.crawl.demo, until="2025-09-30"))
-    paths = Paths(dest)
-    crawl(crawl_params, paths)
-    export(dataclasses.replace(params.export, mongo_uri=None), paths)
-    preprocess(params.preprocess, paths)
-    return paths
 
 
 def bare_epochs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batches: list[np.ndarray],
