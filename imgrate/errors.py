@@ -10,6 +10,7 @@ Each class also subclasses the builtin it specialises, so callers that catch
 from __future__ import annotations
 
 import enum
+import re
 
 
 class ImgrateError(Exception):
@@ -28,6 +29,23 @@ def excerpt(text: str, limit: int = 80) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]"
+)
+
+
+def safe_text(text: object) -> str:
+    """``text`` with every control or invisible formatting character written as an escape
+    (``\\x1b``, ``\\n``, ``\\u202e``), for showing untrusted text (a file or member name, a
+    username, a caption) on a terminal or in a log: an escape sequence in a name never moves
+    the cursor, clears the screen, opens a link or reverses the text around it. Printable
+    characters, accented letters and emoji included, stay as they are."""
+    s = str(text)
+    if not _UNSAFE.search(s):
+        return s
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), s)
 
 
 def error_message(err: BaseException | str, limit: int = MESSAGE_LIMIT) -> str:

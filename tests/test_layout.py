@@ -14,7 +14,7 @@ from conftest import ROOT, copy_world
 FLOORS: list[list[str]] = [
     ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices"],
     ["imgrate.progress", "imgrate.params"],
-    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.metrics", "imgrate.figures",
+    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.metrics", "imgrate.figures",
      "imgrate.demo", "imgrate.demo.world"],
     ["imgrate.demo.server", "imgrate.crawl", "imgrate.crawl.users", "imgrate.crawl.stamps", "imgrate.crawl.session",
      "imgrate.crawl.observations", "imgrate.crawl.verify", "imgrate.crawl.instagram", "imgrate.dataset",
