@@ -54,9 +54,11 @@ test: setup mongo-venv
 	mypy
 	python -m pytest -q $(PYTEST_ARGS)
 
+# each bench prints JSON and saves it under bench/results/ (bench/README.md: what each measures)
 bench: setup
 	python bench/preprocess.py
 	python bench/crawl.py
+	python bench/labels.py
 	python bench/train.py
 	python bench/featurize.py
 
