@@ -61,6 +61,7 @@ bench: setup
 	python bench/labels.py
 	python bench/train.py
 	python bench/featurize.py
+	python bench/limits.py
 
 # the data stages after +1% posts against a full rebuild, and a no-op repro, at the paper's
 # scale (~71,000 posts: a crawl of 15-40 minutes); POSTS=10000 for a quicker look

@@ -59,6 +59,8 @@ PROMISES: dict[str, list[str]] = {
                     "noop_target", "noop_repro_median_s", "status_median_s", "shards", "raw_mb",
                     "nothing_new.imgrate_export_s", "nothing_new.imgrate_preprocess_s",
                     "nothing_new.python_imports_s"],
+    "limits": ["silent_proxy.seconds_to_end", "silent_proxy.status", "silent_proxy.stop_reason",
+               "silent_proxy.requests", "silent_proxy.users_failed", "silent_proxy.users_skipped"],
     "labels": ["one_crawl.requests", "one_crawl.posts", "one_crawl.dataset",
                *(f"{v}.{k}" for v in ("daily_refresh", "daily_no_refresh")
                  for k in ("requests_per_crawl.max", "requests_per_crawl.over_budget", "recount_requests",
