@@ -12,7 +12,7 @@ from conftest import ROOT, copy_world
 
 # Ground first. A module imports modules of its own floor or of floors below.
 FLOORS: list[list[str]] = [
-    ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices"],
+    ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices", "imgrate.lifetime"],
     ["imgrate.progress", "imgrate.params"],
     ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.metrics", "imgrate.figures",
      "imgrate.demo", "imgrate.demo.world"],
