@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from world import build_world
 
-from imgrate.featurize import BACKBONES, Extractor, FeatureMeta, _decode, cores, embed, wanted_members
+from imgrate.backbones import BACKBONES, embed
+from imgrate.features import FeatureMeta
+from imgrate.featurize import Extractor, _decode, cores, wanted_members
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
 from imgrate.shards import iter_members

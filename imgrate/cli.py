@@ -134,9 +134,15 @@ def featurize() -> None:
     main()
 
 
+def _model_names() -> str:
+    from imgrate.models import model_names
+
+    return ", ".join(model_names())
+
+
 @app.command()
-def train(model: Annotated[str, typer.Argument(help="a model of imgrate.models.MODELS: paper_cnn or pretrained")]
-          = "paper_cnn") -> None:
+def train(model: Annotated[str, typer.Argument(help=f"a model of the registry (imgrate/models/): {_model_names()}")]
+          ) -> None:
     """Train a model into models/<model>.pt (stage train@<model>; train.nproc > 1 runs it under torchrun)."""
     from imgrate.train import main
 
@@ -161,11 +167,24 @@ def analyze() -> None:
 
 
 ModelOption = Annotated[Path | None, typer.Option(
-    help="a trained model file (default: models/pretrained.pt, else models/paper_cnn.pt)")]
+    help="a trained model file (default: the registry's preferred model whose file exists in models/)")]
 
 
 UserOption = Annotated[str | None, typer.Option(
     "--user", help="the photographer: percentiles against their own past posts (default: all photographers')")]
+
+
+def default_model(paths: Paths) -> Path:
+    """The model file `predict` and `rank` use without --model: of the registry's models whose
+    file exists, the one with the highest ``rank_priority`` (registry order among equals)."""
+    from imgrate.models import all_models
+
+    ranked = sorted(all_models(), key=lambda spec: -spec.rank_priority)
+    found = next((paths.model(spec.name) for spec in ranked if paths.model(spec.name).exists()), None)
+    if found is None:
+        raise ImgrateError(f"no trained model in {paths.models} (models: {_model_names()}): run `dvc repro` "
+                           "or `imgrate train MODEL`, or pass --model")
+    return found
 
 
 def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None,
@@ -175,9 +194,7 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
     from imgrate.predict import Scorer
 
     if model is None:
-        paths = project_paths()
-        model = next((p for p in (paths.model("pretrained"), paths.model("paper_cnn")) if p.exists()),
-                     paths.model("pretrained"))
+        model = default_model(project_paths())
     scorer = Scorer(model)
     ranked, errors = scorer.score_files(files, user)
     about = scorer.describe(user)

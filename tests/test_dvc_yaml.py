@@ -4,12 +4,13 @@ that imgrate.paths defines."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
+from imgrate import lineage
+from imgrate.models import all_models, model_names
 from imgrate.params import parse_params
 from imgrate.paths import Paths
 
@@ -17,48 +18,31 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("crawl", "export", "preprocess", "featurize", "train", "evaluate", "analyze")
 
 
-def _module_file(module: str) -> Path | None:
-    base = ROOT / Path(*module.split("."))
-    if base.with_suffix(".py").exists():
-        return base.with_suffix(".py")
-    if (base / "__init__.py").exists():
-        return base / "__init__.py"
-    return None
-
-
-def _imports(path: Path) -> set[str]:
-    """Dotted imgrate modules imported anywhere in ``path`` (and their parent packages)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        for name in names:
-            if name.split(".")[0] != "imgrate":
-                continue
-            parts = name.split(".")
-            for i in range(1, len(parts) + 1):
-                if _module_file(".".join(parts[:i])):
-                    found.add(".".join(parts[:i]))
-    return found
-
-
 def imgrate_closure(script: Path) -> set[str]:
     """Repository-relative files of every imgrate module ``script`` imports, transitively."""
-    todo, seen = list(_imports(script)), set()
-    while todo:
-        mod = todo.pop()
-        if mod in seen:
-            continue
-        seen.add(mod)
-        todo.extend(_imports(_module_file(mod)))
-    return {_module_file(m).relative_to(ROOT).as_posix() for m in seen}
+    rel = script.relative_to(ROOT).as_posix()
+    return lineage.closure(ROOT, rel) - {rel}
+
+
+def resolved() -> dict[str, dict[str, list]]:
+    """Every stage as DVC resolves dvc.yaml (foreach expanded, params.yaml interpolated):
+    name -> {"deps": [...], "params": [...], "outs": [...]}."""
+    from dvc.repo import Repo
+
+    out = {}
+    with Repo(str(ROOT)) as repo:
+        for stage in repo.index.stages:
+            deps = [d.def_path for d in stage.deps if type(d).__name__ == "Dependency"]
+            params = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
+            out[stage.addressing] = {"deps": deps, "params": params, "outs": [o.def_path for o in stage.outs]}
+    return out
 
 
 def _stages() -> dict:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    """dvc.yaml's stages as written; a foreach stage's template (``do``) stands for the stage."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: {**stage["do"], "foreach": stage["foreach"]} if "do" in stage else stage
+            for name, stage in stages.items()}
 
 
 def _deps(stage: dict) -> set[str]:
@@ -75,26 +59,60 @@ def test_every_stage_exists_in_order() -> None:
 
 def test_deps_list_script_and_every_imported_module() -> None:
     for name, stage in _stages().items():
+        if name == "train":
+            continue  # one stage per model: below
         script = re.search(r"(stages/\w+\.py)", stage["cmd"]).group(1)
         deps = _deps(stage)
         assert script in deps, f"{name}: script {script} not in deps"
         modules = imgrate_closure(ROOT / script)
+        if name == "evaluate":  # it rebuilds every model file: every model's module
+            modules = set(lineage.evaluate_deps(Paths(ROOT))) - {script}
         listed = {d for d in deps if d.startswith("imgrate/")}
+        modules = {m for m in modules if m.startswith("imgrate/")}
         assert listed == modules, (
             f"stage {name}: missing {sorted(modules - listed)}, not imported {sorted(listed - modules)}"
         )
 
 
-# evaluate's oracle recomputes the simulated world's true appeal: it reads these crawl keys
-ORACLE_PARAMS = ["crawl.source", "crawl.demo.seed", "crawl.demo.start", "crawl.demo.until",
-                 "crawl.demo.image_size", "crawl.demo.mean_interval_days"]
+def _interpolated(deps: list[str]) -> set[str]:
+    """``deps`` with ``${section.key}`` filled in from params.yaml, as DVC fills them in."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def value(m: re.Match) -> str:
+        v = params
+        for part in m.group(1).split("."):
+            v = v[part]
+        return str(v)
+
+    return {re.sub(r"\$\{([\w.]+)\}", value, d) for d in deps}
+
+
+def test_each_model_depends_on_exactly_what_it_reads() -> None:
+    """train@<model> for every model of the registry, depending on the shared training code and
+    data/dataset, then its own module, the code of what it reads and that data: paper_cnn never
+    on data/features or featurize code, pretrained never on another model's module."""
+    paths = Paths(ROOT)
+    stages = resolved()
+    assert sorted(n.removeprefix("train@") for n in stages if n.startswith("train@")) == model_names()
+    shared = lineage.train_shared(paths)
+    for spec in all_models():
+        deps = stages[f"train@{spec.name}"]["deps"]
+        wanted = _interpolated(shared + lineage.model_deps(spec, paths))
+        assert set(deps) == wanted, (spec.name, sorted(set(deps) - wanted), sorted(wanted - set(deps)))
+        others = {f"imgrate/models/{n}.py" for n in model_names()} - {f"imgrate/models/{spec.name}.py"}
+        assert not others & set(deps), spec.name
+    cnn = set(stages["train@paper_cnn"]["deps"])
+    assert not {"data/features", "imgrate/features.py", "imgrate/featurize.py", "imgrate/backbones.py"} & cnn
+    assert "data/features" in stages["train@pretrained"]["deps"]
+    assert set(stages["evaluate"]["deps"]) == set(lineage.evaluate_deps(paths))
+    assert stages["evaluate"]["params"] == lineage.evaluate_params()
 
 
 def test_each_stage_tracks_its_own_params_section() -> None:
     for name, stage in _stages().items():
         if name == "train":
             continue
-        extra = ORACLE_PARAMS if name == "evaluate" else []
+        extra = lineage.evaluate_params()[1:] if name == "evaluate" else []
         assert stage.get("params") == [name, *extra], name
 
 
@@ -102,42 +120,41 @@ def test_each_model_tracks_only_the_shared_train_keys_and_its_own_section() -> N
     """train@paper_cnn does not rerun when a train.pretrained key changes (and back)."""
     import dataclasses
 
-    from imgrate.models import MODELS
     from imgrate.params import TrainParams
 
-    train = _stages()["train"]
-    assert train["matrix"]["model"] == list(MODELS)
-    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name not in MODELS]
-    assert train["params"] == [*shared, "train.${item.model}"]
+    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name != "models"]
+    for name, stage in resolved().items():
+        if name.startswith("train@"):
+            assert stage["params"] == [*shared, f"train.{name.removeprefix('train@')}"], name
 
 
 def test_training_and_evaluation_read_features_not_shards() -> None:
-    """The pretrained model's inputs come from data/features (a DVC output), never from the
+    """The features models' inputs come from data/features (a DVC output), never from the
     raw shards or the tables: a fresh clone's `dvc pull` brings them."""
     p = Paths(ROOT)
     rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
     s = _stages()
-    for name in ("train", "evaluate"):
-        data = {d for d in _deps(s[name]) if d.startswith("data/")}
-        assert data == {rel(p.dataset), rel(p.features)}, name
+    for name, stage in resolved().items():
+        if name.startswith("train@") or name == "evaluate":
+            assert not {rel(p.raw), rel(p.tables)} & set(stage["deps"]), name
     assert _outs(s["featurize"]) == {rel(p.features)}
     assert s["featurize"]["outs"][0][rel(p.features)]["persist"] is True
     assert {rel(p.raw), rel(p.tables)} <= _deps(s["featurize"])
 
 
-def test_oracle_params_exist_and_match_what_the_oracle_reads() -> None:
+def test_world_params_exist_and_match_what_the_world_reads() -> None:
     """The oracle builds the world from crawl.demo: evaluate tracks exactly the keys of it
     that the world reads (imgrate/demo/world.py; fault injection is the server's)."""
-    import re
+    from imgrate.demo.world import PARAMS_READ
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key in ORACLE_PARAMS:
+    for key in lineage.evaluate_params()[1:]:
         section = params
         for part in key.split("."):
             section = section[part]  # KeyError: a tracked key that params.yaml lacks
     source = (ROOT / "imgrate" / "demo" / "world.py").read_text()
     read = set(re.findall(r"\b(?:self\.params|params|cfg)\.([a-z_]+)\b", source)) - {"yaml"}
-    assert {f"crawl.demo.{k}" for k in read} == {k for k in ORACLE_PARAMS if k.startswith("crawl.demo.")}
+    assert {f"crawl.demo.{k}" for k in read} == set(PARAMS_READ)
 
 
 def test_paths_agree_with_paths_module() -> None:
@@ -151,10 +168,11 @@ def test_paths_agree_with_paths_module() -> None:
     assert _outs(s["export"]) == {rel(p.tables), rel(p.stage_report("export"))}
     assert _outs(s["preprocess"]) == {rel(p.dataset), rel(p.stage_report("preprocess"))}
     assert {rel(p.raw), rel(p.tables)} <= _deps(s["preprocess"])
-    assert rel(p.dataset) in _deps(s["train"])
-    models = s["train"]["matrix"]["model"]
-    assert _outs(s["train"]) == {"models/${item.model}.pt", "dvclive/${item.model}/plots"}
-    assert {rel(p.model(m)) for m in models} <= _deps(s["evaluate"])
+    stages = resolved()
+    for m in model_names():
+        assert rel(p.dataset) in stages[f"train@{m}"]["deps"] and rel(p.model(m)) in stages["evaluate"]["deps"]
+        assert stages[f"train@{m}"]["outs"] == [rel(p.model(m)), rel(p.live_dir(m) / "plots"),
+                                                 rel(p.live_dir(m) / "metrics.json")]
     for stage in ("crawl", "export", "preprocess"):
         assert _outs(s[stage], "metrics") == {rel(p.stage_metrics(stage))}
     assert _outs(s["evaluate"], "metrics") == {rel(p.evaluate_metrics)}
@@ -193,10 +211,10 @@ def test_metrics_and_plots_are_not_cached() -> None:
 
 
 def test_every_trained_model_has_a_learning_curve_plot() -> None:
-    """Top-level plots: train and validation loss of each model of train's matrix, together."""
+    """Top-level plots: train and validation loss of each model of the registry, together."""
     p = Paths(ROOT)
     plots = {next(iter(e)): next(iter(e.values())) for e in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
-    for model in _stages()["train"]["matrix"]["model"]:
+    for model in model_names():
         plot = plots.get(f"learning_curves_{model}")
         assert plot is not None, f"dvc.yaml: no top-level plot learning_curves_{model}"
         curves = (p.live_dir(model) / "plots" / "metrics").relative_to(ROOT).as_posix()

@@ -1,5 +1,5 @@
 """featurize: frozen backbone features per shard in data/features/, incremental, decoded by
-several threads, read back by the models through load_features."""
+several threads, read back by the models through imgrate.features (the format)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 from conftest import copy_world
 
+from imgrate.backbones import load_backbone
 from imgrate.errors import DataError
-from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
+from imgrate.features import load_features, read_meta, read_shard
+from imgrate.featurize import run_stage, wanted_members
 from imgrate.images import load_thumbnail
 from imgrate.io import read_jsonl
 from imgrate.shards import iter_members
