@@ -26,9 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgrate import metrics
+from imgrate.baselines import BASELINES, WORLD_PARAMS, reads_any
 from imgrate.dataset import Dataset, load_dataset
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError
-from imgrate.io import atomic_open, remove_stale_tmp, write_json
+from imgrate.io import atomic_open, write_json
+from imgrate.models import all_models, model_names
 from imgrate.params import CrawlParams, EvaluateParams
 from imgrate.paths import Paths
 
@@ -73,7 +76,7 @@ def all_predictions(
     first (sorted), then the baselines in registry order. ``crawl`` (params.yaml's crawl
     section) lets the baselines that read the simulated world (the oracle) run.
     """
-    from imgrate.baselines import BASELINES, Context, baseline_predictions
+    from imgrate.baselines import Context, baseline_predictions
 
     model_files = sorted(paths.models.glob("*.pt"))
     if not model_files:
@@ -135,16 +138,12 @@ def shuffle_within_users(y: np.ndarray, users: np.ndarray, rng: np.random.Genera
 # ------------------------------------------------------------------------------- stage
 
 
-def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Report:
+def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Summary[Report]:
     """The DVC stage: metrics/evaluate/, reports/evaluate.json, reports/leak.json, plots/ and reports/figures/evaluate/.
 
-    ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
+    ``crawl`` (params.yaml's crawl section) enables the baselines that read the simulated world.
     """
-    for out in (paths.stage_report("evaluate"), paths.leak_metrics):  # left by a killed run
-        remove_stale_tmp(out.parent, [out.name])
-    for folder in (paths.evaluate_metrics, paths.plots / "predictions", paths.plots / "spearman_per_user",
-                   paths.figures):
-        remove_stale_tmp(folder)
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run
     data = load_dataset(paths)
     test = data.split("test")
     if len(test) == 0:
@@ -164,7 +163,10 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
                 for name, pred in predictions.items()}
     _write_plots(paths, data, test, y_test, predictions, per_user)
     _write_figures(paths, y_test, users_test, predictions, results, per_user, params)
-    return Report(results, leak, skipped)
+    report = Report(results, leak, skipped)
+    values = {"models": len(predictions) - len(set(predictions) & set(BASELINES)), "baselines":
+              len(set(predictions) & set(BASELINES)), "skipped": len(skipped), "n_test": len(test)}
+    return Summary("evaluate", values, None, detail=report, printables=list(report.tables()))
 
 
 # What metrics/evaluate/<name>.json keeps: the within-user numbers models are judged by, the
@@ -281,15 +283,42 @@ def summary_tables(report: Report) -> list[Table]:
     return tables
 
 
-def main() -> None:
-    """``python stages/evaluate.py`` and ``imgrate evaluate``: evaluate, then the summary tables."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
+def _reads(paths: Paths, item: str) -> list[Dep]:
+    """data/dataset, data/features when a model or a baseline reads them, and every model file."""
+    from imgrate.features import FEATURES
 
-    setup_logging()
-    paths = project_paths()
-    params = load_params(paths.params, ["evaluate", "crawl"])  # crawl.demo: the oracle
-    report = run_stage(params.evaluate, paths, params.crawl)
-    for table in report.tables():
-        console.print(table)
+    models = all_models()
+    features = reads_any("features") or any(FEATURES in spec.reads for spec in models)
+    return [Dep(paths.rel(paths.dataset)),
+            *([Dep(paths.rel(paths.features), "what the models and baselines of kind features read")] if features else []),
+            *(Dep(paths.rel(paths.model(spec.name))) for spec in models)]
+
+
+def _outputs(paths: Paths, item: str) -> list[Output]:
+    return [
+        Output(paths.stage_report("evaluate"), cache=False, persist=True, note="every metric of every model and baseline"),
+        Output(paths.leak_metrics, cache=False, persist=True),
+        Output(paths.evaluate_metrics, "metrics", folder=True, cache=False, persist=True,
+               note="one small file per model and baseline: `dvc metrics show` prints a leaderboard; written "
+                    "atomically at the end: a failing run leaves the last ones"),
+        Output(paths.figures, "plots", folder=True,
+               note="the PNG figures (matplotlib, DVC-cached): every model in one picture, the kept epoch marked, "
+                    "the ranking accuracy; `dvc plots show` puts them on its page as images"),
+        Output(paths.plots / "predictions", "plots", folder=True, cache=False,
+               note="one file per model and baseline in each folder, so a new model gets its own plots",
+               plot={"template": "scatter", "x": "actual", "y": "predicted"}),
+        Output(paths.plots / "spearman_per_user", "plots", folder=True, cache=False,
+               plot={"template": "bar_horizontal", "x": "spearman", "y": "user"}),
+    ]
+
+
+STAGE = Stage(
+    name="evaluate",
+    about="every model and baseline on the same test split -> metrics/, plots/, reports/figures/evaluate/",
+    sections=("evaluate", "crawl"),  # crawl.demo: the baselines that read the simulated world (the oracle)
+    reads=_reads,
+    outputs=_outputs,
+    run=lambda params, paths: run_stage(params.evaluate, paths, params.crawl),
+    params=lambda: ["evaluate", *(WORLD_PARAMS if reads_any("world") else ())],
+    imports=lambda item: [f"imgrate.models.{name}" for name in model_names()],  # every model file is rebuilt
+)

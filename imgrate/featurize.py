@@ -24,7 +24,6 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 
 from imgrate.backbones import Backbone, backbone_spec, load_backbone
 from imgrate.devices import pick_device
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError
 from imgrate.features import (
     FeatureMeta,
@@ -259,26 +259,13 @@ class Extractor:
 # --------------------------------------------------------------------------- the stage
 
 
-@dataclass
-class Summary:
-    shards: int
-    shards_extracted: int
-    images: int
-    images_extracted: int
-    failed: int
-    backbone: str
-    input_size: int
-    device: str
-    workers: int
-    seconds: float
-
-    def line(self) -> str:
-        rate = ""
-        if self.images_extracted and self.seconds:
-            rate = f", {self.images_extracted / self.seconds:.0f} images/s"
-        return (f"featurize: {self.images} images of {self.shards} shards ({self.images_extracted} extracted from "
-                f"{self.shards_extracted} new shards{rate}, {self.failed} undecodable); "
-                f"{self.backbone} at {self.input_size}px on {self.device}, {self.workers} workers")
+def _line(v: dict[str, Any]) -> str:
+    rate = ""
+    if v["images_extracted"] and v["seconds"]:
+        rate = f", {v['images_extracted'] / v['seconds']:.0f} images/s"
+    return (f"featurize: {v['images']} images of {v['shards']} shards ({v['images_extracted']} extracted from "
+            f"{v['shards_extracted']} new shards{rate}, {v['failed']} undecodable); "
+            f"{v['backbone']} at {v['input_size']}px on {v['device']}, {v['workers']} workers")
 
 
 def wanted_members(paths: Paths) -> dict[str, set[str]]:
@@ -292,13 +279,14 @@ def wanted_members(paths: Paths) -> dict[str, set[str]]:
     return dict(by_shard)
 
 
-def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
+def run_stage(params: FeaturizeParams, paths: Paths) -> Summary[None]:
     """The DVC stage: bring ``data/features/`` up to date with the posts table and the shards.
 
     Only shards without stored features (or whose size or member list changed) are
     extracted; entries of shards the table no longer names are removed, so the folder is
     a function of the shards, the table and the params, whatever ran before."""
     start = time.monotonic()
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run
     meta = meta_for(params)
     workers = params.workers or cores()
     device = pick_device(params.device)
@@ -341,18 +329,21 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
             extracted += len(got.members) + len(got.failed)
             log.info("features: shard %s, %d images, %d undecodable", shard, len(got.members), len(got.failed))
     failed = sum(len((read_index(paths, s) or {}).get("failed", {})) for s in wanted)
-    return Summary(shards=len(wanted), shards_extracted=len(todo), images=sum(len(m) for m in wanted.values()),
-                   images_extracted=extracted, failed=failed, backbone=meta.backbone, input_size=meta.input_size,
-                   device=device.type, workers=workers, seconds=time.monotonic() - start)
+    values = {"shards": len(wanted), "shards_extracted": len(todo), "images": sum(len(m) for m in wanted.values()),
+              "images_extracted": extracted, "failed": failed, "backbone": meta.backbone,
+              "input_size": meta.input_size, "device": device.type, "workers": workers,
+              "seconds": time.monotonic() - start}
+    return Summary("featurize", values, _line(values))
 
 
-def main() -> None:
-    """``python stages/featurize.py`` and ``imgrate featurize``: bring data/features up to date, then a summary line."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
-
-    setup_logging()
-    paths = project_paths()
-    summary = run_stage(load_params(paths.params, ["featurize"]).featurize, paths)
-    console.print(summary.line(), highlight=False, soft_wrap=True)
+STAGE = Stage(
+    name="featurize",
+    about="tables + shards -> frozen backbone features per shard in data/features/ (new shards only)",
+    sections=("featurize",),
+    reads=lambda paths, item: [Dep(paths.rel(paths.raw)),
+                               Dep(paths.rel(paths.tables), "which member is each post's image")],
+    outputs=lambda paths, item: [
+        Output(paths.features, folder=True, persist=True, note="incremental: only new shards are extracted"),
+    ],
+    run=lambda params, paths: run_stage(params.featurize, paths),
+)

@@ -139,6 +139,10 @@ class CrawlParams:
     commit_every_s: float = 120.0
     video_thumbnails: bool = False  # keep a video's thumbnail (else videos are skipped)
     strict: bool = False  # fail the stage on the first user that fails
+    # a run that stopped early or did not crawl some users: `imgrate crawl` exits 3 (INCOMPLETE)
+    # either way; the DVC stage exits 0 and the pipeline goes on with what it got ("continue")
+    # or exits 3 and `dvc repro` stops ("fail")
+    on_incomplete: Literal["continue", "fail"] = "continue"
     max_attempts: int = 5  # tries per request before a user's crawl fails (Instaloader's max_connection_attempts)
     refresh_days: int = 7  # re-read the counts of posts whose latest count was read before they were this old
     budget: BudgetParams = field(default_factory=BudgetParams)

@@ -50,8 +50,9 @@ from torch import nn
 from imgrate import metrics, reference
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.devices import pick_device
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImgrateError
-from imgrate.io import atomic_path, remove_stale_tmp
+from imgrate.io import atomic_path
 from imgrate.models import (
     Calibrated,
     ClosedForm,
@@ -62,12 +63,12 @@ from imgrate.models import (
     Split,
     Standardised,
     check_sections,
+    model_names,
     model_spec,
     save_model,
 )
-from imgrate.params import Params, load_params
-from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, setup_logging
+from imgrate.params import Params, TrainParams
+from imgrate.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -411,7 +412,7 @@ def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Split, val
     return h.hexdigest()
 
 
-def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
+def run_stage(model_name: str, params: Params, paths: Paths) -> Summary[None]:
     """The DVC stage ``train@<model>`` in this process (one rank under torchrun): train, log
     curves with DVCLive, save the model (rank 0)."""
     spec = model_spec(model_name)  # an unknown name fails before any process group exists
@@ -420,7 +421,7 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
     if not info.main:
         logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
     if info.main:  # left by a killed run
-        remove_stale_tmp(paths.models, [paths.model(model_name).name])
+        clean_outputs(STAGE.outputs(paths, model_name))
     device = pick_device(params.train.device, info.local_rank)
     init_distributed(info, device)
     try:
@@ -454,7 +455,7 @@ def _solve(spec: ModelSpec[Any, Any], section: Any, model: nn.Module, train: Spl
 
 
 def _run(spec: ModelSpec[Any, Any], section: Any, params: Params, paths: Paths, info: DistInfo,
-         device: torch.device) -> dict[str, Any]:
+         device: torch.device) -> Summary[None]:
     model_name = spec.name
     data = load_dataset(paths)
     seed_everything(params.train.seed, device)
@@ -546,7 +547,9 @@ def _run(spec: ModelSpec[Any, Any], section: Any, params: Params, paths: Paths, 
         if staged is not None:
             publish_live_dir(staged, paths.live_dir(model_name), paths.tmp)
     _barrier(info)
-    return summary
+    line = (f"train {model_name}: {summary['epochs']} epochs on {summary['device']} x{summary['world_size']}, "
+            f"val_loss {summary['val_loss']:.5f}, val_spearman_within {summary['val_spearman_within']:.3f}")
+    return Summary("train", summary, line if info.main else None)  # under torchrun one line is enough
 
 
 def stage_live_dir(paths: Paths, model_name: str) -> Path:
@@ -581,18 +584,15 @@ def nproc(params: Params) -> int:
 
 
 def torchrun_command(model_name: str, processes: int) -> list[str]:
-    """This stage under torchrun: ``processes`` ranks on this machine, each running :func:`main`."""
+    """This stage under torchrun: ``processes`` ranks on this machine, each running :func:`train_model`."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             "-m", "imgrate.train", model_name]
 
 
-def main(model_name: str) -> None:
-    """``python stages/train.py <model>`` and ``imgrate train <model>``: train and print one line
-    (rank 0). With ``train.nproc`` > 1 and outside torchrun, the stage runs itself under
-    torchrun with that many processes and waits for them."""
-    setup_logging()
-    paths = project_paths()
-    params = load_params(paths.params, ["train"])
+def train_model(params: Params, paths: Paths, model_name: str) -> Summary[None]:
+    """``train@<model>`` as its entry runs it: with ``train.nproc`` > 1 and outside torchrun, the
+    stage runs itself under torchrun with that many processes and waits for them (rank 0
+    prints the summary); else :func:`run_stage` in this process."""
     check_sections(params.train)
     model_spec(model_name).params_of(params.train)  # a bad name or section fails before torchrun starts
     processes = nproc(params)
@@ -603,15 +603,65 @@ def main(model_name: str) -> None:
         code = subprocess.run(cmd, env=env, check=False).returncode
         if code != 0:
             raise ImgrateError(f"train {model_name}: torchrun with {processes} processes failed (exit code {code})")
-        return
-    s = run_stage(model_name, params, paths)
-    if s["rank"] == 0:  # under torchrun every rank returns; one line is enough
-        console.print(f"train {model_name}: {s['epochs']} epochs on {s['device']} x{s['world_size']}, "
-                      f"val_loss {s['val_loss']:.5f}, val_spearman_within {s['val_spearman_within']:.3f}",
-                      highlight=False)
+        return Summary("train", {"model": model_name, "processes": processes})
+    return run_stage(model_name, params, paths)
 
 
-if __name__ == "__main__":  # the torchrun ranks that main() launches
-    from imgrate.progress import run_main
+def _outputs(paths: Paths, model: str) -> list[Output]:
+    live = paths.live_dir(model)
+    return [
+        Output(paths.model(model)),
+        Output(live / "plots", folder=True, cache=False, persist=True,
+               note="DVCLive's curves (TSV): drawn once each by the top-level plots. persist: train replaces them "
+                    "only when it finishes, so a failed run keeps the tracked curves"),
+        Output(live / "metrics.json", "metrics", cache=False, persist=True),
+    ]
 
-    run_main(lambda: main(sys.argv[1]))
+
+def _reads(paths: Paths, model: str) -> list[Dep]:
+    """data/dataset (targets, splits, the reference block's photos) and what the model reads."""
+    return [Dep(paths.rel(paths.dataset)), *(Dep(inp.data_dep(paths)) for inp in model_spec(model).reads)]
+
+
+def learning_curves(paths: Paths, model: str) -> dict[str, dict[str, Any]]:
+    """dvc.yaml's top-level plots of one model: train and validation loss on one plot, the
+    validation within-user Spearman on another (DVCLive writes the TSVs; each curve once)."""
+    curves = paths.rel(paths.live_dir(model) / "plots" / "metrics")
+    return {
+        f"learning_curves_{model}": {
+            "template": "linear", "x": "step",
+            "y": {f"{curves}/train_loss.tsv": "train_loss", f"{curves}/val_loss.tsv": "val_loss"},
+            "title": f"{model}: train and validation loss (train.{model})",
+            "x_label": "epoch (from 0)", "y_label": "loss"},
+        f"validation_spearman_{model}": {
+            "template": "linear", "x": "step",
+            "y": {f"{curves}/val_spearman_within.tsv": "val_spearman_within"},
+            "title": f"{model}: validation within-user Spearman", "x_label": "epoch (from 0)",
+            "y_label": "Spearman within users"},
+    }
+
+
+def _params() -> list[str]:
+    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name != "models"]
+    return [*shared, "train.${key}"]  # the keys every model shares, and the model's own section only
+
+
+STAGE = Stage(
+    name="train",
+    about="one train@<model> per model of the registry (imgrate/models/): data/dataset and what the model "
+          "reads -> models/<model>.pt, curves in dvclive/<model>/; train.nproc > 1 runs it under torchrun",
+    sections=("train",),
+    reads=_reads,
+    outputs=_outputs,
+    run=train_model,
+    params=_params,
+    imports=lambda model: [f"imgrate.models.{model}"],
+    each=model_names,
+    top_plots=learning_curves,
+)
+
+
+if __name__ == "__main__":  # the torchrun ranks that train_model launches
+    from imgrate.entry import script
+
+    script(STAGE, sys.argv[1])

@@ -1,29 +1,27 @@
-"""dvc.yaml agrees with the code: each stage lists its script, every imgrate module that
-script imports (transitively, lazy imports included), its params section, and the paths
-that imgrate.paths defines."""
+"""dvc.yaml agrees with the code: it is generated from the stage declarations and the
+registries (imgrate/lineage.py), and, as DVC resolves it, each stage depends on its script,
+the data it reads and every imgrate module it imports (transitively, lazy imports
+included): train@<model> on exactly what that model reads."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from imgrate import lineage
+from imgrate.entry import Output
 from imgrate.models import all_models, model_names
-from imgrate.params import parse_params
 from imgrate.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("crawl", "export", "preprocess", "featurize", "train", "evaluate", "analyze")
+PATHS = Paths(ROOT)
 
 
-def imgrate_closure(script: Path) -> set[str]:
-    """Repository-relative files of every imgrate module ``script`` imports, transitively."""
-    rel = script.relative_to(ROOT).as_posix()
-    return lineage.closure(ROOT, rel) - {rel}
-
-
+@pytest.fixture(scope="module")
 def resolved() -> dict[str, dict[str, list]]:
     """Every stage as DVC resolves dvc.yaml (foreach expanded, params.yaml interpolated):
     name -> {"deps": [...], "params": [...], "outs": [...]}."""
@@ -34,7 +32,8 @@ def resolved() -> dict[str, dict[str, list]]:
         for stage in repo.index.stages:
             deps = [d.def_path for d in stage.deps if type(d).__name__ == "Dependency"]
             params = [p for d in stage.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
-            out[stage.addressing] = {"deps": deps, "params": params, "outs": [o.def_path for o in stage.outs]}
+            out[stage.addressing] = {"deps": deps, "params": params, "outs": [o.def_path for o in stage.outs],
+                                     "options": {o.def_path: (o.use_cache, o.persist) for o in stage.outs}}
     return out
 
 
@@ -45,37 +44,8 @@ def _stages() -> dict:
             for name, stage in stages.items()}
 
 
-def _deps(stage: dict) -> set[str]:
-    return {d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])}
-
-
-def _outs(stage: dict, kind: str = "outs") -> set[str]:
-    return {o if isinstance(o, str) else next(iter(o)) for o in stage.get(kind, [])}
-
-
-def test_every_stage_exists_in_order() -> None:
-    assert list(_stages()) == list(STAGES)
-
-
-def test_deps_list_script_and_every_imported_module() -> None:
-    for name, stage in _stages().items():
-        if name == "train":
-            continue  # one stage per model: below
-        script = re.search(r"(stages/\w+\.py)", stage["cmd"]).group(1)
-        deps = _deps(stage)
-        assert script in deps, f"{name}: script {script} not in deps"
-        modules = imgrate_closure(ROOT / script)
-        if name == "evaluate":  # it rebuilds every model file: every model's module
-            modules = set(lineage.evaluate_deps(Paths(ROOT))) - {script}
-        listed = {d for d in deps if d.startswith("imgrate/")}
-        modules = {m for m in modules if m.startswith("imgrate/")}
-        assert listed == modules, (
-            f"stage {name}: missing {sorted(modules - listed)}, not imported {sorted(listed - modules)}"
-        )
-
-
-def _interpolated(deps: list[str]) -> set[str]:
-    """``deps`` with ``${section.key}`` filled in from params.yaml, as DVC fills them in."""
+def _interpolated(values: list[str]) -> list[str]:
+    """``values`` with ``${section.key}`` filled in from params.yaml, as DVC fills them in."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def value(m: re.Match) -> str:
@@ -84,71 +54,81 @@ def _interpolated(deps: list[str]) -> set[str]:
             v = v[part]
         return str(v)
 
-    return {re.sub(r"\$\{([\w.]+)\}", value, d) for d in deps}
+    return [re.sub(r"\$\{([\w.]+)\}", value, d) for d in values]
 
 
-def test_each_model_depends_on_exactly_what_it_reads() -> None:
-    """train@<model> for every model of the registry, depending on the shared training code and
-    data/dataset, then its own module, the code of what it reads and that data: paper_cnn never
-    on data/features or featurize code, pretrained never on another model's module."""
-    paths = Paths(ROOT)
-    stages = resolved()
-    assert sorted(n.removeprefix("train@") for n in stages if n.startswith("train@")) == model_names()
-    shared = lineage.train_shared(paths)
+def test_dvc_yaml_is_generated_from_the_declarations() -> None:
+    """Edit a stage's STAGE or a registry, then `make lineage`: never dvc.yaml by hand."""
+    assert (ROOT / "dvc.yaml").read_text() == lineage.render(ROOT), "dvc.yaml is out of date: run `make lineage`"
+
+
+def test_every_stage_exists_in_order(resolved) -> None:
+    expected = [a for a, _, _ in lineage.addresses()]
+    assert list(resolved) == expected
+    assert [s.name for s in lineage.STAGES] == ["crawl", "export", "preprocess", "featurize", "train", "evaluate",
+                                                "analyze"]
+    assert sorted(a.removeprefix("train@") for a in resolved if a.startswith("train@")) == model_names()
+
+
+def test_each_stage_depends_on_its_script_data_and_every_imported_module(resolved) -> None:
+    """What DVC reads from dvc.yaml is what the code imports, independently of how the file
+    was written: the import closure is recomputed from the sources here."""
+    for address, stage, item in lineage.addresses():
+        deps = resolved[address]["deps"]
+        script = f"stages/{stage.name}.py"
+        assert deps[0] == script, address
+        imported = [lineage.module_file(ROOT, m) for m in stage.imports(item)]
+        code = lineage.closure(ROOT, script, *imported) - {script}
+        data = _interpolated([d.path for d in stage.reads(PATHS, item)])
+        assert set(deps) == {script, *code, *data}, (
+            address, sorted(set(deps) - {script, *code, *data}), sorted({script, *code, *data} - set(deps)))
+
+
+def test_each_model_depends_on_exactly_what_it_reads(resolved) -> None:
+    """train@paper_cnn never on data/features or featurize code; each model on its own module
+    and no other model's; evaluate on every model's file and module."""
+    modules = {f"imgrate/models/{n}.py" for n in model_names()}
     for spec in all_models():
-        deps = stages[f"train@{spec.name}"]["deps"]
-        wanted = _interpolated(shared + lineage.model_deps(spec, paths))
-        assert set(deps) == wanted, (spec.name, sorted(set(deps) - wanted), sorted(wanted - set(deps)))
-        others = {f"imgrate/models/{n}.py" for n in model_names()} - {f"imgrate/models/{spec.name}.py"}
-        assert not others & set(deps), spec.name
-    cnn = set(stages["train@paper_cnn"]["deps"])
-    assert not {"data/features", "imgrate/features.py", "imgrate/featurize.py", "imgrate/backbones.py"} & cnn
-    assert "data/features" in stages["train@pretrained"]["deps"]
-    assert set(stages["evaluate"]["deps"]) == set(lineage.evaluate_deps(paths))
-    assert stages["evaluate"]["params"] == lineage.evaluate_params()
+        deps = set(resolved[f"train@{spec.name}"]["deps"])
+        assert modules & deps == {f"imgrate/models/{spec.name}.py"}, spec.name
+        for inp in spec.reads:
+            assert set(_interpolated([inp.data_dep(PATHS)])) <= deps and f"{inp.module.replace('.', '/')}.py" in deps
+        if all(inp.kind == "pixels" for inp in spec.reads):
+            assert not {"data/features", "imgrate/features.py", "imgrate/featurize.py", "imgrate/backbones.py"} & deps
+    assert "data/features" not in resolved["train@paper_cnn"]["deps"]
+    assert "data/features" in resolved["train@pretrained"]["deps"]
+    evaluate = set(resolved["evaluate"]["deps"])
+    assert modules <= evaluate and {PATHS.rel(PATHS.model(n)) for n in model_names()} <= evaluate
 
 
-def test_each_stage_tracks_its_own_params_section() -> None:
-    for name, stage in _stages().items():
-        if name == "train":
-            continue
-        extra = lineage.evaluate_params()[1:] if name == "evaluate" else []
-        assert stage.get("params") == [name, *extra], name
-
-
-def test_each_model_tracks_only_the_shared_train_keys_and_its_own_section() -> None:
+def test_each_model_tracks_only_the_shared_train_keys_and_its_own_section(resolved) -> None:
     """train@paper_cnn does not rerun when a train.pretrained key changes (and back)."""
-    import dataclasses
-
     from imgrate.params import TrainParams
 
     shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name != "models"]
-    for name, stage in resolved().items():
-        if name.startswith("train@"):
-            assert stage["params"] == [*shared, f"train.{name.removeprefix('train@')}"], name
+    for name in model_names():
+        assert resolved[f"train@{name}"]["params"] == [*shared, f"train.{name}"], name
 
 
-def test_training_and_evaluation_read_features_not_shards() -> None:
-    """The features models' inputs come from data/features (a DVC output), never from the
-    raw shards or the tables: a fresh clone's `dvc pull` brings them."""
-    p = Paths(ROOT)
-    rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
-    s = _stages()
-    for name, stage in resolved().items():
-        if name.startswith("train@") or name == "evaluate":
-            assert not {rel(p.raw), rel(p.tables)} & set(stage["deps"]), name
-    assert _outs(s["featurize"]) == {rel(p.features)}
-    assert s["featurize"]["outs"][0][rel(p.features)]["persist"] is True
-    assert {rel(p.raw), rel(p.tables)} <= _deps(s["featurize"])
+def test_each_stage_tracks_its_own_params_section(resolved) -> None:
+    """A stage tracks the sections it loads; evaluate the world's keys its baselines read."""
+    from imgrate.baselines import WORLD_PARAMS
+
+    for address, stage, _ in lineage.addresses():
+        if stage.name == "train":
+            continue
+        extra = list(WORLD_PARAMS) if stage.name == "evaluate" else []
+        assert resolved[address]["params"] == [stage.name, *extra], address
 
 
 def test_world_params_exist_and_match_what_the_world_reads() -> None:
     """The oracle builds the world from crawl.demo: evaluate tracks exactly the keys of it
     that the world reads (imgrate/demo/world.py; fault injection is the server's)."""
+    from imgrate.baselines import WORLD_PARAMS
     from imgrate.demo.world import PARAMS_READ
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for key in lineage.evaluate_params()[1:]:
+    for key in WORLD_PARAMS:
         section = params
         for part in key.split("."):
             section = section[part]  # KeyError: a tracked key that params.yaml lacks
@@ -157,36 +137,41 @@ def test_world_params_exist_and_match_what_the_world_reads() -> None:
     assert {f"crawl.demo.{k}" for k in read} == set(PARAMS_READ)
 
 
+def test_outputs_are_the_declared_ones_named_once(resolved) -> None:
+    """Each stage's outputs in dvc.yaml are its declaration's (which its stale-file cleanup
+    uses too), with their options; and no two stages write the same path."""
+    seen: dict[str, str] = {}
+    for address, stage, item in lineage.addresses():
+        declared: list[Output] = stage.outputs(PATHS, item)
+        assert resolved[address]["outs"] == [PATHS.rel(o.path) for o in sorted(
+            declared, key=lambda o: ("outs", "metrics", "plots").index(o.kind))], address
+        for out in declared:
+            rel = PATHS.rel(out.path)
+            assert resolved[address]["options"][rel] == (out.cache, out.persist), (address, rel)
+            assert seen.setdefault(rel, address) == address, f"{rel}: written by {seen[rel]} and {address}"
+
+
 def test_paths_agree_with_paths_module() -> None:
-    p = Paths(ROOT)
-    rel = lambda path: path.relative_to(ROOT).as_posix()  # noqa: E731
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    p = PATHS
+    rel = p.rel
     s = _stages()
-    assert _outs(s["crawl"]) == {rel(p.raw), rel(p.stage_report("crawl"))}
+    assert {rel(p.raw), rel(p.stage_report("crawl")), rel(p.stage_metrics("crawl"))} <= {
+        next(iter(o)) if isinstance(o, dict) else o for k in ("outs", "metrics") for o in s["crawl"][k]}
     assert s["crawl"]["always_changed"] is True
     assert s["crawl"]["outs"][0][rel(p.raw)]["persist"] is True
-    assert _outs(s["export"]) == {rel(p.tables), rel(p.stage_report("export"))}
-    assert _outs(s["preprocess"]) == {rel(p.dataset), rel(p.stage_report("preprocess"))}
-    assert {rel(p.raw), rel(p.tables)} <= _deps(s["preprocess"])
-    stages = resolved()
-    for m in model_names():
-        assert rel(p.dataset) in stages[f"train@{m}"]["deps"] and rel(p.model(m)) in stages["evaluate"]["deps"]
-        assert stages[f"train@{m}"]["outs"] == [rel(p.model(m)), rel(p.live_dir(m) / "plots"),
-                                                 rel(p.live_dir(m) / "metrics.json")]
-    for stage in ("crawl", "export", "preprocess"):
-        assert _outs(s[stage], "metrics") == {rel(p.stage_metrics(stage))}
-    assert _outs(s["evaluate"], "metrics") == {rel(p.evaluate_metrics)}
-    assert _outs(s["evaluate"]) == {rel(p.stage_report("evaluate")), rel(p.leak_metrics)}
-    assert _outs(s["evaluate"], "plots") == {rel(p.figures), rel(p.plots / "predictions"),
-                                             rel(p.plots / "spearman_per_user")}
-    assert rel(p.images_array(params.preprocess.size)).startswith(rel(p.dataset))
-    # analyze: figures of the data; reads tables, dataset and shards; nothing depends on it
-    assert {rel(p.raw), rel(p.tables), rel(p.dataset)} <= _deps(s["analyze"])
-    assert _outs(s["analyze"]) == {rel(p.data_report)}
-    assert _outs(s["analyze"], "plots") == {rel(p.data_figures)}
-    assert all(o["cache"] is False for o in s["analyze"]["outs"][0].values())
+    assert s["featurize"]["outs"][0][rel(p.features)]["persist"] is True
+    # analyze: figures of the data; nothing depends on it
     analyze_outs = {rel(p.data_report), rel(p.data_figures)}
-    assert not any(analyze_outs & _deps(stage) for stage in s.values())
+    deps = [d for stage in s.values() for d in stage["deps"]]
+    assert not analyze_outs & set(deps)
+
+
+def test_training_and_evaluation_read_features_not_shards(resolved) -> None:
+    """The features models' inputs come from data/features (a DVC output), never from the
+    raw shards or the tables: a fresh clone's `dvc pull` brings them."""
+    for name, stage in resolved.items():
+        if name.startswith("train@") or name == "evaluate":
+            assert not {PATHS.rel(PATHS.raw), PATHS.rel(PATHS.tables)} & set(stage["deps"]), name
 
 
 def test_tracked_metrics_survive_a_failing_run() -> None:
@@ -195,13 +180,12 @@ def test_tracked_metrics_survive_a_failing_run() -> None:
     for name, stage in _stages().items():
         for entry in stage.get("metrics", []):
             path, opts = next(iter(entry.items()))
-            if not path.startswith("dvclive/"):  # DVCLive's own summary is rewritten by training
-                assert opts.get("persist") is True, (name, path)
+            assert opts.get("persist") is True, (name, path)
 
 
 def test_metrics_and_plots_are_not_cached() -> None:
     """Git carries metrics and plot tables; the evaluate PNGs alone live in DVC's cache."""
-    figures = Paths(ROOT).figures.relative_to(ROOT).as_posix()
+    figures = PATHS.rel(PATHS.figures)
     for name, stage in _stages().items():
         for kind in ("metrics", "plots"):
             for entry in stage.get(kind, []):
@@ -212,12 +196,11 @@ def test_metrics_and_plots_are_not_cached() -> None:
 
 def test_every_trained_model_has_a_learning_curve_plot() -> None:
     """Top-level plots: train and validation loss of each model of the registry, together."""
-    p = Paths(ROOT)
     plots = {next(iter(e)): next(iter(e.values())) for e in yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]}
     for model in model_names():
         plot = plots.get(f"learning_curves_{model}")
         assert plot is not None, f"dvc.yaml: no top-level plot learning_curves_{model}"
-        curves = (p.live_dir(model) / "plots" / "metrics").relative_to(ROOT).as_posix()
+        curves = PATHS.rel(PATHS.live_dir(model) / "plots" / "metrics")
         assert plot["y"] == {f"{curves}/train_loss.tsv": "train_loss", f"{curves}/val_loss.tsv": "val_loss"}
         assert plot["x"] == "step"
         spearman = plots.get(f"validation_spearman_{model}")

@@ -91,7 +91,7 @@ PARAMS = EvaluateParams(set_sizes=[2, 5, 10], n_sets=2000, seed=0, n_boot=200, m
 def evaluated(synthetic: tuple[Paths, np.ndarray]) -> tuple[Paths, dict, dict]:
     """The stage run once on the synthetic world; returns what it wrote."""
     paths, _ = synthetic
-    report = run_stage(PARAMS, paths)  # no crawl params: no oracle
+    report = run_stage(PARAMS, paths).detail  # no crawl params: no oracle
     assert report.skipped["oracle"].startswith("only on the simulated world")
     results = json.loads(paths.stage_report("evaluate").read_text())
     leak = json.loads(paths.leak_metrics.read_text())

@@ -15,7 +15,7 @@ MODEL_MODULES = "imgrate.models.<model>"
 # Ground first. A module imports modules of its own floor or of floors below.
 FLOORS: list[list[str]] = [
     ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices"],
-    ["imgrate.progress", "imgrate.params"],
+    ["imgrate.progress", "imgrate.params", "imgrate.entry"],
     ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.metrics", "imgrate.figures",
      "imgrate.demo", "imgrate.demo.world", "imgrate.inputs", "imgrate.pixels", "imgrate.backbones",
      "imgrate.features"],
@@ -25,7 +25,7 @@ FLOORS: list[list[str]] = [
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize", MODEL_MODULES],
     ["imgrate.train", "imgrate.predict", "imgrate.baselines"],
     ["imgrate.evaluate", "imgrate.analyze"],
-    ["imgrate.cli"],
+    ["imgrate.cli", "imgrate.lineage"],
 ]
 FLOOR = {m: i for i, floor in enumerate(FLOORS) for m in floor}
 

@@ -101,6 +101,21 @@ def test_the_registry_is_the_model_modules_each_declaring_itself_once() -> None:
             assert cfg.seed == 7 and cfg.epochs == section.epochs and cfg.lr == section.lr
 
 
+def test_every_model_has_a_docs_row() -> None:
+    """The docs' table of models has one row per model of the registry: what it reads and how it
+    is fitted, as its registry entry says."""
+    from conftest import ROOT
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[2] in ("gradient", "closed form"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2])
+    assert set(rows) == set(model_names()), "add a row to the README's table of models"
+    for spec in all_models():
+        assert rows[spec.name] == (" and ".join(i.kind for i in spec.reads), spec.fit.method.replace("_", " ")), spec.name
+
+
 def test_a_models_params_are_checked_by_its_own_dataclass() -> None:
     train = TrainParams(models={"paper_cnn": {"epochs": 0, "batch_size": 50, "lr": 0.001}})
     with pytest.raises(ParamsError, match=r"train.paper_cnn.epochs: must be at least 1, got 0"):

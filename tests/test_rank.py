@@ -13,6 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imgrate.cli import app
+from imgrate.errors import ExitCode
 from imgrate.models import model_names
 from imgrate.shards import iter_members
 
@@ -142,11 +143,11 @@ def test_predict_scores_files_the_same_way_as_rank(trained: Path, folder: Path) 
 def test_only_non_images_or_a_missing_model_fail_clearly(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(trained / "models" / "paper_cnn.pt")])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(tmp_path / "nope.pt")])
-    assert result.exit_code == 2 and "model file not found" in result.output
+    assert result.exit_code == ExitCode.ERROR and "model file not found" in result.output
     result = CliRunner().invoke(app, ["rank", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "not a folder" in result.output
+    assert result.exit_code == ExitCode.ERROR and "not a folder" in result.output
 
 
 def test_bracketed_file_names_print_as_they_are(trained: Path, folder: Path) -> None:
