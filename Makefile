@@ -21,7 +21,7 @@ PY313_CANDIDATES = $(PYTHON313) python3.13 python3.14 python3 \
 	$(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3 /root/.pyenv/versions/3.1[3-9]*/bin/python3) \
 	/usr/local/bin/python3.13 /usr/bin/python3.13
 
-.PHONY: setup mongo-venv repro test bench bench-incremental clean-cache plots-template
+.PHONY: setup mongo-venv repro test bench bench-incremental clean-cache plots-template lineage
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ mongo-venv: $(MONGO_STAMP)
 
 repro: setup
 	dvc repro
+
+# dvc.yaml, generated from each stage's declaration and the registries (imgrate/lineage.py):
+# run it after adding a model, a baseline that reads new data, or a stage, or changing imports
+lineage: setup
+	python -m imgrate.lineage
 
 # lint and types first (config in pyproject.toml; both come with the test extra), then the suite
 test: setup mongo-venv

@@ -31,7 +31,7 @@ import yaml
 import imgrate.demo.server as demo
 from imgrate.errors import ParamsError
 from imgrate.io import atomic_open
-from imgrate.params import Params, load_params, parse_params
+from imgrate.params import Params, as_mapping, load_params, parse_params
 from imgrate.paths import Paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +121,14 @@ def with_params(params: Params, changes: Mapping[str, Any]) -> Params:
     """``params`` with dotted keys replaced (``{"train.paper_cnn.epochs": 1}``), checked as
     params.yaml is: a key that does not exist raises :class:`ParamsError` naming it, a bad
     value one naming its key."""
+    from imgrate.models import check_train
+
+    data = to_dict(params)
     for key, value in changes.items():
-        params = _replace(params, key.split("."), value, key)
-    return parse_params(to_dict(params))  # types and ranges, as load_params checks them
+        data = _replace(data, key.split("."), value, key)
+    changed = parse_params(data)  # types and ranges, as load_params checks them
+    check_train(changed.train)  # and each model's section, as its train@<model> does
+    return changed
 
 
 def _replace(node: Any, parts: list[str], value: Any, key: str) -> Any:
@@ -143,7 +148,7 @@ def _replace(node: Any, parts: list[str], value: Any, key: str) -> Any:
 
 def to_dict(params: Params) -> dict[str, Any]:
     """The params.yaml mapping of typed params."""
-    return dataclasses.asdict(params)
+    return as_mapping(params)  # type: ignore[no-any-return]
 
 
 def write_params(project: Path, params: Params) -> None:

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgrate.backbones import BACKBONES, embed
 from imgrate.errors import ImageError
-from imgrate.featurize import BACKBONES, Extractor, FeatureMeta, cores, embed, wanted_members
+from imgrate.features import FeatureMeta
+from imgrate.featurize import Extractor, cores, wanted_members
 from imgrate.images import load_thumbnail
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from imgrate.dataset import load_dataset
-from imgrate.models import dataset_inputs, model_spec
+from imgrate.models import model_spec
 from imgrate.paths import Paths
 from imgrate.train import fit, split_inputs
 
@@ -56,14 +56,15 @@ def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
     params = load()
     data = load_dataset(paths)
     spec = model_spec("paper_cnn")
-    input_spec, source = dataset_inputs(spec.input, data, paths)
-    config = spec.make_config(spec.params(params.train), input_spec)
-    train, _ = split_inputs(data, source)
+    section = spec.params_of(params.train)
+    input_specs, sources = spec.load_inputs(data, paths)
+    config = spec.make_config(section, input_specs)
+    train, _ = split_inputs(data, spec, sources)
     val = dataclasses.replace(train, rows=train.rows[:0])  # no validation: time training only
-    cfg = dataclasses.replace(spec.make_fit(spec.params(params.train), params.train.seed), epochs=epochs)
+    cfg = dataclasses.replace(spec.fit.settings(section, params.train.seed), epochs=epochs)  # type: ignore[union-attr]
     # the ceiling in both memory layouts (fit's batches come out channels-last); the faster counts
-    xs = {"in_memory_nchw": train.x(np.arange(len(train)), CPU).contiguous(),
-          "in_memory_channels_last": train.x(np.arange(len(train)), CPU).contiguous(memory_format=torch.channels_last)}
+    xs = {"in_memory_nchw": train.x(np.arange(len(train)), CPU)[0].contiguous(),
+          "in_memory_channels_last": train.x(np.arange(len(train)), CPU)[0].contiguous(memory_format=torch.channels_last)}
     y = torch.from_numpy(train.y)
     order = np.random.default_rng(0).permutation(len(train))  # batches of fit's size, last one short
     batches = [np.sort(order[i : i + cfg.batch_size]) for i in range(0, len(order), cfg.batch_size)]

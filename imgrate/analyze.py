@@ -31,10 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgrate.dataset import Dataset, load_dataset
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError
 from imgrate.figures import DPI, figure, save, user_styles
 from imgrate.images import fitted, image_info
-from imgrate.io import atomic_open, read_jsonl, remove_stale_tmp
+from imgrate.io import atomic_open, read_jsonl
 from imgrate.params import AnalyzeParams
 from imgrate.paths import Paths
 from imgrate.shards import read_member
@@ -311,10 +312,9 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
 # The stage
 
 
-def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
+def run_stage(params: AnalyzeParams, paths: Paths) -> Summary[None]:
     """The DVC stage: the figures under reports/figures/data/ and reports/data.md; returns the counts."""
-    remove_stale_tmp(paths.data_figures)  # left by a killed run
-    remove_stale_tmp(paths.data_report.parent, [paths.data_report.name])
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run
     for table in (paths.posts_table, paths.users_table):
         if not table.exists():
             raise DataError(f"{table} not found: run the export stage first")
@@ -349,17 +349,22 @@ def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     counts = summarize(posts, users, export_skipped, data)
     with atomic_open(paths.data_report) as fh:
         fh.write(render_report(counts))
-    return counts
+    line = (f"analyze: {counts['users']} users, {counts['posts']} posts, {counts['dataset']} dataset images; "
+            f"figures in {paths.data_figures}, counts in {paths.data_report}")
+    return Summary("analyze", counts, line)
 
 
-def main() -> None:
-    """``python stages/analyze.py`` and ``imgrate analyze``: draw the figures, then a summary line."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
-
-    setup_logging()
-    paths = project_paths()
-    c = run_stage(load_params(paths.params, ["analyze"]).analyze, paths)
-    console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
-                  f"figures in {paths.data_figures}, counts in {paths.data_report}", highlight=False, soft_wrap=True)
+STAGE = Stage(
+    name="analyze",
+    about="the paper's data-analysis figures; nothing depends on it",
+    sections=("analyze",),
+    reads=lambda paths, item: [
+        Dep(paths.rel(paths.raw), "the pictures of the top/bottom grid and the before/after example"),
+        Dep(paths.rel(paths.tables)), Dep(paths.rel(paths.dataset))],
+    outputs=lambda paths, item: [
+        Output(paths.data_report, cache=False),
+        Output(paths.data_figures, "plots", folder=True, cache=False,
+               note="PNGs: `dvc plots show` renders each as an image plot; git carries them (cache: false)"),
+    ],
+    run=lambda params, paths: run_stage(params.analyze, paths),
+)

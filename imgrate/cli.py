@@ -1,11 +1,12 @@
 """The ``imgrate`` command: one command per pipeline stage, plus ``predict``, ``rank``,
 ``verify``, ``login`` and ``db``.
 
-Each stage command calls the same function as its stage script (``imgrate.<stage>.main``),
-so both do and print exactly the same; `dvc repro` is the usual way to run them (it skips
-what is up to date). Errors: library code raises :class:`ImgrateError`; one handler
-(:class:`_Group`, through :func:`imgrate.errors.handle`) prints it as one line and exits
-with a named code (:class:`imgrate.errors.ExitCode`).
+Each stage command runs the stage's declaration (``STAGE`` of its module) through the one
+entry, :func:`imgrate.entry.main`, as its stage script does, so both do and print exactly
+the same; `dvc repro` is the usual way to run them (it skips what is up to date). Errors:
+library code raises :class:`ImgrateError`; one handler (:class:`_Group`, through
+:func:`imgrate.progress.handle`) prints it as one line and exits with a named code
+(:class:`imgrate.errors.ExitCode`: a crawl that did not get everything exits 3).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class _Group(TyperGroup):
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from imgrate.entry import Stage
+
 app = typer.Typer(
     cls=_Group,
     help="imgrate: crawl photographers' posts, build a dataset, train CNNs, rank photos honestly.",
@@ -44,6 +47,15 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals can hold session cookies and database URIs
     add_completion=False,
 )
+
+
+def _stage(stage: Stage, *args: Any) -> None:
+    """Run a pipeline stage through the one entry; a non-zero code (an incomplete crawl) exits with it."""
+    from imgrate.entry import main
+
+    code = main(stage, *args)
+    if code:
+        raise typer.Exit(code=int(code))
 
 
 def _setup(*sections: str, verbose: bool = False) -> tuple[Params, Paths]:
@@ -60,10 +72,11 @@ def crawl(
         help="crawl only part I of N of the users (e.g. 2/4), one part per machine; the parts' "
              "data/raw folders merge by union")] = None,
 ) -> None:
-    """Crawl new posts of the users in users.txt into data/raw (stage crawl)."""
-    from imgrate.crawl.stage import main
+    """Crawl new posts of the users in users.txt into data/raw (stage crawl). Exits 3 when the
+    crawl stopped early or did not crawl some users."""
+    from imgrate.crawl.stage import STAGE
 
-    main(part)
+    _stage(STAGE, part)
 
 
 @app.command()
@@ -125,59 +138,78 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON on s
 @app.command()
 def export() -> None:
     """Parse the shards into data/tables/{posts,users}.jsonl, and MongoDB when configured (stage export)."""
-    from imgrate.export import main
+    from imgrate.export import STAGE
 
-    main()
+    _stage(STAGE)
 
 
 @app.command()
 def preprocess() -> None:
     """Build data/dataset/ (images, targets, splits) from the tables (stage preprocess)."""
-    from imgrate.preprocess import main
+    from imgrate.preprocess import STAGE
 
-    main()
+    _stage(STAGE)
 
 
 @app.command()
 def featurize() -> None:
     """Extract frozen backbone features of every post image into data/features/, new shards only (stage featurize)."""
-    from imgrate.featurize import main
+    from imgrate.featurize import STAGE
 
-    main()
+    _stage(STAGE)
+
+
+def _model_names() -> str:
+    from imgrate.models import model_names
+
+    return ", ".join(model_names())
 
 
 @app.command()
-def train(model: Annotated[str, typer.Argument(help="a model of imgrate.models.MODELS: paper_cnn or pretrained")]
-          = "paper_cnn") -> None:
+def train(model: Annotated[str, typer.Argument(help=f"a model of the registry (imgrate/models/): {_model_names()}")]
+          ) -> None:
     """Train a model into models/<model>.pt (stage train@<model>; train.nproc > 1 runs it under torchrun)."""
-    from imgrate.train import main
+    from imgrate.train import STAGE
 
-    main(model)
+    _stage(STAGE, model)
 
 
 @app.command()
 def evaluate() -> None:
-    """Score every model and baseline on the test split into metrics/evaluate.json and
-    metrics/leak.json, with plots/ and reports/figures/evaluate/ (stage evaluate)."""
-    from imgrate.evaluate import main
+    """Score every model and baseline on the test split into metrics/evaluate/ and
+    reports/leak.json, with plots/ and reports/figures/evaluate/ (stage evaluate)."""
+    from imgrate.evaluate import STAGE
 
-    main()
+    _stage(STAGE)
 
 
 @app.command()
 def analyze() -> None:
     """Draw the data-analysis figures into reports/figures/data/ and the counts into reports/data.md (stage analyze)."""
-    from imgrate.analyze import main
+    from imgrate.analyze import STAGE
 
-    main()
+    _stage(STAGE)
 
 
 ModelOption = Annotated[Path | None, typer.Option(
-    help="a trained model file (default: models/pretrained.pt, else models/paper_cnn.pt)")]
+    help="a trained model file (default: the registry's preferred model whose file exists in models/)")]
 
 
 UserOption = Annotated[str | None, typer.Option(
     "--user", help="the photographer: percentiles against their own past posts (default: all photographers')")]
+
+
+def default_model(paths: Paths) -> Path:
+    """The model file `predict` and `rank` use without --model: of the registry's models whose
+    file exists, the one with the highest ``rank_priority`` (registry order among equals)."""
+    from imgrate.models import all_models
+
+    ranked = sorted(all_models(), key=lambda spec: -spec.rank_priority)
+    found = next((paths.model(spec.name) for spec in ranked if paths.model(spec.name).exists()), None)
+    if found is None:
+        raise ImgrateError(f"no trained model in {paths.models} (models: {_model_names()}): run `dvc repro` "
+                           "or `imgrate train MODEL`, or pass --model")
+    return found
 
 
 def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None,
@@ -187,9 +219,7 @@ def _score(files: list[Path], model: Path | None, as_json: bool, title: str, bas
     from imgrate.predict import Scorer
 
     if model is None:
-        paths = project_paths()
-        model = next((p for p in (paths.model("pretrained"), paths.model("paper_cnn")) if p.exists()),
-                     paths.model("pretrained"))
+        model = default_model(project_paths())
     scorer = Scorer(model)
     ranked, errors = scorer.score_files(files, user)
     about = scorer.describe(user)

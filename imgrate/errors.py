@@ -1,7 +1,7 @@
 """One error hierarchy for imgrate.
 
 Library code raises these; one handler (:func:`imgrate.progress.handle`, used by the
-``imgrate`` command and by every stage script through :func:`imgrate.progress.run_main`)
+``imgrate`` command and by every stage script through :func:`imgrate.entry.script`)
 turns them into a one-line message and a named exit code (:class:`ExitCode`).
 Each class also subclasses the builtin it specialises, so callers that catch
 ``ValueError`` or ``OSError`` keep working.
@@ -95,9 +95,12 @@ class DatabaseError(ImgrateError, OSError):
 
 
 class ExitCode(enum.IntEnum):
-    """The exit codes of ``imgrate`` and of the stage scripts."""
+    """The exit codes of ``imgrate`` and of the stage scripts (Instaloader's convention: a
+    code of its own for a run that did part of its work)."""
 
     OK = 0
     PROBLEMS = 1  # the command ran and found problems (``imgrate verify``)
-    ERROR = 2  # an ImgrateError: bad params, input, data or model file; nothing to do
+    USAGE = 2  # a command line Click could not parse (Click's own code; imgrate never uses it)
+    INCOMPLETE = 3  # the stage ran but did not get everything: a crawl stopped early or skipped users
+    ERROR = 4  # an ImgrateError: bad params, input, data or model file; nothing to do
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)

@@ -1,21 +1,11 @@
 """The evaluate stage: every trained model and every baseline on the same test split.
 
 Reports the paper's ranking accuracy on mixed-user sets (for continuity) and judges models
-within users (see imgrate.metrics for why). Every ``models/*.pt`` is scored, so a model
-added to the train matrix later is covered without touching this module. Baselines:
-
-- ``random``: seeded noise around the training mean; sits at chance everywhere.
-- ``user_mean``: each user's mean training target. It never looks at pixels, so it must
-  sit at chance within users (a leakage probe); on mixed sets it shows how much the
-  paper's metric rewards recognising the photographer.
-- ``linear_regression``: the paper's scikit-learn LinearRegression on flattened pixels,
-  unregularised, as the paper ran it.
-- ``ridge_pixels``: the same pixels with cross-validated ridge regularisation.
-- ``ridge_features``: cross-validated ridge on the frozen backbone features of the featurize
-  stage (``data/features``; see :func:`feature_baselines`).
-- ``oracle`` (simulated world only): the true appeal of each photo, recomputed from the
-  world's seed (never read from crawled data), mapped to the target scale by a linear fit
-  on the training split: the upper bound of what an image model can reach.
+within users (see imgrate.metrics for why). Every ``models/*.pt`` is scored through the model
+registry (:mod:`imgrate.models`), so a model added to the registry is covered without
+touching this module; the baselines and bounds come from their own registry
+(:data:`imgrate.baselines.BASELINES`: oracle, ridge_features, ridge_pixels,
+linear_regression, user_mean, random).
 
 Outputs: ``metrics/evaluate/<name>.json`` (the few numbers a comparison needs, one file
 per model and baseline, so `dvc metrics show` prints a leaderboard), ``reports/evaluate.json``
@@ -36,9 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgrate import metrics
+from imgrate.baselines import BASELINES, WORLD_PARAMS, reads_any
 from imgrate.dataset import Dataset, load_dataset
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError
-from imgrate.io import atomic_open, remove_stale_tmp, write_json
+from imgrate.io import atomic_open, write_json
+from imgrate.models import all_models, model_names
 from imgrate.params import CrawlParams, EvaluateParams
 from imgrate.paths import Paths
 
@@ -46,9 +39,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 log = logging.getLogger(__name__)
-
-# Report order: the bound, then baselines from strongest expected to chance.
-BASELINES = ("oracle", "ridge_features", "ridge_pixels", "linear_regression", "user_mean", "random")
 
 
 @dataclass
@@ -64,96 +54,6 @@ class Report:
 
 
 # ------------------------------------------------------------------------- predictions
-
-
-def _pixels(data: Dataset, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(data.images[rows].reshape(len(rows), -1), dtype=np.float32) / 255.0
-
-
-def _reproducible_fit(estimator: Any, x_train: np.ndarray, y_train: np.ndarray,
-                      x_test: np.ndarray) -> tuple[Any, np.ndarray]:
-    """Fit and predict in float64 on one BLAS thread, so that the same inputs give the same
-    predictions to the last written digit: a threaded float32 solve of the pixel baselines'
-    underdetermined systems (7,500 columns, ~1,650 rows) changed in the 6th decimal between runs."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        estimator.fit(np.asarray(x_train, dtype=np.float64), np.asarray(y_train, dtype=np.float64))
-        return estimator, estimator.predict(np.asarray(x_test, dtype=np.float64))
-
-
-def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, name: str) -> np.ndarray:
-    from sklearn.linear_model import RidgeCV
-
-    ridge, pred = _reproducible_fit(RidgeCV(alphas=np.logspace(-1, 5, 13)), x_train, y_train, x_test)
-    log.info("%s: alpha %.3g", name, ridge.alpha_)
-    return pred
-
-
-def baseline_predictions(data: Dataset, seed: int) -> dict[str, np.ndarray]:
-    """Test-split predictions of the pixel and user baselines, fitted on the train split."""
-    from sklearn.linear_model import LinearRegression
-
-    train, test = data.split("train"), data.split("test")
-    if len(train) == 0:
-        raise DataError("the train split is empty: the baselines have nothing to fit")
-    y_train = data.targets(train)
-    users_train, users_test = data.users(train), data.users(test)
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {
-        "random": float(y_train.mean()) + float(y_train.std()) * rng.normal(size=len(test)),
-    }
-
-    means = {u: float(y_train[users_train == u].mean()) for u in np.unique(users_train)}
-    fallback = float(y_train.mean())  # a user with no training posts
-    out["user_mean"] = np.array([means.get(u, fallback) for u in users_test])
-
-    x_train, x_test = _pixels(data, train), _pixels(data, test)
-    out["linear_regression"] = _reproducible_fit(LinearRegression(), x_train, y_train, x_test)[1]
-    out["ridge_pixels"] = _ridge(x_train, y_train, x_test, "ridge_pixels")
-    return out
-
-
-def feature_baselines(data: Dataset, paths: Paths) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """``ridge_features``: cross-validated ridge on the featurize stage's frozen backbone
-    features of the dataset's images, standardised with the training split's mean and spread.
-    Skipped (with the reason) when ``data/features`` has none.
-
-    Returns (predictions, skipped): exactly one of the two holds ``ridge_features``.
-    """
-    from imgrate.models import dataset_inputs
-
-    if not (paths.features / "meta.json").exists():
-        return {}, {"ridge_features": f"no features in {paths.features} (the featurize stage)"}
-    _, features = dataset_inputs("features", data, paths)
-    train, test = data.split("train"), data.split("test")
-    x_train, x_test = features[train].astype(np.float64), features[test].astype(np.float64)
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    pred = _ridge((x_train - mean) / std, data.targets(train), (x_test - mean) / std, "ridge_features")
-    return {"ridge_features": pred}, {}
-
-
-def oracle_predictions(data: Dataset, crawl: CrawlParams) -> np.ndarray:
-    """The simulated world's true appeal of each test photo, on the target scale.
-
-    Recomputed from ``crawl.demo`` (seed, start, ...) with :class:`DemoWorld`; appeal
-    depends only on the seed and the username, never on the crawled data. A linear map
-    fitted on the training split (positive slope) puts it on the target's scale so that
-    MSE and MAE mean something; it changes no ranking.
-    """
-    from imgrate.demo.world import DemoWorld
-
-    users = sorted({str(r["user"]).lower() for r in data.index})
-    world = DemoWorld(users, crawl.demo)  # reads seed, start, until, image_size, mean_interval_days
-    train, test = data.split("train"), data.split("test")
-
-    def appeal(rows: np.ndarray) -> np.ndarray:
-        return np.array([world.appeal(data.index[i]["shortcode"]) for i in rows], dtype=np.float64)
-
-    a_train, a_test = appeal(train), appeal(test)
-    slope, intercept = (np.polyfit(a_train, data.targets(train), 1) if len(train) > 1 and np.ptp(a_train) > 0
-                        else (1.0, 0.0))
-    return intercept + max(float(slope), 1e-9) * a_test
 
 
 def model_predictions(data: Dataset, model_files: list[Path], paths: Paths) -> dict[str, np.ndarray]:
@@ -173,28 +73,21 @@ def all_predictions(
     """Predictions on the test split of every ``models/*.pt`` and every baseline that can run.
 
     Returns (predictions by name, skipped baselines with the reason). Trained models come
-    first (sorted), then the baselines in :data:`BASELINES` order.
+    first (sorted), then the baselines in registry order. ``crawl`` (params.yaml's crawl
+    section) lets the baselines that read the simulated world (the oracle) run.
     """
+    from imgrate.baselines import Context, baseline_predictions
+
     model_files = sorted(paths.models.glob("*.pt"))
     if not model_files:
         raise DataError(f"no trained models in {paths.models}: run the train stage first")
     clash = {p.stem for p in model_files} & set(BASELINES)
     if clash:
         raise DataError(f"model file names clash with baseline names: {sorted(clash)}")
-    found = {**model_predictions(data, model_files, paths), **baseline_predictions(data, params.seed)}
-    features, skipped = feature_baselines(data, paths)
-    found.update(features)
-    if crawl is not None and crawl.source == "demo":
-        try:
-            found["oracle"] = oracle_predictions(data, crawl)
-        except DataError as err:  # e.g. crawl.demo changed since the posts were crawled
-            skipped["oracle"] = str(err)
-    else:
-        skipped["oracle"] = "only on the simulated world (crawl.source: demo)"
-    for name, reason in skipped.items():
-        log.info("baseline %s skipped: %s", name, reason)
-    order = [p.stem for p in model_files] + [b for b in BASELINES if b in found]
-    return {name: np.asarray(found[name], dtype=np.float64) for name in order}, skipped
+    found = model_predictions(data, model_files, paths)
+    baselines, skipped = baseline_predictions(Context(data, paths, params.seed, crawl))
+    found.update(baselines)
+    return {name: np.asarray(pred, dtype=np.float64) for name, pred in found.items()}, skipped
 
 
 # ------------------------------------------------------------------------------ scores
@@ -245,16 +138,12 @@ def shuffle_within_users(y: np.ndarray, users: np.ndarray, rng: np.random.Genera
 # ------------------------------------------------------------------------------- stage
 
 
-def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Report:
+def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = None) -> Summary[Report]:
     """The DVC stage: metrics/evaluate/, reports/evaluate.json, reports/leak.json, plots/ and reports/figures/evaluate/.
 
-    ``crawl`` (params.yaml's crawl section) enables the oracle on the simulated world.
+    ``crawl`` (params.yaml's crawl section) enables the baselines that read the simulated world.
     """
-    for out in (paths.stage_report("evaluate"), paths.leak_metrics):  # left by a killed run
-        remove_stale_tmp(out.parent, [out.name])
-    for folder in (paths.evaluate_metrics, paths.plots / "predictions", paths.plots / "spearman_per_user",
-                   paths.figures):
-        remove_stale_tmp(folder)
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run
     data = load_dataset(paths)
     test = data.split("test")
     if len(test) == 0:
@@ -274,7 +163,10 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
                 for name, pred in predictions.items()}
     _write_plots(paths, data, test, y_test, predictions, per_user)
     _write_figures(paths, y_test, users_test, predictions, results, per_user, params)
-    return Report(results, leak, skipped)
+    report = Report(results, leak, skipped)
+    values = {"models": len(predictions) - len(set(predictions) & set(BASELINES)), "baselines":
+              len(set(predictions) & set(BASELINES)), "skipped": len(skipped), "n_test": len(test)}
+    return Summary("evaluate", values, None, detail=report, printables=list(report.tables()))
 
 
 # What metrics/evaluate/<name>.json keeps: the within-user numbers models are judged by, the
@@ -333,7 +225,7 @@ def _write_figures(paths: Paths, y_test: np.ndarray, users_test: np.ndarray,
         info, _ = read_model_file(path)
         if info.history:
             histories[path.stem] = info.history
-            losses[path.stem] = info.fit.loss
+            losses[path.stem] = str(info.fit.get("loss", "mse"))
             best = info.summary.get("best_epoch")
             if best is not None:
                 kept[path.stem] = int(best)
@@ -391,15 +283,42 @@ def summary_tables(report: Report) -> list[Table]:
     return tables
 
 
-def main() -> None:
-    """``python stages/evaluate.py`` and ``imgrate evaluate``: evaluate, then the summary tables."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
+def _reads(paths: Paths, item: str) -> list[Dep]:
+    """data/dataset, data/features when a model or a baseline reads them, and every model file."""
+    from imgrate.features import FEATURES
 
-    setup_logging()
-    paths = project_paths()
-    params = load_params(paths.params, ["evaluate", "crawl"])  # crawl.demo: the oracle
-    report = run_stage(params.evaluate, paths, params.crawl)
-    for table in report.tables():
-        console.print(table)
+    models = all_models()
+    features = reads_any("features") or any(FEATURES in spec.reads for spec in models)
+    return [Dep(paths.rel(paths.dataset)),
+            *([Dep(paths.rel(paths.features), "what the models and baselines of kind features read")] if features else []),
+            *(Dep(paths.rel(paths.model(spec.name))) for spec in models)]
+
+
+def _outputs(paths: Paths, item: str) -> list[Output]:
+    return [
+        Output(paths.stage_report("evaluate"), cache=False, persist=True, note="every metric of every model and baseline"),
+        Output(paths.leak_metrics, cache=False, persist=True),
+        Output(paths.evaluate_metrics, "metrics", folder=True, cache=False, persist=True,
+               note="one small file per model and baseline: `dvc metrics show` prints a leaderboard; written "
+                    "atomically at the end: a failing run leaves the last ones"),
+        Output(paths.figures, "plots", folder=True,
+               note="the PNG figures (matplotlib, DVC-cached): every model in one picture, the kept epoch marked, "
+                    "the ranking accuracy; `dvc plots show` puts them on its page as images"),
+        Output(paths.plots / "predictions", "plots", folder=True, cache=False,
+               note="one file per model and baseline in each folder, so a new model gets its own plots",
+               plot={"template": "scatter", "x": "actual", "y": "predicted"}),
+        Output(paths.plots / "spearman_per_user", "plots", folder=True, cache=False,
+               plot={"template": "bar_horizontal", "x": "spearman", "y": "user"}),
+    ]
+
+
+STAGE = Stage(
+    name="evaluate",
+    about="every model and baseline on the same test split -> metrics/, plots/, reports/figures/evaluate/",
+    sections=("evaluate", "crawl"),  # crawl.demo: the baselines that read the simulated world (the oracle)
+    reads=_reads,
+    outputs=_outputs,
+    run=lambda params, paths: run_stage(params.evaluate, paths, params.crawl),
+    params=lambda: ["evaluate", *(WORLD_PARAMS if reads_any("world") else ())],
+    imports=lambda item: [f"imgrate.models.{name}" for name in model_names()],  # every model file is rebuilt
+)

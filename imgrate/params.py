@@ -1,7 +1,12 @@
 """Typed params: one frozen dataclass per params.yaml section.
 
 Field names are the params.yaml keys. :func:`load_params` rejects unknown keys, missing
-keys and wrong types with a :class:`ParamsError` that names the key (``train.paper_cnn.lr``).
+keys, wrong types and values out of a field's range (:func:`param`) with a
+:class:`ParamsError` that names the key (``train.paper_cnn.lr``).
+
+A model's section ``train.<model>`` is a dataclass of its own module
+(:mod:`imgrate.models`), checked by the same rules through :func:`parse_section` when the
+model is used; this module never names a model.
 """
 
 from __future__ import annotations
@@ -24,6 +29,46 @@ from imgrate.errors import DataError, ParamsError, excerpt
 from imgrate.io import read_utf8
 
 T = TypeVar("T")
+
+RANGE = "imgrate.range"  # field metadata: the bounds :func:`param` gives a field
+SECTIONS = "imgrate.sections"  # field metadata: the field collects the other keys as sections
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number (None: unbounded on that side); a null value is not checked."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    hint: str = ""
+
+    def holds(self, v: float) -> bool:
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def describe(self) -> str:
+        lo = f"{self.ge:g}" if self.ge is not None else f"{self.gt:g}" if self.gt is not None else None
+        hi = f"{self.le:g}" if self.le is not None else f"{self.lt:g}" if self.lt is not None else None
+        if lo is not None and hi is not None:
+            if self.ge is not None and self.le is not None:
+                return f"between {lo} and {hi}"
+            return f"in {'[' if self.ge is not None else '('}{lo}, {hi}{']' if self.le is not None else ')'}"
+        if lo is not None:
+            return f"at least {lo}" if self.ge is not None else f"> {lo}"
+        return f"at most {hi}" if self.le is not None else f"< {hi}"
+
+
+def param(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+          lt: float | None = None, hint: str = "") -> Any:
+    """A dataclass field with a default and a range, checked when params are parsed: a value
+    out of it fails with ``<key>: must be at least 1`` (``hint`` is added in parentheses).
+    Every bound of a params key is declared this way, beside its default."""
+    meta = {RANGE: Range(ge, gt, le, lt, hint)}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 FaultKind = Literal["429", "401", "500", "503", "reset", "timeout", "truncated", "slow", "endpoint_changed"]
@@ -94,6 +139,10 @@ class CrawlParams:
     commit_every_s: float = 120.0
     video_thumbnails: bool = False  # keep a video's thumbnail (else videos are skipped)
     strict: bool = False  # fail the stage on the first user that fails
+    # a run that stopped early or did not crawl some users: `imgrate crawl` exits 3 (INCOMPLETE)
+    # either way; the DVC stage exits 0 and the pipeline goes on with what it got ("continue")
+    # or exits 3 and `dvc repro` stops ("fail")
+    on_incomplete: Literal["continue", "fail"] = "continue"
     max_attempts: int = 5  # tries per request before a user's crawl fails (Instaloader's max_connection_attempts)
     refresh_days: int = 7  # re-read the counts of posts whose latest count was read before they were this old
     budget: BudgetParams = field(default_factory=BudgetParams)
@@ -134,39 +183,21 @@ class FeaturizeParams:
 
 
 @dataclass(frozen=True)
-class PaperCNNParams:
-    """train@paper_cnn: the paper's CNN on the dataset's pixels, with the paper's fit settings."""
-
-    epochs: int = 50
-    batch_size: int = 50
-    lr: float = 0.001  # Adam
-
-
-@dataclass(frozen=True)
-class PretrainedParams:
-    """train@pretrained: a small head on the featurize stage's frozen backbone features."""
-
-    hidden: int = 0  # 0 = dropout + linear head; else one hidden layer of this many units
-    dropout: float = 0.5
-    loss: Literal["mse", "pairwise"] = "pairwise"  # pairwise = RankNet on within-user pairs
-    pair_window_days: float | None = None  # pairwise: only pairs posted at most this many days apart
-    epochs: int = 200  # at most: early stopping on the validation within-user Spearman
-    patience: int = 20  # epochs without a better validation Spearman before stopping
-    batch_size: int = 256
-    lr: float = 0.001
-    weight_decay: float = 0.0001
-
-
-@dataclass(frozen=True)
 class TrainParams:
-    """Shared by every model (seed, device, processes), then one section per model of
-    imgrate.models.MODELS: each train@<model> stage tracks only its own section."""
+    """Shared by every model (seed, device, processes), then one section per model of the
+    registry (:mod:`imgrate.models`): ``train.<model>``, kept here as parsed YAML and checked
+    by that model's own params dataclass when the model is used (``train@<model>`` validates
+    and tracks only its own section)."""
 
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    nproc: int = 1  # processes; > 1 = the stage relaunches itself under torchrun (DDP); 0 = one per GPU
-    paper_cnn: PaperCNNParams = field(default_factory=PaperCNNParams)
-    pretrained: PretrainedParams = field(default_factory=PretrainedParams)
+    # processes; > 1 = the stage relaunches itself under torchrun (DDP); 0 = one per GPU
+    nproc: int = param(1, ge=0, hint="0 = one process per GPU")
+    models: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={SECTIONS: True})
+
+    def with_model(self, name: str, **changes: Any) -> TrainParams:
+        """These params with keys of section ``train.<name>`` changed (tests, benches, sweeps)."""
+        return dataclasses.replace(self, models={**self.models, name: {**self.models.get(name, {}), **changes}})
 
 
 @dataclass(frozen=True)
@@ -257,21 +288,68 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    rest = next((f.name for f in fields if f.metadata.get(SECTIONS)), None)
+    names = [f.name for f in fields if f.name != rest]
+    where = f"{prefix}." if prefix else ""
     unknown = sorted(set(data) - set(names))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
+    if unknown and rest is None:
         raise ParamsError(
             f"unknown params key {where}{unknown[0]} (known: {', '.join(names)})"
         )
     missing = [n for n in names if n not in data]
     if missing:
-        where = f"{prefix}." if prefix else ""
         raise ParamsError(f"missing params key {where}{missing[0]}")
     kwargs = {
         n: _convert(data[n], hints[n], f"{prefix}.{n}" if prefix else n) for n in names
     }
+    if rest is not None:  # the other keys are sections, each checked by its owner
+        for key in unknown:
+            if not isinstance(data[key], dict):
+                raise ParamsError(f"{where}{key}: expected a mapping of keys, got {_shown(data[key])}")
+        kwargs[rest] = {key: data[key] for key in unknown}
+    _check_ranges(cls, kwargs, prefix)
     return cls(**kwargs)
+
+
+def _check_ranges(cls: type, values: dict[str, Any], prefix: str) -> None:
+    for f in dataclasses.fields(cls):
+        bounds = f.metadata.get(RANGE)
+        value = values.get(f.name)
+        if bounds is None or value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not bounds.holds(value):
+            nullable = type(None) in get_args(typing.get_type_hints(cls)[f.name])
+            hint = f" ({bounds.hint})" if bounds.hint else ""
+            raise ParamsError(f"{prefix}.{f.name}: must be {'null or ' if nullable else ''}{bounds.describe()}"
+                              f"{hint}, got {_shown(value)}")
+
+
+def as_mapping(obj: Any) -> Any:
+    """Typed params (or one section) as params.yaml writes them: the inverse of
+    :func:`parse_params` (train's model sections are keys of train again)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = as_mapping(getattr(obj, f.name))
+            if f.metadata.get(SECTIONS):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
+    if isinstance(obj, list):
+        return [as_mapping(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: as_mapping(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_section(cls: type[T], data: Any, key: str) -> T:
+    """Section ``key`` of params.yaml (``train.paper_cnn``) as dataclass ``cls``: every key
+    required and typed, ranges checked (:func:`param`); a bad one is named."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{key}: expected a mapping of keys, got {_shown(data)}")
+    return _build(cls, data, key)
 
 
 class _Unread:
@@ -362,21 +440,6 @@ def _check_values(p: Params) -> None:
         (p.featurize.input_size >= 32, "featurize.input_size: must be at least 32"),
         (p.featurize.batch_size >= 1, "featurize.batch_size: must be at least 1"),
         (p.featurize.workers >= 0, "featurize.workers: must be >= 0 (0 = every core)"),
-        (p.train.nproc >= 0, "train.nproc: must be >= 0 (0 = one process per GPU)"),
-        (p.train.paper_cnn.epochs >= 1, "train.paper_cnn.epochs: must be at least 1"),
-        (p.train.paper_cnn.batch_size >= 1, "train.paper_cnn.batch_size: must be at least 1"),
-        (p.train.paper_cnn.lr > 0, "train.paper_cnn.lr: must be > 0"),
-        (p.train.pretrained.hidden >= 0, "train.pretrained.hidden: must be >= 0"),
-        (0 <= p.train.pretrained.dropout < 1, "train.pretrained.dropout: must be in [0, 1)"),
-        (
-            p.train.pretrained.pair_window_days is None or p.train.pretrained.pair_window_days > 0,
-            "train.pretrained.pair_window_days: must be null or > 0",
-        ),
-        (p.train.pretrained.epochs >= 1, "train.pretrained.epochs: must be at least 1"),
-        (p.train.pretrained.patience >= 1, "train.pretrained.patience: must be at least 1"),
-        (p.train.pretrained.batch_size >= 2, "train.pretrained.batch_size: must be at least 2"),
-        (p.train.pretrained.lr > 0, "train.pretrained.lr: must be > 0"),
-        (p.train.pretrained.weight_decay >= 0, "train.pretrained.weight_decay: must be >= 0"),
         (all(k >= 2 for k in p.evaluate.set_sizes), "evaluate.set_sizes: each must be >= 2"),
         (p.evaluate.n_sets >= 1, "evaluate.n_sets: must be at least 1"),
         (1 <= p.analyze.top_n <= 20, "analyze.top_n: must be between 1 and 20"),

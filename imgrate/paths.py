@@ -18,6 +18,10 @@ class Paths:
 
     root: Path
 
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the root, with forward slashes (as dvc.yaml names it)."""
+        return path.relative_to(self.root).as_posix()
+
     # inputs
     @property
     def params(self) -> Path:
@@ -76,7 +80,8 @@ class Paths:
     def dataset(self) -> Path:
         return self.root / "data" / "dataset"
 
-    def images_array(self, size: int) -> Path:
+    def images_array(self, size: int | str) -> Path:
+        """The dataset's images at ``size`` px (``"${preprocess.size}"``: as dvc.yaml names it)."""
         return self.dataset / f"images_{size}.npy"
 
     @property

@@ -1,11 +1,12 @@
 """Scoring photos with a trained model file: image files (``imgrate predict``/``rank``) and
 dataset rows (the evaluate stage).
 
-A :class:`Scorer` turns a model file into ``images -> scores`` whatever the model: the
-file's :class:`imgrate.models.InputSpec` says what the model reads. A ``pixels`` model
-sees the image resized to its dataset size; a ``features`` model sees it at the backbone's
-input size through that frozen backbone, then its head. Dataset rows are scored from the
-dataset's pixels or the featurize stage's stored features, never decoded again.
+A :class:`Scorer` turns a model file into ``images -> scores`` whatever the model: its
+registry entry says what it reads (:mod:`imgrate.inputs`) and the file what those inputs
+were (:class:`imgrate.inputs.InputSpec`). A ``pixels`` model sees the image resized to its
+dataset size; a ``features`` model sees it at the backbone's input size through that frozen
+backbone, then its head. Dataset rows are scored from the dataset's pixels or the
+featurize stage's stored features, never decoded again.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import torch
 
 from imgrate import reference
 from imgrate.dataset import Dataset
-from imgrate.errors import DataError, ImageError
-from imgrate.featurize import Backbone
-from imgrate.images import read_image, to_tensor_batch
-from imgrate.models import dataset_inputs, load_model
+from imgrate.errors import ImageError
+from imgrate.images import read_image
+from imgrate.models import load_model
 from imgrate.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -50,32 +50,29 @@ class Scorer:
         self.device = device or torch.device("cpu")
         self.batch_size = batch_size
         self.model, self.info = load_model(model_file, self.device)
+        self.spec = self.info.spec
         self.input = self.info.input
-        self.input_size = self.input.size
-        self._backbone: Backbone | None = None
+        self.input_size = max(i.size for i in self.info.inputs)  # image files are read at this size
         self.reference: dict[str, Any] | None = self.info.extra.get(reference.KEY)
 
     def photographers(self) -> list[str]:
         """The photographers whose training photos the percentiles can be taken against."""
         return sorted(self.reference["scores"]["by_user"]) if self.reference else []
 
-    def _inputs(self, images: np.ndarray) -> np.ndarray:
-        """What the model reads for uint8 images at :attr:`input_size`."""
-        if self.input.kind == "pixels":
-            return to_tensor_batch(images)
-        from imgrate.featurize import embed, load_backbone
-
-        if self._backbone is None:
-            self._backbone = load_backbone(str(self.input.backbone), self.input_size).to(self.device)
-        return embed(self._backbone, images, self.device)
-
-    def _head(self, x: np.ndarray) -> np.ndarray:
+    def _head(self, xs: list[np.ndarray]) -> np.ndarray:
+        """Scores of rows of each input (as :meth:`imgrate.inputs.ModelInput.load` gives them)."""
         with torch.inference_mode():
-            return self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()  # type: ignore[no-any-return]
+            batch = [inp.batch(x, self.device) for inp, x in zip(self.spec.reads, xs)]
+            return self.model(*batch).float().cpu().numpy()  # type: ignore[no-any-return]
 
     def score_images(self, images: np.ndarray) -> np.ndarray:
         """Scores of uint8 N x S x S x 3 images at :attr:`input_size`; higher = more popular."""
-        out = [self._head(self._inputs(images[i : i + self.batch_size])) for i in range(0, len(images), self.batch_size)]
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i : i + self.batch_size]
+            xs = [inp.from_images(spec, _resized(chunk, spec.size), self.device)
+                  for inp, spec in zip(self.spec.reads, self.info.inputs)]
+            out.append(self._head(xs))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def score_files(self, files: Sequence[Path], user: str | None = None) -> tuple[list[Scored], list[dict[str, str]]]:
@@ -103,16 +100,12 @@ class Scorer:
     def score_rows(self, data: Dataset, paths: Paths, rows: np.ndarray) -> np.ndarray:
         """Scores of dataset rows, from what the model reads: the dataset's pixels or the
         stored features of the same posts (``data/features``)."""
-        spec, source = dataset_inputs(self.input.kind, data, paths)
-        if (spec.size, spec.backbone) != (self.input.size, self.input.backbone):
-            what = f"{spec.backbone} features of {spec.size}px images" if spec.backbone else f"{spec.size}px images"
-            had = (f"{self.input.backbone} features of {self.input.size}px images" if self.input.backbone
-                   else f"{self.input.size}px images")
-            raise DataError(f"{self.path.name} was trained on {had} but the data has {what}")
+        specs, sources = self.spec.load_inputs(data, paths)
+        for inp, have, trained in zip(self.spec.reads, specs, self.info.inputs):
+            inp.check(have, trained, self.path.name)
         out = []
         for i in range(0, len(rows), 512):
-            x = np.asarray(source[rows[i : i + 512]])
-            out.append(self._head(to_tensor_batch(x) if self.input.kind == "pixels" else x))
+            out.append(self._head([np.asarray(src[rows[i : i + 512]]) for src in sources]))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def describe(self, user: str | None = None) -> dict[str, Any]:
@@ -124,6 +117,16 @@ class Scorer:
             out["percentile_of"] = (f"{user}'s training photos" if known else
                                     f"all {len(self.photographers())} photographers' training photos")
         return out
+
+
+def _resized(images: np.ndarray, size: int) -> np.ndarray:
+    """``images`` (uint8 N x S x S x 3) at ``size`` px: the same images when S is ``size``."""
+    if images.shape[1] == size:
+        return images
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
+                     for img in images]) if len(images) else np.zeros((0, size, size, 3), np.uint8)
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError
 from imgrate.images import RESAMPLE, load_thumbnail
 from imgrate.io import atomic_path, read_jsonl, remove_stale_tmp, reserve, write_json, write_jsonl
@@ -254,16 +255,14 @@ def balance(rows: list[dict[str, Any]], max_per_user: int | None, seed: int) -> 
     return [r for r in rows if r["shortcode"] in keep]
 
 
-def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
+def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
     """The DVC stage: write images_<size>.npy, index.jsonl, meta.json and metrics.
 
     Work is O(new images) for decoding and O(kept images) for the output array: thumbnails
     of unchanged shards are only memory-mapped, and only the rows kept after balancing are
     copied out of them.
     """
-    remove_stale_tmp(paths.dataset)  # left by a killed run (a 530 MB images array at the paper's scale)
-    for out in (paths.stage_metrics("preprocess"), paths.stage_report("preprocess")):
-        remove_stale_tmp(out.parent, [out.name])
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run (a 530 MB images array at the paper's scale)
     remove_stale_tmp(paths.cache / "thumbs")
     if not paths.posts_table.exists():
         raise DataError(f"{paths.posts_table} not found: run the export stage first")
@@ -355,7 +354,9 @@ def run_stage(params: PreprocessParams, paths: Paths) -> dict[str, Any]:
     run = {**metrics, "decoded": decoded, "from_cache": from_cache}
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     write_json(paths.stage_logs("preprocess") / f"{stamp}.json", run)
-    return run
+    line = (f"preprocess: {run['kept']} images ({run['decoded']} decoded, {run['from_cache']} from cache, "
+            f"{run['skipped']} skipped), splits {run['splits']}")
+    return Summary("preprocess", run, line)
 
 
 def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, ShardThumbs],
@@ -378,14 +379,17 @@ def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, Shar
         del out
 
 
-def main() -> None:
-    """``python stages/preprocess.py`` and ``imgrate preprocess``: build the dataset, then a summary line."""
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, setup_logging
-
-    setup_logging()
-    paths = project_paths()
-    m = run_stage(load_params(paths.params, ["preprocess"]).preprocess, paths)
-    console.print(f"preprocess: {m['kept']} images ({m['decoded']} decoded, {m['from_cache']} from cache, "
-                  f"{m['skipped']} skipped), splits {m['splits']}", highlight=False, soft_wrap=True)
+STAGE = Stage(
+    name="preprocess",
+    about="tables + shards -> data/dataset/ (images, targets, splits, index)",
+    sections=("preprocess",),
+    reads=lambda paths, item: [Dep(paths.rel(paths.raw)), Dep(paths.rel(paths.tables))],
+    outputs=lambda paths, item: [
+        Output(paths.dataset, folder=True),
+        Output(paths.stage_report("preprocess"), cache=False, persist=True,
+               note="splits, skipped and duplicate images: a report, not a metric"),
+        Output(paths.stage_metrics("preprocess"), "metrics", cache=False, persist=True,
+               note="written atomically at the end: a failing run leaves the last one"),
+    ],
+    run=lambda params, paths: run_stage(params.preprocess, paths),
+)

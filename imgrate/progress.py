@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console, ConsoleDimensions
@@ -112,11 +112,3 @@ def handle(err: BaseException) -> ExitCode:
         print_error(err)  # the one place errors are printed: the message literally, cut when huge
         return ExitCode.ERROR
     raise err
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """Run a stage script's entry point under :func:`handle`."""
-    try:
-        main()
-    except (ImgrateError, KeyboardInterrupt) as err:
-        raise SystemExit(int(handle(err))) from None

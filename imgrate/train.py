@@ -1,13 +1,12 @@
 """The train stage: dataset -> ``models/<model>.pt`` with per-epoch curves through DVCLive.
 
-Models are declared in :data:`imgrate.models.MODELS`; this module never names one. A
-model reads ``pixels`` (the dataset's images) or ``features`` (``data/features``, the
-featurize stage), and its params section ``train.<name>`` gives its architecture config
-and fit settings: ``paper_cnn`` is the paper's CNN, Adam on MSE with the paper's numbers,
-the last epoch kept; ``pretrained`` is a small head on frozen backbone features with an
-MSE or pairwise (RankNet on within-user pairs) loss, early stopping on the validation
-within-user Spearman, the best epoch kept and, for a ranking loss, its scores mapped onto
-the target's scale.
+Models are declared in the registry (:mod:`imgrate.models`, one module per model); this
+module never names one. A model's entry says what it reads (:mod:`imgrate.inputs`), how its
+params section ``train.<name>`` gives its architecture config, and how it is fitted:
+:class:`imgrate.models.Gradient` models go through :func:`fit` (Adam over epochs,
+validation after each, early stopping when the entry's settings ask for it, a ranking
+loss's scores calibrated afterwards), :class:`imgrate.models.ClosedForm` models through
+their own solve (one history entry). The stage imports only the trained model's module.
 
 Device: cuda, else mps, else cpu (``train.device`` can force one); bf16 autocast on cuda;
 seeded and deterministic on the CPU. Every epoch draws its randomness from (seed, epoch,
@@ -41,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -51,12 +50,25 @@ from torch import nn
 from imgrate import metrics, reference
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.devices import pick_device
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImgrateError
-from imgrate.io import atomic_path, remove_stale_tmp
-from imgrate.models import MODELS, FitConfig, ModelFile, dataset_inputs, model_spec, save_model
-from imgrate.params import Params, load_params
-from imgrate.paths import Paths, project_paths
-from imgrate.progress import console, setup_logging
+from imgrate.io import atomic_path
+from imgrate.models import (
+    Calibrated,
+    ClosedForm,
+    FitConfig,
+    Gradient,
+    ModelFile,
+    ModelSpec,
+    Split,
+    Standardised,
+    check_sections,
+    model_names,
+    model_spec,
+    save_model,
+)
+from imgrate.params import Params, TrainParams
+from imgrate.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -142,61 +154,12 @@ def _broadcast(obj: Any, info: DistInfo) -> Any:
 # --------------------------------------------------------------------------- inputs
 
 
-@dataclass
-class Inputs:
-    """One split as a model sees it: rows of ``source`` (uint8 N x S x S x 3 images, possibly
-    memory-mapped, or float32 N x F features) with targets, users and post days."""
-
-    source: np.ndarray
-    rows: np.ndarray
-    y: np.ndarray  # float32, one per row
-    users: np.ndarray  # int64 user codes
-    days: np.ndarray  # float64 days since the epoch (post time)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def pixels(self) -> bool:
-        return self.source.dtype == np.uint8
-
-    def x(self, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-        """Model input of positions ``idx``: images become float B x 3 x S x S in [0, 1] on the device."""
-        batch = torch.from_numpy(np.ascontiguousarray(self.source[self.rows[idx]]))
-        batch = batch.to(device, non_blocking=True)
-        if self.pixels:
-            return batch.permute(0, 3, 1, 2).float().div_(255.0)
-        return batch
-
-    def stats(self, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and standard deviation per channel (images) or per feature, in chunks."""
-        width = 3 if self.pixels else self.source.shape[-1]
-        total = torch.zeros(width, dtype=torch.float64)
-        sq = torch.zeros(width, dtype=torch.float64)
-        count = 0
-        for i in range(0, len(self.rows), chunk):
-            x = self.x(np.arange(i, min(i + chunk, len(self.rows))), torch.device("cpu")).double()
-            dims = (0, 2, 3) if self.pixels else (0,)
-            total += x.sum(dim=dims)
-            sq += (x * x).sum(dim=dims)
-            count += x.numel() // width
-        mean = total / count
-        var = (sq - count * mean * mean) / max(count - 1, 1)
-        return mean.float(), var.clamp_min(0).sqrt().float()
-
-    def fingerprint(self, h: Any, chunk: int = 4096) -> None:
-        """Feed everything this split contributes to training into hash ``h``."""
-        for i in range(0, len(self.rows), chunk):
-            h.update(np.ascontiguousarray(self.source[self.rows[i : i + chunk]]).tobytes())
-        for a in (self.rows, self.y, self.users, self.days):
-            h.update(np.ascontiguousarray(a).tobytes())
-
-
-def _split_inputs(data: Dataset, source: np.ndarray, split: str) -> Inputs:
+def _split(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...], split: str) -> Split:
     rows = data.split(split)
     codes = {u: i for i, u in enumerate(sorted({r["user"] for r in data.index}))}
-    return Inputs(
-        source=source,
+    return Split(
+        reads=spec.reads,
+        sources=sources,
         rows=rows,
         y=data.targets(rows),
         users=np.array([codes[data.index[i]["user"]] for i in rows], dtype=np.int64),
@@ -204,9 +167,9 @@ def _split_inputs(data: Dataset, source: np.ndarray, split: str) -> Inputs:
     )
 
 
-def split_inputs(data: Dataset, source: np.ndarray) -> tuple[Inputs, Inputs]:
-    """(train, val) rows of ``source`` (one row per dataset row: pixels or features)."""
-    return _split_inputs(data, source, "train"), _split_inputs(data, source, "val")
+def split_inputs(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...]) -> tuple[Split, Split]:
+    """(train, val) rows of ``sources`` (one array per input of ``spec``, one row per dataset row)."""
+    return _split(data, spec, sources, "train"), _split(data, spec, sources, "val")
 
 
 # --------------------------------------------------------------------------- losses
@@ -232,7 +195,7 @@ def _loss(cfg: FitConfig, pred: torch.Tensor, y: torch.Tensor, users: torch.Tens
     return F.mse_loss(pred, y)
 
 
-def _val_loss(cfg: FitConfig, pred: np.ndarray, val: Inputs) -> float:
+def _val_loss(cfg: FitConfig, pred: np.ndarray, val: Split) -> float:
     """The training loss on the whole validation split (pairwise: over every within-user pair)."""
     if cfg.loss == "mse":
         return float(np.mean((pred - val.y) ** 2))
@@ -271,14 +234,14 @@ def epoch_score(e: EpochLog) -> float:
     return -e.val_loss if math.isfinite(e.val_loss) else -e.train_loss
 
 
-def predict_inputs(model: nn.Module, inputs: Inputs, device: torch.device, batch_size: int = 512) -> np.ndarray:
+def predict_inputs(model: nn.Module, inputs: Split, device: torch.device, batch_size: int = 512) -> np.ndarray:
     """Scores of every row of ``inputs``, in eval mode."""
     model.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(inputs), batch_size):
             with _autocast(device):
-                out.append(model(inputs.x(np.arange(i, min(i + batch_size, len(inputs))), device)).float().cpu())
+                out.append(model(*inputs.x(np.arange(i, min(i + batch_size, len(inputs))), device)).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
@@ -315,26 +278,28 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def fit(
     model: nn.Module,
-    train: Inputs,
-    val: Inputs,
+    train: Split,
+    val: Split,
     cfg: FitConfig,
     device: torch.device,
     *,
     info: DistInfo = DistInfo(),
     on_epoch: Callable[[EpochLog], None] | None = None,
     checkpoint: Checkpointer | None = None,
+    standardise: bool = True,
 ) -> list[EpochLog]:
     """Train ``model`` in place; validate after every epoch; resume from ``checkpoint``.
 
-    With ``cfg.patience`` the model ends at its best validation epoch (within-user Spearman,
-    or the validation loss where the split is too small for it), else at the last epoch."""
+    ``standardise``: the model's inputs are standardised with the training split's
+    statistics first (:class:`imgrate.models.Standardised`). With ``cfg.patience`` the model
+    ends at its best validation epoch (within-user Spearman, or the validation loss where the
+    split is too small for it), else at the last epoch."""
     from torch.utils.data import DistributedSampler
 
     if len(train) == 0:
         raise DataError("the train split is empty")
-    set_input_stats = getattr(model, "set_input_stats", None)  # what the registry's models provide
-    if set_input_stats is not None:
-        set_input_stats(*train.stats())
+    if standardise:
+        cast(Standardised, model).set_input_stats(*(t for pair in train.stats() for t in pair))
     model.to(device)
     net: nn.Module = model
     if info.active:
@@ -377,7 +342,7 @@ def fit(
             yb = y_all[idx].to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device):
-                pred = net(xb)
+                pred = net(*xb)
             loss = _loss(cfg, pred.float(), yb, users_all[idx].to(device), days_all[idx].to(device))
             loss.backward()
             optimizer.step()
@@ -416,7 +381,7 @@ def fit(
     return history
 
 
-def calibrate(model: nn.Module, train: Inputs, device: torch.device) -> None:
+def calibrate(model: nn.Module, train: Split, device: torch.device) -> None:
     """Put a ranking model's scores on the target's scale: a least-squares line from its
     training-split scores to the targets, with a positive slope so no order changes (MSE
     and the scores that ``imgrate rank`` prints then read as predicted targets)."""
@@ -424,10 +389,10 @@ def calibrate(model: nn.Module, train: Inputs, device: torch.device) -> None:
     if len(scores) < 2 or np.ptp(scores) == 0:
         return
     slope, intercept = np.polyfit(scores, train.y.astype(np.float64), 1)
-    model.set_output_affine(max(float(slope), 1e-6), float(intercept))  # type: ignore[operator]
+    cast(Calibrated, model).set_output_affine(max(float(slope), 1e-6), float(intercept))
 
 
-def reference_block(model: nn.Module, train: Inputs, data: Dataset, device: torch.device) -> dict[str, Any]:
+def reference_block(model: nn.Module, train: Split, data: Dataset, device: torch.device) -> dict[str, Any]:
     """The model file's :mod:`imgrate.reference` block: the model's scores of the training
     photos (per photographer) and those photos' statistics, so that `imgrate rank` can say
     where a new photo's score falls and whether the photo is like the ones it learned from."""
@@ -438,7 +403,7 @@ def reference_block(model: nn.Module, train: Inputs, data: Dataset, device: torc
 # --------------------------------------------------------------------------- the stage
 
 
-def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Inputs, val: Inputs) -> str:
+def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Split, val: Split) -> str:
     """A hash of everything that determines a training run (its checkpoint's name)."""
     h = hashlib.blake2b(digest_size=10)
     h.update(json.dumps({"model": name, "config": config, "fit": dataclasses.asdict(cfg)}, sort_keys=True).encode())
@@ -447,19 +412,20 @@ def run_key(name: str, config: dict[str, Any], cfg: FitConfig, train: Inputs, va
     return h.hexdigest()
 
 
-def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
+def run_stage(model_name: str, params: Params, paths: Paths) -> Summary[None]:
     """The DVC stage ``train@<model>`` in this process (one rank under torchrun): train, log
     curves with DVCLive, save the model (rank 0)."""
     spec = model_spec(model_name)  # an unknown name fails before any process group exists
+    section = spec.params_of(params.train)  # and so do its params
     info = dist_from_env()
     if not info.main:
         logging.getLogger("imgrate").setLevel(logging.WARNING)  # rank 0 speaks for all
     if info.main:  # left by a killed run
-        remove_stale_tmp(paths.models, [paths.model(model_name).name])
+        clean_outputs(STAGE.outputs(paths, model_name))
     device = pick_device(params.train.device, info.local_rank)
     init_distributed(info, device)
     try:
-        return _run(spec.name, params, paths, info, device)
+        return _run(spec, section, params, paths, info, device)
     finally:
         if info.active:
             import torch.distributed as dist
@@ -467,20 +433,44 @@ def run_stage(model_name: str, params: Params, paths: Paths) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: torch.device) -> dict[str, Any]:
-    spec = model_spec(model_name)
-    section = spec.params(params.train)
+def _solve(spec: ModelSpec[Any, Any], section: Any, model: nn.Module, train: Split, val: Split,
+           device: torch.device) -> list[EpochLog]:
+    """A closed-form fit: the entry's solve, then one history entry (epoch 1) of its losses."""
+    if len(train) == 0:
+        raise DataError("the train split is empty")
+    assert isinstance(spec.fit, ClosedForm)
+    start = time.monotonic()
+    spec.fit.solve(section, model, train, val)
+    model.to(device)
+    train_loss = float(np.mean((predict_inputs(model, train, device) - train.y) ** 2))
+    val_loss = rho = math.nan
+    if len(val):
+        pv = predict_inputs(model, val, device)
+        val_loss = float(np.mean((pv - val.y) ** 2))
+        rho = metrics.spearman_within(val.y, pv, val.users, min_items=3)
+    entry = EpochLog(1, train_loss, val_loss, rho, time.monotonic() - start)
+    log.info("solved: train_loss %.5f val_loss %.5f val_spearman_within %.3f (%.1f s)", train_loss, val_loss, rho,
+             entry.seconds)
+    return [entry]
+
+
+def _run(spec: ModelSpec[Any, Any], section: Any, params: Params, paths: Paths, info: DistInfo,
+         device: torch.device) -> Summary[None]:
+    model_name = spec.name
     data = load_dataset(paths)
     seed_everything(params.train.seed, device)
-    input_spec, source = dataset_inputs(spec.input, data, paths)
-    config = spec.make_config(section, input_spec)
-    model = spec.build(config)
-    cfg = spec.make_fit(section, params.train.seed)
-    train, val = split_inputs(data, source)
-    key = run_key(model_name, dataclasses.asdict(config), cfg, train, val)
-    checkpoint = Checkpointer(paths.cache / "checkpoints" / f"{model_name}-{key}.pt" if info.main else None)
-    log.info("training %s on %s x%d (%d parameters, %d train / %d val)", model_name, device, info.world,
-             sum(p.numel() for p in model.parameters()), len(train), len(val))
+    input_specs, sources = spec.load_inputs(data, paths)
+    config = spec.make_config(section, input_specs)
+    model = spec.module(config)
+    method = spec.fit
+    cfg = method.settings(section, params.train.seed) if isinstance(method, Gradient) else None
+    train, val = split_inputs(data, spec, sources)
+    checkpoint = None
+    if cfg is not None and info.main:
+        key = run_key(model_name, dataclasses.asdict(config), cfg, train, val)
+        checkpoint = Checkpointer(paths.cache / "checkpoints" / f"{model_name}-{key}.pt")
+    log.info("training %s (%s) on %s x%d (%d parameters, %d train / %d val)", model_name, method.method, device,
+             info.world, sum(p.numel() for p in model.parameters()), len(train), len(val))
 
     live = None
     staged: Path | None = None
@@ -503,9 +493,14 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
 
     trained = False
     try:
-        history = fit(model, train, val, cfg, device, info=info, on_epoch=on_epoch, checkpoint=checkpoint)
+        if cfg is not None:
+            history = fit(model, train, val, cfg, device, info=info, on_epoch=on_epoch, checkpoint=checkpoint,
+                          standardise=isinstance(method, Gradient) and method.standardise)
+        else:
+            history = _solve(spec, section, model, train, val, device)
+            on_epoch(history[0])
         # the epoch whose weights the model file holds (fit keeps the first best one)
-        kept = history[-1] if cfg.patience is None else max(history, key=epoch_score)
+        kept = history[-1] if cfg is None or cfg.patience is None else max(history, key=epoch_score)
         if live is not None:
             # metrics.json (`dvc metrics show`, `dvc exp show`): the kept epoch, not the last
             # epoch's losses (the curves are in plots/): one table of every stage's metrics
@@ -517,7 +512,7 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
             live.end()
         if staged is not None and not trained:  # the tracked curves stay as they were
             shutil.rmtree(staged, ignore_errors=True)
-    if cfg.loss == "pairwise" and hasattr(model, "set_output_affine"):
+    if isinstance(method, Gradient) and method.calibrate and cfg is not None and cfg.loss == "pairwise":
         calibrate(model, train, device)
     ref = reference_block(model, train, data, device) if info.main else None
     summary = {
@@ -534,12 +529,13 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
     # wall-clock time goes to the log, never into the model file: the same inputs give the same bytes
     log.info("%s: %.2f s per epoch", model_name, float(np.mean([e.seconds for e in history])))
     if info.main:
-        shared = {k: v for k, v in dataclasses.asdict(params.train).items() if k not in MODELS}
+        shared = {k: v for k, v in dataclasses.asdict(params.train).items() if k != "models"}
+        fitted = {"method": method.method, **(dataclasses.asdict(cfg) if cfg is not None else {})}
         save_model(paths.model(model_name), model.cpu(), ModelFile(
             model=model_name,
             config=dataclasses.asdict(config),
-            input=input_spec,
-            fit=cfg,
+            inputs=input_specs,
+            fit=fitted,
             params={**shared, model_name: dataclasses.asdict(section)},
             # no wall-clock seconds: the same inputs give the same bytes (timings go to the log)
             history=[{k: v for k, v in dataclasses.asdict(e).items() if k != "seconds"} for e in history],
@@ -551,7 +547,9 @@ def _run(model_name: str, params: Params, paths: Paths, info: DistInfo, device: 
         if staged is not None:
             publish_live_dir(staged, paths.live_dir(model_name), paths.tmp)
     _barrier(info)
-    return summary
+    line = (f"train {model_name}: {summary['epochs']} epochs on {summary['device']} x{summary['world_size']}, "
+            f"val_loss {summary['val_loss']:.5f}, val_spearman_within {summary['val_spearman_within']:.3f}")
+    return Summary("train", summary, line if info.main else None)  # under torchrun one line is enough
 
 
 def stage_live_dir(paths: Paths, model_name: str) -> Path:
@@ -586,19 +584,17 @@ def nproc(params: Params) -> int:
 
 
 def torchrun_command(model_name: str, processes: int) -> list[str]:
-    """This stage under torchrun: ``processes`` ranks on this machine, each running :func:`main`."""
+    """This stage under torchrun: ``processes`` ranks on this machine, each running :func:`train_model`."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             "-m", "imgrate.train", model_name]
 
 
-def main(model_name: str) -> None:
-    """``python stages/train.py <model>`` and ``imgrate train <model>``: train and print one line
-    (rank 0). With ``train.nproc`` > 1 and outside torchrun, the stage runs itself under
-    torchrun with that many processes and waits for them."""
-    setup_logging()
-    paths = project_paths()
-    params = load_params(paths.params, ["train"])
-    model_spec(model_name)
+def train_model(params: Params, paths: Paths, model_name: str) -> Summary[None]:
+    """``train@<model>`` as its entry runs it: with ``train.nproc`` > 1 and outside torchrun, the
+    stage runs itself under torchrun with that many processes and waits for them (rank 0
+    prints the summary); else :func:`run_stage` in this process."""
+    check_sections(params.train)
+    model_spec(model_name).params_of(params.train)  # a bad name or section fails before torchrun starts
     processes = nproc(params)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         cmd = torchrun_command(model_name, processes)
@@ -607,15 +603,65 @@ def main(model_name: str) -> None:
         code = subprocess.run(cmd, env=env, check=False).returncode
         if code != 0:
             raise ImgrateError(f"train {model_name}: torchrun with {processes} processes failed (exit code {code})")
-        return
-    s = run_stage(model_name, params, paths)
-    if s["rank"] == 0:  # under torchrun every rank returns; one line is enough
-        console.print(f"train {model_name}: {s['epochs']} epochs on {s['device']} x{s['world_size']}, "
-                      f"val_loss {s['val_loss']:.5f}, val_spearman_within {s['val_spearman_within']:.3f}",
-                      highlight=False)
+        return Summary("train", {"model": model_name, "processes": processes})
+    return run_stage(model_name, params, paths)
 
 
-if __name__ == "__main__":  # the torchrun ranks that main() launches
-    from imgrate.progress import run_main
+def _outputs(paths: Paths, model: str) -> list[Output]:
+    live = paths.live_dir(model)
+    return [
+        Output(paths.model(model)),
+        Output(live / "plots", folder=True, cache=False, persist=True,
+               note="DVCLive's curves (TSV): drawn once each by the top-level plots. persist: train replaces them "
+                    "only when it finishes, so a failed run keeps the tracked curves"),
+        Output(live / "metrics.json", "metrics", cache=False, persist=True),
+    ]
 
-    run_main(lambda: main(sys.argv[1]))
+
+def _reads(paths: Paths, model: str) -> list[Dep]:
+    """data/dataset (targets, splits, the reference block's photos) and what the model reads."""
+    return [Dep(paths.rel(paths.dataset)), *(Dep(inp.data_dep(paths)) for inp in model_spec(model).reads)]
+
+
+def learning_curves(paths: Paths, model: str) -> dict[str, dict[str, Any]]:
+    """dvc.yaml's top-level plots of one model: train and validation loss on one plot, the
+    validation within-user Spearman on another (DVCLive writes the TSVs; each curve once)."""
+    curves = paths.rel(paths.live_dir(model) / "plots" / "metrics")
+    return {
+        f"learning_curves_{model}": {
+            "template": "linear", "x": "step",
+            "y": {f"{curves}/train_loss.tsv": "train_loss", f"{curves}/val_loss.tsv": "val_loss"},
+            "title": f"{model}: train and validation loss (train.{model})",
+            "x_label": "epoch (from 0)", "y_label": "loss"},
+        f"validation_spearman_{model}": {
+            "template": "linear", "x": "step",
+            "y": {f"{curves}/val_spearman_within.tsv": "val_spearman_within"},
+            "title": f"{model}: validation within-user Spearman", "x_label": "epoch (from 0)",
+            "y_label": "Spearman within users"},
+    }
+
+
+def _params() -> list[str]:
+    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainParams) if f.name != "models"]
+    return [*shared, "train.${key}"]  # the keys every model shares, and the model's own section only
+
+
+STAGE = Stage(
+    name="train",
+    about="one train@<model> per model of the registry (imgrate/models/): data/dataset and what the model "
+          "reads -> models/<model>.pt, curves in dvclive/<model>/; train.nproc > 1 runs it under torchrun",
+    sections=("train",),
+    reads=_reads,
+    outputs=_outputs,
+    run=train_model,
+    params=_params,
+    imports=lambda model: [f"imgrate.models.{model}"],
+    each=model_names,
+    top_plots=learning_curves,
+)
+
+
+if __name__ == "__main__":  # the torchrun ranks that train_model launches
+    from imgrate.entry import script
+
+    script(STAGE, sys.argv[1])

@@ -1,9 +1,9 @@
 """DVC stage evaluate: models + baselines on the test split -> metrics/, plots/, reports/figures/evaluate/.
 
-The same function as ``imgrate evaluate``: imgrate.evaluate.main."""
+The same entry as ``imgrate evaluate``: imgrate.entry with the stage's declaration, imgrate.evaluate.STAGE."""
 
-from imgrate.evaluate import main
-from imgrate.progress import run_main
+from imgrate.entry import script
+from imgrate.evaluate import STAGE
 
 if __name__ == "__main__":
-    run_main(main)
+    script(STAGE)

@@ -1,10 +1,9 @@
-"""DVC stage export: data/raw shards -> data/tables/{posts,users}.jsonl (+ MongoDB when configured),
-and metrics/export.json.
+"""DVC stage export: data/raw shards -> data/tables/{posts,users}.jsonl (+ MongoDB when configured), and metrics/export.json.
 
-The same function as ``imgrate export``: imgrate.export.main."""
+The same entry as ``imgrate export``: imgrate.entry with the stage's declaration, imgrate.export.STAGE."""
 
-from imgrate.export import main
-from imgrate.progress import run_main
+from imgrate.entry import script
+from imgrate.export import STAGE
 
 if __name__ == "__main__":
-    run_main(main)
+    script(STAGE)

@@ -1,9 +1,9 @@
 """DVC stage featurize: tables + shards -> frozen backbone features per shard in data/features/.
 
-The same function as ``imgrate featurize``: imgrate.featurize.main."""
+The same entry as ``imgrate featurize``: imgrate.entry with the stage's declaration, imgrate.featurize.STAGE."""
 
-from imgrate.featurize import main
-from imgrate.progress import run_main
+from imgrate.entry import script
+from imgrate.featurize import STAGE
 
 if __name__ == "__main__":
-    run_main(main)
+    script(STAGE)

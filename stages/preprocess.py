@@ -1,9 +1,9 @@
 """DVC stage preprocess: tables + shards -> data/dataset/, and metrics/preprocess.json.
 
-The same function as ``imgrate preprocess``: imgrate.preprocess.main."""
+The same entry as ``imgrate preprocess``: imgrate.entry with the stage's declaration, imgrate.preprocess.STAGE."""
 
-from imgrate.preprocess import main
-from imgrate.progress import run_main
+from imgrate.entry import script
+from imgrate.preprocess import STAGE
 
 if __name__ == "__main__":
-    run_main(main)
+    script(STAGE)

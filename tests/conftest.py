@@ -29,8 +29,9 @@ def tiny_params() -> dict[str, Any]:
     params["crawl"]["shard_size"] = 20
     params["preprocess"]["max_posts_per_user"] = None
     params["featurize"].update(input_size=64, batch_size=32)
-    params["train"]["paper_cnn"].update(epochs=2, batch_size=16)
-    params["train"]["pretrained"].update(epochs=3, patience=2, batch_size=16)
+    for section in params["train"].values():  # every model of the registry: a quick fit
+        if isinstance(section, dict):
+            section.update({k: v for k, v in {"epochs": 2, "patience": 2, "batch_size": 16}.items() if k in section})
     params["evaluate"].update(n_sets=200, n_boot=50, min_items=3)
     return params
 

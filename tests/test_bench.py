@@ -171,7 +171,9 @@ def test_params_through_the_typed_params_name_a_renamed_key() -> None:
     with pytest.raises(ParamsError, match=r"crawl\.shard_size"):
         with_params(params, {"crawl.shard_size": 0})  # the range checks of params.yaml apply too
     changed = with_params(params, {"train.paper_cnn.epochs": 1, "crawl.demo.until": "2025-02-01"})
-    assert changed.train.paper_cnn.epochs == 1 and changed.crawl.demo.until == "2025-02-01"
+    from imgrate.models import model_spec
+
+    assert model_spec("paper_cnn").params_of(changed.train).epochs == 1 and changed.crawl.demo.until == "2025-02-01"
     assert changed.crawl.shard_size == params.crawl.shard_size
 
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imgrate.cli import app
+from imgrate.errors import ExitCode
 
 runner = CliRunner()
 
@@ -23,7 +24,7 @@ def test_stage_command_names_the_bad_params_key(tmp_path: Path, monkeypatch: pyt
     (tmp_path / "params.yaml").write_text("crawl: {}\n")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["export"])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     assert "missing params key export" in result.output
 
 
@@ -51,7 +52,7 @@ def test_predict_scores_images_and_reports_non_images(tiny_world, tmp_path: Path
     assert {s["file"] for s in payload["scores"]} == {str(tmp_path / "red.jpg"), str(tmp_path / "gray.png")}
     assert payload["errors"][0]["file"].endswith("notes.txt") and "not a readable image" in payload["errors"][0]["error"]
     missing = runner.invoke(app, ["predict", str(tmp_path / "red.jpg"), "--model", str(tmp_path / "none.pt")])
-    assert missing.exit_code == 2 and "model file not found" in missing.output
+    assert missing.exit_code == ExitCode.ERROR and "model file not found" in missing.output
 
 
 @pytest.mark.parametrize("width", [80, 100])
@@ -81,33 +82,44 @@ def test_db_tables_show_whole_numbers_and_names_at_80_columns(width: int) -> Non
             assert cell in text, (cell, text)
 
 
-def _main_module(body: list) -> str | None:
-    """The module whose ``main`` a function body or a module imports."""
+def _stage_module(body: list) -> str | None:
+    """The module whose ``STAGE`` a function body or a module imports."""
     import ast
 
     for node in body:
         for sub in ast.walk(node):
-            if isinstance(sub, ast.ImportFrom) and any(a.name == "main" for a in sub.names):
+            if isinstance(sub, ast.ImportFrom) and any(a.name == "STAGE" for a in sub.names):
                 return sub.module
     return None
 
 
-def test_stage_script_and_command_call_the_same_function() -> None:
-    """stages/X.py and `imgrate X` both run imgrate.<X>.main: one wiring, one summary."""
+def test_stage_script_and_command_run_the_same_declaration() -> None:
+    """stages/X.py and `imgrate X` both run X's STAGE through the one entry (imgrate.entry):
+    one wiring, one summary, no copies of main()."""
     import ast
 
-    import yaml
     from conftest import ROOT
+
+    from imgrate import lineage
 
     cli = {n.name: n for n in ast.parse((ROOT / "imgrate" / "cli.py").read_text()).body
            if isinstance(n, ast.FunctionDef)}
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in stages:
-        script = ast.parse((ROOT / "stages" / f"{name}.py").read_text())
-        module = _main_module(script.body)
-        assert module is not None and module.startswith("imgrate."), name
-        assert _main_module(cli[name].body) == module, name
-        assert len((ROOT / "stages" / f"{name}.py").read_text().splitlines()) <= 15, f"stages/{name}.py is not thin"
+    for stage in lineage.STAGES:
+        text = (ROOT / "stages" / f"{stage.name}.py").read_text()
+        module = _stage_module(ast.parse(text).body)
+        assert module is not None and module.startswith("imgrate."), stage.name
+        assert "from imgrate.entry import script" in text, stage.name
+        assert _stage_module(cli[stage.name].body) == module, stage.name
+        assert len(text.splitlines()) <= 15, f"stages/{stage.name}.py is not thin"
+    mains = [p for p in (ROOT / "imgrate").rglob("*.py") if "\ndef main(" in p.read_text()]
+    assert sorted(p.name for p in mains) == ["entry.py", "lineage.py"], mains  # one entry (and the generator's)
+
+
+def test_a_usage_error_is_not_an_imgrate_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Click's usage error (2) and imgrate's error (4) are told apart by scripts."""
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["train"]).exit_code == ExitCode.USAGE == 2  # a missing argument
+    assert runner.invoke(app, ["rank", str(tmp_path / "nowhere")]).exit_code == ExitCode.ERROR != ExitCode.USAGE
 
 
 def test_stage_script_and_command_print_the_same_summary(tiny_world, tmp_path: Path,
@@ -138,7 +150,7 @@ def test_errors_exit_with_named_codes(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["rank", str(tmp_path / "nowhere")])
-    assert result.exit_code == ExitCode.ERROR == 2
+    assert result.exit_code == ExitCode.ERROR == 4
     assert "nowhere: not a folder" in " ".join(result.output.split()) and "Traceback" not in result.output
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["rank", str(tmp_path / "empty")])
@@ -161,7 +173,7 @@ def test_user_text_in_errors_is_printed_as_it_is(tmp_path: Path, monkeypatch: py
     (tmp_path / "users.txt").write_text("alpha_lens_demo\n[/bold] x\n")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["crawl"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == ExitCode.ERROR, result.output
     assert "users.txt:2: invalid Instagram username '[/bold] x'" in " ".join(result.output.split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
@@ -174,7 +186,7 @@ def test_a_huge_users_line_is_quoted_as_an_excerpt(tmp_path: Path, monkeypatch: 
     (tmp_path / "users.txt").write_text("alpha_lens_demo\n" + "x" * 2_000_000 + "\n")
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["crawl"])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     assert "users.txt:2" in result.output and "2,000,000 characters" in " ".join(result.output.split())
     assert len(result.output) < 1000
 
@@ -189,11 +201,11 @@ def test_non_utf8_users_file_and_params_name_the_file_and_line(tmp_path: Path,
     (tmp_path / "users.txt").write_bytes(b"alpha_lens_demo\nbr\xe9sil_photo\n")  # Latin-1
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["crawl"])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     assert "users.txt:2: not UTF-8 text (byte 0xe9 at column 3)" in " ".join(result.output.split())
     (tmp_path / "params.yaml").write_bytes(b"# caf\xe9\n" + params)
     result = runner.invoke(app, ["crawl"])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     assert "params.yaml:1: not UTF-8 text" in " ".join(result.output.split())
 
 
@@ -215,7 +227,7 @@ def test_a_cut_posts_table_names_the_file_and_line_in_one_line(tiny_world, tmp_p
     env = {**os.environ, "IMGRATE_QUIET": "1", "IMGRATE_ROOT": str(local.root), "COLUMNS": "40"}
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "preprocess.py")], env=env,
                           capture_output=True, text=True)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == ExitCode.ERROR, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"{local.posts_table}:4: not a JSON line" in lines[0]

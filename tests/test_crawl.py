@@ -232,3 +232,29 @@ def test_a_crawl_killed_before_its_first_shard_keeps_what_it_verified(tmp_path: 
     stored = _verified(paths)
     assert len(stored) == len(set(stored)) == len(expected)
     assert again.new_posts == len(expected) - len(kept)
+
+
+def test_the_crawl_sets_no_time_zone_and_stores_the_same_bytes_in_any(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instaloader writes its stamps in the machine's local time; imgrate stores them in UTC,
+    so a crawl in Chatham (UTC+12:45) writes data/raw byte for byte as one in UTC, and the crawl
+    leaves the process's time zone as it found it (no TZ/tzset side effect)."""
+    import os
+    import time
+
+    digests = []
+    try:
+        for zone in ("UTC", "Pacific/Chatham"):
+            monkeypatch.setenv("TZ", zone)
+            time.tzset()
+            paths = Paths(tmp_path / zone.replace("/", "_"))
+            paths.root.mkdir()
+            run(crawl_params(), paths, USERS)
+            assert os.environ["TZ"] == zone  # the crawl set no time zone of its own
+            stamps = paths.stamps.read_text()
+            assert "+0000" in stamps and "+1245" not in stamps, stamps
+            digests.append(tree_digest(paths.raw))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert digests[0] == digests[1]

@@ -31,7 +31,7 @@ from imgrate.crawl.stamps import merged_stamps, post_timestamp
 from imgrate.crawl.users import select_part
 from imgrate.crawl.verify import verify_raw
 from imgrate.demo.world import DemoWorld
-from imgrate.errors import CrawlError
+from imgrate.errors import CrawlError, ExitCode
 from imgrate.params import FAULT_KINDS, BudgetParams, CrawlParams, DemoParams, FaultParams
 from imgrate.paths import Paths
 from imgrate.shards import SHARD_RE, iter_members, list_shards
@@ -150,7 +150,7 @@ def test_private_missing_and_rate_limited_users_are_reported_and_the_rest_crawle
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
     # throttled_twice_demo: a cap on the backoff below what five tries would wait
     params = crawl_params(budget=BudgetParams(max_wait_per_user_s=100.0, backoff_base_s=30.0))
-    report = run_stage(params, paths)
+    report = run_stage(params, paths).detail
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert "wait_s" not in metrics["totals"]  # timing-dependent: in the run log, not the tracked report
     waits = {u.username: u.wait_s for u in report.users}
@@ -417,7 +417,7 @@ def test_sessions_come_from_outside_the_project_and_never_leak(tmp_path: Path,
 
     # never inside the project, neither saved nor loaded
     result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "data" / "s")])
-    assert result.exit_code == 2 and not (project / "data").exists()
+    assert result.exit_code == ExitCode.ERROR and not (project / "data").exists()
     inside = project / "session"
     shutil.copy(saved, inside)
     monkeypatch.setenv(session.SESSION_ENV, str(inside))
@@ -457,11 +457,11 @@ def test_login_finds_the_project_by_its_files_and_works_from_home_or_root(
     # inside the project (from a sub-folder, too): a session file there is refused before any login
     monkeypatch.chdir(project / "data")
     result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "s")])
-    assert result.exit_code == 2 and "outside the project" in result.output and not (project / "s").exists()
+    assert result.exit_code == ExitCode.ERROR and "outside the project" in result.output and not (project / "s").exists()
     # from elsewhere, a session file inside some project is refused too: the project is found from the file
     monkeypatch.chdir(home)
     result = CliRunner().invoke(app, ["login", "me_the_crawler", "--session-file", str(project / "data" / "s")])
-    assert result.exit_code == 2 and "outside the project" in result.output
+    assert result.exit_code == ExitCode.ERROR and "outside the project" in result.output
 
 
 # ---- a changed endpoint, no network (issue 13.7) and the throttle's messages (issue 12.9)
@@ -475,7 +475,7 @@ def test_a_changed_endpoint_stops_the_crawl_with_endpoint_changed(tmp_path: Path
     paths = Paths(tmp_path)
     users = [*USERS, "echo_frames_demo", "foxtrot_lens_demo"]
     (tmp_path / "users.txt").write_text("\n".join(users) + "\n")
-    report = run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths)
+    report = run_stage(crawl_params(rate=1.0, kinds=("endpoint_changed",)), paths).detail
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "endpoint_changed", metrics["stop_reason"]
     assert json.loads(paths.stage_metrics("crawl").read_text())["status"] == "endpoint_changed"
@@ -521,7 +521,7 @@ def test_no_network_ends_within_seconds_unreachable(tmp_path: Path, monkeypatch:
     paths = Paths(tmp_path)
     shutil.copy(ROOT / "users.txt", tmp_path / "users.txt")  # the paper's 27 photographers
     t0 = time.monotonic()
-    report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
+    report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths).detail
     assert time.monotonic() - t0 < 30
     metrics = json.loads(paths.stage_report("crawl").read_text())
     assert metrics["status"] == "unreachable"
@@ -658,3 +658,41 @@ def test_throttle_messages_say_simulated_and_name_the_query_kind(tmp_path: Path,
     assert messages[0].startswith("simulated throttle: ") and "before the next timeline query" in messages[0]
     assert demo.TIMELINE_DOC_ID not in messages[0]
     assert instagram.query_kind(demo.POST_DOC_ID) == "post metadata"
+
+
+def test_an_incomplete_crawl_exits_3_by_hand_and_goes_on_as_a_dvc_stage_unless_params_say_fail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cron sees a crawl that did not get every user (`imgrate crawl` exits 3, INCOMPLETE: not
+    an error, not a usage error); the DVC stage exits 0 so `dvc repro` goes on with what it got,
+    or 3 with crawl.on_incomplete: fail. A complete crawl exits 0 either way."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from conftest import ROOT, tiny_params
+    from typer.testing import CliRunner
+
+    from imgrate.cli import app
+
+    params = tiny_params()
+    params["crawl"]["budget"]["max_wait_per_user_s"] = 60  # simulated waits: no real sleep
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "users.txt").write_text("alpha_lens_demo\nthrottled_lens_demo\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["crawl"])
+    assert result.exit_code == ExitCode.INCOMPLETE == 3, result.output
+    assert "throttled_lens_demo: rate_limited" in " ".join(result.output.split())
+
+    def stage() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "IMGRATE_ROOT": str(tmp_path), "IMGRATE_QUIET": "1"}
+        return subprocess.run([sys.executable, str(ROOT / "stages" / "crawl.py")], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    assert stage().returncode == 0  # crawl.on_incomplete: continue (the default)
+    params["crawl"]["on_incomplete"] = "fail"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = stage()
+    assert proc.returncode == ExitCode.INCOMPLETE and "incomplete" in proc.stderr, proc.stderr
+    (tmp_path / "users.txt").write_text("alpha_lens_demo\n")
+    assert stage().returncode == 0 and CliRunner().invoke(app, ["crawl"]).exit_code == 0

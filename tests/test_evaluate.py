@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 
 from imgrate import metrics
+from imgrate.baselines import BASELINES, Context
 from imgrate.dataset import Dataset, load_dataset
-from imgrate.evaluate import (
-    BASELINES,
-    all_predictions,
-    oracle_predictions,
-    run_stage,
-    score,
-    shuffle_within_users,
-)
+from imgrate.evaluate import all_predictions, run_stage, score, shuffle_within_users
 from imgrate.io import write_json, write_jsonl
 from imgrate.params import EvaluateParams
 from imgrate.paths import Paths
@@ -77,7 +71,7 @@ def train_tiny_cnn(paths: Paths) -> None:
     from imgrate.train import run_stage as train
 
     params = tiny_params()
-    params["train"]["paper_cnn"].update(epochs=2, batch_size=32)
+    params["train"]["paper_cnn"].update(epochs=2, batch_size=32)  # the model under test here
     params["train"]["device"] = "cpu"
     train("paper_cnn", parse_params(params), paths)
 
@@ -97,7 +91,7 @@ PARAMS = EvaluateParams(set_sizes=[2, 5, 10], n_sets=2000, seed=0, n_boot=200, m
 def evaluated(synthetic: tuple[Paths, np.ndarray]) -> tuple[Paths, dict, dict]:
     """The stage run once on the synthetic world; returns what it wrote."""
     paths, _ = synthetic
-    report = run_stage(PARAMS, paths)  # no crawl params: no oracle
+    report = run_stage(PARAMS, paths).detail  # no crawl params: no oracle
     assert report.skipped["oracle"].startswith("only on the simulated world")
     results = json.loads(paths.stage_report("evaluate").read_text())
     leak = json.loads(paths.leak_metrics.read_text())
@@ -214,7 +208,7 @@ def test_ridge_features_fits_the_featurize_stages_features(synthetic: tuple[Path
                                                           tmp_path: Path) -> None:
     """ridge_features reads data/features (the featurize stage), whatever models exist; without
     features it is skipped with the reason."""
-    from imgrate.featurize import FeatureMeta, ShardFeatures, _write_shard
+    from imgrate.features import FeatureMeta, ShardFeatures, write_meta, write_shard
 
     source, appeal = synthetic
     paths = Paths(tmp_path)
@@ -229,9 +223,8 @@ def test_ridge_features_fits_the_featurize_stages_features(synthetic: tuple[Path
     data = load_dataset(paths)
     rng = np.random.default_rng(0)
     x = np.stack([np.r_[appeal[r["row"]], rng.normal(size=15)] for r in data.index]).astype(np.float32)
-    write_json(paths.features / "meta.json", {"backbone": "efficientnet-lite0", "input_size": 64, "width": 16,
-                                              "resample": FeatureMeta("x", 0, 0).resample, "version": 1})
-    _write_shard(paths, "000001.tar", "-", ShardFeatures([r["shortcode"] for r in data.index], x, {}))
+    write_meta(paths, FeatureMeta("efficientnet-lite0", 64, 16))
+    write_shard(paths, "000001.tar", "-", ShardFeatures([r["shortcode"] for r in data.index], x, {}))
     predictions, skipped = all_predictions(data, paths, PARAMS)
     assert "ridge_features" not in skipped and "ridge_features" in predictions
     test = data.split("test")
@@ -249,14 +242,15 @@ def test_oracle_is_recomputed_from_the_world_not_from_crawled_data(tiny_world) -
     index = [{**r, "split": "train" if r["row"] % 2 else "test"} for r in data.index]
     half = Dataset(data.images, index, data.meta)
     test = half.split("test")
-    oracle = oracle_predictions(half, params.crawl)
+    oracle = BASELINES["oracle"].predict(Context(half, paths, 0, params.crawl))
     y, users = half.targets(test), half.users(test)
     assert metrics.spearman_within(y, oracle, users, min_items=3) > 0.5  # the true appeal ranks well
 
     # it never reads likes or targets: scrambled targets leave its ranking unchanged
     rng = np.random.default_rng(0)
     scrambled = Dataset(data.images, [{**r, "target": float(rng.random()), "likes": 1} for r in index], data.meta)
-    assert np.array_equal(np.argsort(oracle_predictions(scrambled, params.crawl)), np.argsort(oracle))
+    again = BASELINES["oracle"].predict(Context(scrambled, paths, 0, params.crawl))
+    assert np.array_equal(np.argsort(again), np.argsort(oracle))
 
 
 # -------------------------------------------------------------------- DVC, end to end

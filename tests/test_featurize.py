@@ -1,5 +1,5 @@
 """featurize: frozen backbone features per shard in data/features/, incremental, decoded by
-several threads, read back by the models through load_features."""
+several threads, read back by the models through imgrate.features (the format)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 from conftest import copy_world
 
+from imgrate.backbones import load_backbone
 from imgrate.errors import DataError
-from imgrate.featurize import load_backbone, load_features, read_meta, read_shard, run_stage, wanted_members
+from imgrate.features import load_features, read_meta, read_shard
+from imgrate.featurize import run_stage, wanted_members
 from imgrate.images import load_thumbnail
 from imgrate.io import read_jsonl
 from imgrate.shards import iter_members
@@ -53,15 +55,15 @@ def test_only_new_shards_are_extracted_and_stale_entries_go(tiny_world, tmp_path
         (local.features / f"{newest}.{ext}").unlink()
     (local.features / "999999.npy").write_bytes(b"a shard that is gone")
     summary = run_stage(params.featurize, local)
-    assert (summary.shards, summary.shards_extracted) == (len(shards), 1)
-    assert summary.images_extracted == len(wanted_members(local)[shards[-1]])
+    assert (summary["shards"], summary["shards_extracted"]) == (len(shards), 1)
+    assert summary["images_extracted"] == len(wanted_members(local)[shards[-1]])
     after = _files(local)
     assert set(after) == set(before)
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()}  # the same bytes
     untouched = [k for k in before if not k.startswith(newest) and k != "meta.json"]
     assert all(after[k][1] == before[k][1] for k in untouched), "old shards are not written again"
     # nothing new: nothing extracted
-    assert run_stage(params.featurize, local).shards_extracted == 0
+    assert run_stage(params.featurize, local)["shards_extracted"] == 0
 
 
 def test_another_backbone_or_size_extracts_everything_again(tiny_world, tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_another_backbone_or_size_extracts_everything_again(tiny_world, tmp_path
     local = copy_world(paths, tmp_path)
     other = dataclasses.replace(params.featurize, input_size=32)
     summary = run_stage(other, local)
-    assert summary.shards_extracted == summary.shards and read_meta(local).input_size == 32  # type: ignore[union-attr]
+    assert summary["shards_extracted"] == summary["shards"] and read_meta(local).input_size == 32  # type: ignore[union-attr]
     rows = read_jsonl(local.dataset_index)
     feats = load_features(local, [(r["shard"], r["member"]) for r in rows])
     assert feats.x.shape == (len(rows), feats.meta.width) and feats.meta.input_size == 32
@@ -85,7 +87,7 @@ def test_worker_processes_give_the_features_of_one_core(tiny_world, tmp_path: Pa
         summary = run_stage(dataclasses.replace(params.featurize, workers=3, input_size=48), many)
     finally:
         torch.set_num_threads(threads)
-    assert summary.workers == 3
+    assert summary["workers"] == 3
     for shard in wanted_members(paths):
         a, b = read_shard(one, shard), read_shard(many, shard)
         assert a.members == b.members
@@ -118,7 +120,7 @@ def test_an_undecodable_image_is_listed_and_named_when_read(tiny_world, tmp_path
     data = dict(iter_members(local.shards / shard, {victim}))[victim]
     repack_shard(local.shards / shard, {victim: data[:200]})  # a cut JPEG, as a crawler stored it
     summary = run_stage(params.featurize, local)
-    assert summary.shards_extracted == 1 and summary.failed == 1  # the changed shard only
+    assert summary["shards_extracted"] == 1 and summary["failed"] == 1  # the changed shard only
     assert victim in read_shard(local, shard).failed
     with pytest.raises(DataError, match=victim.replace("/", ".")):
         load_features(local, [(shard, victim)])
@@ -134,7 +136,7 @@ def test_a_damaged_shard_is_skipped_and_named(tiny_world, tmp_path: Path) -> Non
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])  # cut: members its manifest names are never reached
     summary = run_stage(params.featurize, local)
-    assert summary.shards_extracted == 1 and summary.failed == len(wanted_members(local)[shard])
+    assert summary["shards_extracted"] == 1 and summary["failed"] == len(wanted_members(local)[shard])
     member = sorted(wanted_members(local)[shard])[0]
     with pytest.raises(DataError, match=f"damaged shard: .*{shard}|{shard}.*damaged"):
         load_features(local, [(shard, member)])

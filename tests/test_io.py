@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from imgrate.errors import ExitCode
 from imgrate.io import atomic_path, remove_stale_tmp, write_json
 
 
@@ -103,7 +104,7 @@ def test_a_full_disk_gives_one_line_naming_the_path_and_leaves_no_temporary_file
     shutil.rmtree(local.root / folder)
     rc, stderr, left = run_on_full_disk(project, folder, size_kib, stage)
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert rc == 2, stderr
+    assert rc == ExitCode.ERROR, stderr
     assert "Traceback" not in stderr and "Bus error" not in stderr
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: no space left on the device to write {project / folder}/")

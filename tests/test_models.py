@@ -1,4 +1,5 @@
-"""models: the registry, the pretrained head, the offline EfficientNet-Lite backbones, model files."""
+"""models: the registry (one module per model), the pretrained head, the offline EfficientNet-Lite
+backbones, model files."""
 
 from __future__ import annotations
 
@@ -6,20 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from imgrate.errors import ModelError
-from imgrate.featurize import BACKBONES, Backbone, load_backbone
+from imgrate.backbones import BACKBONES, Backbone, load_backbone
+from imgrate.errors import ModelError, ParamsError
+from imgrate.inputs import InputSpec
 from imgrate.models import (
-    MODELS,
+    ClosedForm,
     FitConfig,
-    InputSpec,
+    Gradient,
     ModelFile,
-    PretrainedConfig,
-    PretrainedHead,
+    all_models,
     build_model,
+    check_sections,
     load_model,
+    model_names,
+    model_spec,
     save_model,
 )
-from imgrate.params import TrainParams
+from imgrate.models.pretrained import PretrainedConfig, PretrainedHead
+from imgrate.params import TrainParams, load_params
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +76,63 @@ def test_every_backbone_loads_offline_and_prints_nothing_on_stdout(name: str, ca
         assert net(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, BACKBONES[name].width)
 
 
-def test_every_model_has_its_own_params_section() -> None:
-    """train@<model> tracks train.<model>: the registry's names are TrainParams' sections."""
+def test_the_registry_is_the_model_modules_each_declaring_itself_once() -> None:
+    """One module per model, each with SPEC named after it; its params dataclass is the
+    section train.<name> of params.yaml, whose keys and defaults it owns."""
     import dataclasses
 
-    sections = {f.name for f in dataclasses.fields(TrainParams) if dataclasses.is_dataclass(f.default_factory)}
-    assert set(MODELS) == sections
-    for spec in MODELS.values():
-        assert spec.input in ("pixels", "features")
-        section = spec.params(TrainParams())
-        cfg = spec.make_fit(section, 7)
-        assert cfg.seed == 7 and cfg.epochs == section.epochs and cfg.lr == section.lr
+    import yaml
+    from conftest import ROOT
+
+    names = model_names()
+    assert names == sorted(p.stem for p in (ROOT / "imgrate" / "models").glob("[!_]*.py"))
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    train = load_params(ROOT / "params.yaml", ["train"]).train
+    check_sections(train)
+    for spec in all_models():
+        assert spec.reads and all(inp.kind in ("pixels", "features") for inp in spec.reads)
+        assert isinstance(spec.fit, Gradient | ClosedForm)
+        section = spec.params_of(train)
+        assert set(shipped[spec.name]) == {f.name for f in dataclasses.fields(spec.params)}
+        # params.yaml ships the dataclass's defaults: the one place they are written
+        assert section == spec.params(), spec.name
+        if isinstance(spec.fit, Gradient):
+            cfg = spec.fit.settings(section, 7)
+            assert cfg.seed == 7 and cfg.epochs == section.epochs and cfg.lr == section.lr
+
+
+def test_every_model_has_a_docs_row() -> None:
+    """The docs' table of models has one row per model of the registry: what it reads and how it
+    is fitted, as its registry entry says."""
+    from conftest import ROOT
+
+    rows = {}
+    for line in (ROOT / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[2] in ("gradient", "closed form"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2])
+    assert set(rows) == set(model_names()), "add a row to the README's table of models"
+    for spec in all_models():
+        assert rows[spec.name] == (" and ".join(i.kind for i in spec.reads), spec.fit.method.replace("_", " ")), spec.name
+
+
+def test_a_models_params_are_checked_by_its_own_dataclass() -> None:
+    train = TrainParams(models={"paper_cnn": {"epochs": 0, "batch_size": 50, "lr": 0.001}})
+    with pytest.raises(ParamsError, match=r"train.paper_cnn.epochs: must be at least 1, got 0"):
+        model_spec("paper_cnn").params_of(train)
+    with pytest.raises(ParamsError, match="missing params key train.pretrained"):
+        model_spec("pretrained").params_of(train)
+    with pytest.raises(ParamsError, match=r"train.pretrained.dropout: must be in \[0, 1\), got 1.0"):
+        model_spec("pretrained").params_of(TrainParams(models={"pretrained": {
+            **dataclasses_asdict(model_spec("pretrained").params()), "dropout": 1.0}}))
+    with pytest.raises(ParamsError, match="unknown params key train.paper_cn .*paper_cnn"):
+        check_sections(TrainParams(models={"paper_cn": {}}))
+
+
+def dataclasses_asdict(obj: object) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)  # type: ignore[call-overload]
 
 
 def test_unknown_backbone_and_model_are_named() -> None:
@@ -92,9 +143,10 @@ def test_unknown_backbone_and_model_are_named() -> None:
 
 
 def _info(**kw: object) -> ModelFile:
+    fit = {"method": "gradient", **dataclasses_asdict(FitConfig(epochs=1, batch_size=2, lr=0.1))}
     return ModelFile(model="pretrained", config={"features": 1280, "hidden": 8, "dropout": 0.5},
-                     input=InputSpec("features", 64, "max_ratio", "efficientnet-lite0", 1280),
-                     fit=FitConfig(epochs=1, batch_size=2, lr=0.1), params={"seed": 0}, **kw)  # type: ignore[arg-type]
+                     inputs=(InputSpec("features", 64, "max_ratio", "efficientnet-lite0", 1280),),
+                     fit=fit, params={"seed": 0}, **kw)  # type: ignore[arg-type]
 
 
 def test_model_file_round_trip_keeps_config_input_and_extras(tmp_path) -> None:
@@ -103,7 +155,7 @@ def test_model_file_round_trip_keeps_config_input_and_extras(tmp_path) -> None:
     save_model(tmp_path / "m.pt", model, _info(extra={"stats": {"mean": 0.5}}))
     loaded, info = load_model(tmp_path / "m.pt")
     assert info == _info(extra={"stats": {"mean": 0.5}})
-    assert info.input.backbone == "efficientnet-lite0" and info.spec.input == "features"
+    assert info.input.backbone == "efficientnet-lite0" and [i.kind for i in info.spec.reads] == ["features"]
     x = torch.randn(4, 1280)
     assert torch.allclose(loaded(x), model.eval()(x))
     # the same model and info give the same bytes
@@ -112,9 +164,9 @@ def test_model_file_round_trip_keeps_config_input_and_extras(tmp_path) -> None:
 
 
 def test_a_model_file_of_another_schema_is_named(tmp_path) -> None:
-    raw = {**_info().to_dict(), "schema": 0, "state_dict": {}}
+    raw = {**_info().to_dict(), "schema": 1, "state_dict": {}}
     torch.save(raw, tmp_path / "old.pt")
-    with pytest.raises(ModelError, match="schema 0"):
+    with pytest.raises(ModelError, match="schema 1, this imgrate reads 2: train the model again"):
         load_model(tmp_path / "old.pt")
 
 

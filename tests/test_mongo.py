@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from imgrate.cli import app
 from imgrate.crawl.stage import run as crawl
-from imgrate.errors import DatabaseError, DataError, ParamsError
+from imgrate.errors import DatabaseError, DataError, ExitCode, ParamsError
 from imgrate.export import run_stage as export
 from imgrate.io import read_jsonl
 from imgrate.mongo import ENV_URI, MongoSink, mask_uri, redact, resolve_uri, row_hash, sink_from_params
@@ -263,7 +263,7 @@ def test_db_top_writes_the_stored_thumbnails(db_project, mongo_uri: str, tmp_pat
 def test_db_without_a_configured_uri_says_how_to_set_one(db_project) -> None:
     root, _ = db_project
     result = _cli(["db", "top"], root, None)
-    assert result.exit_code == 2 and ENV_URI in result.output
+    assert result.exit_code == ExitCode.ERROR and ENV_URI in result.output
 
 
 # --- unreachable servers and passwords ----------------------------------------------------
@@ -308,12 +308,12 @@ def test_password_never_reaches_the_output_of_the_stage_or_the_cli(tiny_world, t
     env.pop("IMGRATE_ROOT", None)
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "export.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "imgrate:***@127.0.0.1:1" in proc.stderr
+    assert proc.returncode == ExitCode.ERROR and "imgrate:***@127.0.0.1:1" in proc.stderr
     _assert_no_secret(proc.stdout, proc.stderr)
     assert (tmp_path / "data" / "tables" / "posts.jsonl").exists()
     for args in (["export"], ["db", "top"], ["db", "users", "--json"]):
         result = _cli(args, tmp_path, SECRET_URI)
-        assert result.exit_code == 2, (args, result.output)
+        assert result.exit_code == ExitCode.ERROR, (args, result.output)
         assert "127.0.0.1:1" in result.output
         _assert_no_secret(result.output)
     for path in (tmp_path / "metrics").glob("*.json"):
@@ -430,11 +430,11 @@ def test_a_query_secret_never_reaches_the_output_of_the_stage_or_the_cli(tiny_wo
     env.pop("IMGRATE_ROOT", None)
     proc = subprocess.run([sys.executable, str(ROOT / "stages" / "export.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "tlsCertificateKeyFilePassword=***" in proc.stderr, proc.stderr
+    assert proc.returncode == ExitCode.ERROR and "tlsCertificateKeyFilePassword=***" in proc.stderr, proc.stderr
     assert QUERY_SECRET not in proc.stdout + proc.stderr
     for args in (["export"], ["db", "top"]):
         result = _cli(args, tmp_path, QUERY_SECRET_URI)
-        assert result.exit_code == 2, (args, result.output)
+        assert result.exit_code == ExitCode.ERROR, (args, result.output)
         assert "127.0.0.1:1" in result.output and QUERY_SECRET not in result.output
 
 

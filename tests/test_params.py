@@ -18,14 +18,22 @@ def _raw() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
+def _parse_all(data: dict):
+    """Every section, the model sections included (each model's own dataclass checks its own)."""
+    from imgrate.models import check_train
+
+    params = parse_params(data)
+    check_train(params.train)
+    return params
+
+
 def test_shipped_params_load_with_the_documented_defaults() -> None:
     p = load_params(ROOT / "params.yaml")
     assert p.crawl.source == "demo"
     assert p.crawl.max_posts is None
     assert p.preprocess.size == 50
     assert p.preprocess.split_ratios == [0.8, 0.1, 0.1]
-    assert p.train.paper_cnn.batch_size == 50
-    assert p.train.paper_cnn.epochs == 50
+    assert p.train.models["paper_cnn"] == {"epochs": 50, "batch_size": 50, "lr": 0.001}  # checked by its model
     assert p.evaluate.set_sizes == [2, 5, 10]
 
 
@@ -37,6 +45,9 @@ def test_shipped_params_load_with_the_documented_defaults() -> None:
         (lambda d: d["train"]["paper_cnn"].update(lr="fast"), "train.paper_cnn.lr"),
         (lambda d: d["train"]["paper_cnn"].update(epochs=2.5), "train.paper_cnn.epochs"),
         (lambda d: d["train"]["paper_cnn"].update(epochs=True), "train.paper_cnn.epochs"),
+        (lambda d: d["train"]["paper_cnn"].update(epochs=0), "train.paper_cnn.epochs: must be at least 1, got 0"),
+        (lambda d: d["train"].update(paper_cn={}), "unknown params key train.paper_cn"),
+        (lambda d: d["train"].update(nproc=-1), "train.nproc: must be at least 0 (0 = one process per GPU)"),
         (lambda d: d["crawl"]["demo"].update(seed="x"), "crawl.demo.seed"),
         (lambda d: d["crawl"]["demo"].pop("until"), "crawl.demo.until"),
         (lambda d: d["crawl"]["demo"].update(until="yesterday"), "crawl.demo.until"),
@@ -48,10 +59,13 @@ def test_shipped_params_load_with_the_documented_defaults() -> None:
     ],
 )
 def test_bad_params_name_the_key(edit, message: str) -> None:
+    """A bad key fails naming it, whether params.py checks it or a model's own params dataclass
+    (train.<model>, checked where the model is used: imgrate.models)."""
     data = copy.deepcopy(_raw())
     edit(data)
-    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse_params(data)
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        _parse_all(data)
 
 
 def test_yaml_dates_are_accepted_as_strings() -> None:
@@ -66,7 +80,10 @@ def test_missing_params_file_is_named(tmp_path: Path) -> None:
 
 
 def test_a_stage_validates_only_the_sections_it_reads() -> None:
-    """`train.paper_cnn.lr: fast` fails the stages that read train, not the crawl (issue 12.7)."""
+    """`train.paper_cnn.lr: fast` fails the stage that reads it, train@paper_cnn, not the crawl
+    (issue 12.7) nor train@pretrained (issue 17: each model checks its own section)."""
+    from imgrate.models import model_spec
+
     data = _raw()
     data["train"]["paper_cnn"]["lr"] = "fast"
     data["preprocess"]["size"] = 2  # out of range: checked only where preprocess is read
@@ -75,11 +92,12 @@ def test_a_stage_validates_only_the_sections_it_reads() -> None:
     with pytest.raises(ParamsError, match="params section train was not loaded"):
         crawl_only.train.seed  # noqa: B018
     with pytest.raises(ParamsError, match="train.paper_cnn.lr: expected a number, got 'fast'"):
-        parse_params(data, ["train"])
+        model_spec("paper_cnn").params_of(parse_params(data, ["train"]).train)  # what train@paper_cnn reads
+    model_spec("pretrained").params_of(parse_params(data, ["train"]).train)  # train@pretrained does not read it
     with pytest.raises(ParamsError, match="preprocess.size: must be at least 8"):
         parse_params(data, ["preprocess"])
-    with pytest.raises(ParamsError, match="train.paper_cnn.lr"):
-        parse_params(data)  # every section: the CLI's and the tests' default
+    with pytest.raises(ParamsError, match="preprocess.size"):
+        _parse_all(data)  # every section: one bad key is named
     data["trainn"] = {}
     with pytest.raises(ParamsError, match="unknown params key trainn"):
         parse_params(data, ["crawl"])  # an unknown section is still named, by every stage
@@ -114,7 +132,7 @@ def test_params_that_cannot_work_fail_at_load_naming_the_key(edit, message: str)
     data = copy.deepcopy(_raw())
     edit(data)
     with pytest.raises(ParamsError, match=message):
-        parse_params(data)
+        _parse_all(data)
 
 
 def _params_text(**replace: str) -> str:
@@ -128,11 +146,14 @@ def _params_text(**replace: str) -> str:
 def test_yaml_exponent_floats_read_as_numbers_and_inf_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "params.yaml"
     path.write_text(_params_text(**{"lr: 0.001  ": "lr: 1e-3  ", "weight_decay: 0.0001": "weight_decay: 1e-9"}))
-    p = load_params(path)
-    assert p.train.paper_cnn.lr == 1e-3 and p.train.pretrained.weight_decay == 1e-9
+    from imgrate.models import model_spec
+
+    train = load_params(path).train
+    assert model_spec("paper_cnn").params_of(train).lr == 1e-3
+    assert model_spec("pretrained").params_of(train).weight_decay == 1e-9
     path.write_text(_params_text(**{"lr: 0.001  ": "lr: .inf  "}))
     with pytest.raises(ParamsError, match="train.paper_cnn.lr: must be a finite number, got inf"):
-        load_params(path)
+        model_spec("paper_cnn").params_of(load_params(path).train)
 
 
 def test_a_section_given_twice_is_refused_naming_the_key_and_lines(tmp_path: Path) -> None:

@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import dvc, git, make_project, run, tiny_params, write_params
 
+from imgrate import lineage
+
 pytestmark = pytest.mark.slow
-ALL = ["crawl", "export", "preprocess", "featurize", "train@paper_cnn", "train@pretrained", "evaluate"]
+# every DVC stage in pipeline order (train@<model> for each model of the registry), but analyze:
+# it runs on a branch of its own
+ALL = [address for address, _, _ in lineage.addresses() if address != "analyze"]
 
 
 def ran(output: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""`imgrate rank FOLDER` and `imgrate predict IMAGE...` with either trained model."""
+"""`imgrate rank FOLDER` and `imgrate predict IMAGE...` with every model of the registry."""
 
 from __future__ import annotations
 
@@ -13,21 +13,27 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from imgrate.cli import app
+from imgrate.errors import ExitCode
+from imgrate.models import model_names
 from imgrate.shards import iter_members
+
+MODELS = model_names()
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory) -> Path:
-    """A copy of the tiny world with models/paper_cnn.pt and models/pretrained.pt."""
+    """A copy of the tiny world with a model file of every model of the registry (quick fits)."""
     import dataclasses
 
     from imgrate.train import run_stage
 
     params, paths = tiny_world
     local = copy_world(paths, tmp_path_factory.mktemp("trained"))
-    quick = dataclasses.replace(params.train, paper_cnn=dataclasses.replace(params.train.paper_cnn, epochs=1),
-                                pretrained=dataclasses.replace(params.train.pretrained, epochs=2))
-    for name in ("paper_cnn", "pretrained"):
+    quick = params.train
+    for name in MODELS:
+        if "epochs" in quick.models[name]:
+            quick = quick.with_model(name, epochs=2)
+    for name in MODELS:
         run_stage(name, dataclasses.replace(params, train=quick), local)
     return local.root
 
@@ -54,7 +60,7 @@ def folder(trained: Path, tmp_path: Path) -> Path:
 IMAGES = {"a.jpg", "b.png", "c.webp", "d.png"}
 
 
-@pytest.mark.parametrize("model", ["paper_cnn", "pretrained"])
+@pytest.mark.parametrize("model", MODELS)
 def test_rank_ranks_the_images_and_reports_the_rest(trained: Path, folder: Path, model: str) -> None:
     result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / f"{model}.pt"),
                                       "--json"])
@@ -72,7 +78,7 @@ def test_rank_ranks_the_images_and_reports_the_rest(trained: Path, folder: Path,
     assert "damaged or unsupported" in errors["broken.jpg"]
 
 
-@pytest.mark.parametrize("model", ["paper_cnn", "pretrained"])
+@pytest.mark.parametrize("model", MODELS)
 def test_percentiles_against_the_training_photos_and_unusual_photos_flagged(
         trained: Path, folder: Path, model: str) -> None:
     """Photos the model never saw get a percentile in [0, 100] among its scores of the
@@ -137,11 +143,11 @@ def test_predict_scores_files_the_same_way_as_rank(trained: Path, folder: Path) 
 def test_only_non_images_or_a_missing_model_fail_clearly(trained: Path, tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hello")
     result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(trained / "models" / "paper_cnn.pt")])
-    assert result.exit_code == 2
+    assert result.exit_code == ExitCode.ERROR
     result = CliRunner().invoke(app, ["rank", str(tmp_path), "--model", str(tmp_path / "nope.pt")])
-    assert result.exit_code == 2 and "model file not found" in result.output
+    assert result.exit_code == ExitCode.ERROR and "model file not found" in result.output
     result = CliRunner().invoke(app, ["rank", str(tmp_path / "missing")])
-    assert result.exit_code == 2 and "not a folder" in result.output
+    assert result.exit_code == ExitCode.ERROR and "not a folder" in result.output
 
 
 def test_bracketed_file_names_print_as_they_are(trained: Path, folder: Path) -> None:

@@ -18,7 +18,8 @@ from conftest import ROOT, copy_world, tiny_params, write_params
 
 from imgrate.dataset import load_dataset
 from imgrate.devices import pick_device
-from imgrate.models import FitConfig, PaperCNN, PaperCNNConfig, dataset_inputs, load_model, model_spec
+from imgrate.models import FitConfig, load_model, model_spec
+from imgrate.models.paper_cnn import PaperCNN, PaperCNNConfig
 from imgrate.train import fit, pairwise_loss, run_key, run_stage, seed_everything, split_inputs
 
 CPU = torch.device("cpu")
@@ -43,28 +44,30 @@ def test_paper_cnn_shapes_match_the_paper() -> None:
     assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.25]
 
 
+def _section(name: str, params):
+    return model_spec(name).params_of(params.train)
+
+
 def _fit_config(name: str, params) -> FitConfig:
-    spec = model_spec(name)
-    return spec.make_fit(spec.params(params.train), params.train.seed)
+    return model_spec(name).fit.settings(_section(name, params), params.train.seed)  # type: ignore[union-attr]
 
 
 def _setup(name: str, params, paths):
     """(config, train inputs, val inputs, fit settings) of model ``name``, as run_stage builds them."""
     spec = model_spec(name)
     data = load_dataset(paths)
-    input_spec, source = dataset_inputs(spec.input, data, paths)
-    train, val = split_inputs(data, source)
-    return spec.make_config(spec.params(params.train), input_spec), train, val, _fit_config(name, params)
+    input_specs, sources = spec.load_inputs(data, paths)
+    train, val = split_inputs(data, spec, sources)
+    return spec.make_config(_section(name, params), input_specs), train, val, _fit_config(name, params)
 
 
 def test_paper_cnn_fit_config_is_the_papers(tiny_world) -> None:
     params, _ = tiny_world
     cfg = _fit_config("paper_cnn", params)
-    p = params.train.paper_cnn
+    p = _section("paper_cnn", params)
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.loss, cfg.patience) == (p.epochs, p.batch_size, p.lr, "mse", None)
-    pre = _fit_config("pretrained", params)
-    assert (pre.epochs, pre.loss, pre.patience) == (params.train.pretrained.epochs, params.train.pretrained.loss,
-                                                    params.train.pretrained.patience)
+    pre, q = _fit_config("pretrained", params), _section("pretrained", params)
+    assert (pre.epochs, pre.loss, pre.patience) == (q.epochs, q.loss, q.patience)
 
 
 def test_device_is_picked_automatically() -> None:
@@ -78,7 +81,7 @@ def _fit_twice(name: str, params, paths, cfg: FitConfig):
     runs = []
     for _ in range(2):
         seed_everything(cfg.seed, CPU)
-        model = model_spec(name).build(config)
+        model = model_spec(name).module(config)
         history = fit(model, train, val, cfg, CPU)
         runs.append(({k: v.clone() for k, v in model.state_dict().items()}, history))
     return runs
@@ -136,7 +139,7 @@ def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: P
     summary = run_stage(name, params, local)
     model, info = load_model(local.model(name))
     assert info.model == name
-    section = dataclasses.asdict(model_spec(name).params(params.train))
+    section = dataclasses.asdict(_section(name, params))
     assert info.params == {"seed": params.train.seed, "device": params.train.device, "nproc": params.train.nproc,
                            name: section}  # the shared keys and its own section, not the other model's
     assert len(info.history) == summary["epochs"]
@@ -145,13 +148,13 @@ def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: P
         assert len(lines) == 1 + summary["epochs"], curve
     assert not list((local.cache / "checkpoints").glob("*.pt")), "the checkpoint is removed once the model is saved"
     if name == "paper_cnn":
-        assert info.config["hidden"] == 500 and summary["epochs"] == params.train.paper_cnn.epochs
+        assert info.config["hidden"] == 500 and summary["epochs"] == _section(name, params).epochs
         assert (info.input.kind, info.input.size) == ("pixels", params.preprocess.size)
         assert model(torch.zeros(2, 3, 50, 50)).shape == (2,)
     else:
         assert (info.input.kind, info.input.size, info.input.backbone) == (
             "features", params.featurize.input_size, params.featurize.backbone)
-        assert summary["epochs"] <= params.train.pretrained.epochs
+        assert summary["epochs"] <= _section(name, params).epochs
         assert model(torch.zeros(2, 1280)).shape == (2,)
 
 
@@ -271,14 +274,14 @@ def test_a_checkpoint_of_other_params_or_data_is_never_resumed(tiny_world, tmp_p
             raise Killed
 
     with pytest.raises(Killed):
-        fit(model_spec("paper_cnn").build(config_obj), train, val, cfg, CPU, on_epoch=kill_at_2,
+        fit(model_spec("paper_cnn").module(config_obj), train, val, cfg, CPU, on_epoch=kill_at_2,
             checkpoint=checkpoint(cfg))
     assert len(checkpoint(cfg).load()["history"]) == 2
     assert checkpoint(dataclasses.replace(cfg, lr=cfg.lr * 2)).load() is None
     assert checkpoint(cfg, dataclasses.replace(train, y=train.y * 0.5)).load() is None
 
     seen: list[int] = []
-    history = fit(model_spec("paper_cnn").build(config_obj), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
+    history = fit(model_spec("paper_cnn").module(config_obj), train, val, cfg, CPU, on_epoch=lambda e: seen.append(e.epoch),
                   checkpoint=checkpoint(cfg))
     assert [e.epoch for e in history] == [1, 2, 3] and seen == [1, 2, 3]  # 1-2 replayed to DVCLive, 3 trained
 
@@ -303,8 +306,7 @@ def test_a_failed_training_keeps_the_tracked_curves(tiny_world, tmp_path: Path,
             raise FloatingPointError("loss became nan")
         return real_fit(*args, on_epoch=log_then_fail, **kwargs)
 
-    four_epochs = dataclasses.replace(params, train=dataclasses.replace(
-        params.train, paper_cnn=dataclasses.replace(params.train.paper_cnn, epochs=4)))
+    four_epochs = dataclasses.replace(params, train=params.train.with_model("paper_cnn", epochs=4))
     monkeypatch.setattr(train_module, "fit", fit_that_fails_after_one_epoch)
     with pytest.raises(FloatingPointError):
         run_stage("paper_cnn", four_epochs, local)

@@ -253,7 +253,8 @@ def test_escape_sequences_in_member_names_never_reach_the_terminal(world: Paths,
     assert "ALL CLEAN" in out and "\\x1b[2J" in out
     assert not any(c in out for c in "\x1b\x07\u202e")
     env = {k: v for k, v in __import__("os").environ.items() if k != "IMGRATE_ROOT"}
-    proc = subprocess.run([sys.executable, "-c", "from imgrate.export import main; main()"], cwd=world.root,
+    entry = "from imgrate.entry import main; from imgrate.export import STAGE; main(STAGE)"
+    proc = subprocess.run([sys.executable, "-c", entry], cwd=world.root,
                           env={**env, "IMGRATE_QUIET": "1"}, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ALL CLEAN" in proc.stderr and not any(c in proc.stderr for c in "\x1b\x07\u202e")

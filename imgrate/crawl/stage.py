@@ -38,7 +38,6 @@ import datetime as dt
 import fcntl
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -79,6 +78,7 @@ from imgrate.crawl.session import SESSION_ENV, SESSION_USER_ENV, load_session, s
 from imgrate.crawl.stamps import (
     ISO_FORMAT,
     POST_TIMESTAMP,
+    in_utc,
     merged_stamps,
     part_tag,
     post_timestamp,
@@ -87,10 +87,11 @@ from imgrate.crawl.stamps import (
 )
 from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
+from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import CrawlError, safe_text
-from imgrate.io import atomic_open, remove_stale_tmp, write_json
+from imgrate.io import atomic_open, write_json
 from imgrate.metadata import BadMetadata, is_username, load_document, parse_member
-from imgrate.params import CrawlParams
+from imgrate.params import CrawlParams, Params
 from imgrate.paths import Paths
 from imgrate.progress import track
 from imgrate.shards import (
@@ -417,7 +418,7 @@ class _Committer:
                 self.committed.remove_section(user)
             self.committed.add_section(user)
             for key, value in staged.items(user):
-                self.committed.set(user, key, value)
+                self.committed.set(user, key, in_utc(key, value))
         _write_stamps(self.own, self.committed, self.paths.tmp)
         for user in users:
             shutil.rmtree(self.paths.crawl_work / user, ignore_errors=True)
@@ -438,8 +439,6 @@ def run(
     params: CrawlParams, paths: Paths, users: list[str] | None = None, part: tuple[int, int] | None = None
 ) -> CrawlReport:
     """Crawl every user (``users``, else the users file; its ``part`` I/N if given) for new posts."""
-    os.environ["TZ"] = "UTC"  # Instaloader's stamps use local time; keep them machine-independent
-    time.tzset()
     if users is None:
         users = read_users(paths.root / params.users_file)
     if part is not None:
@@ -779,7 +778,7 @@ def crawl_metrics(full: dict[str, Any]) -> dict[str, Any]:
     return {**{k: full["totals"][k] for k in METRIC_KEYS}, "status": full["status"]}
 
 
-def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> CrawlReport:
+def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = None) -> Summary[CrawlReport]:
     """The DVC stage: crawl, then write metrics/crawl.json and reports/crawl.json, and the
     report with timings under .imgrate-cache/logs/crawl/ (one file per run).
 
@@ -788,8 +787,7 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     leaves them as they are (its report goes to the log), so the same data gives the same
     bytes whether it was crawled now or pulled, and a no-op `dvc repro` leaves git clean.
     """
-    for out in (paths.stage_metrics("crawl"), paths.stage_report("crawl")):  # left by a killed run
-        remove_stale_tmp(out.parent, [out.name])
+    clean_outputs(STAGE.outputs(paths, ""))  # left by a killed run (data/raw: by the crawl itself, under its lock)
     report = run(params, paths, part=part)
     full = report.to_metrics()
     metrics_path, report_path = paths.stage_metrics("crawl"), paths.stage_report("crawl")
@@ -799,7 +797,28 @@ def run_stage(params: CrawlParams, paths: Paths, part: tuple[int, int] | None = 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     suffix = f".{report.part}" if report.part else ""
     write_json(paths.crawl_logs / f"{stamp}{suffix}.json", report.to_metrics(timings=True))
-    return report
+    return summarize(report, paths)
+
+
+# users whose posts this run did not get although it tried, or did not try (not: not_found, private)
+INCOMPLETE_STATUSES = ("login_required", "rate_limited", "failed", "skipped")
+
+
+def summarize(report: CrawlReport, paths: Paths) -> Summary[CrawlReport]:
+    """The stage's summary: one line, a note per user that did not crawl cleanly and, when the
+    run stopped early, why; ``incomplete`` when it stopped early or some users were not crawled."""
+    totals = report.to_metrics()["totals"]
+    line = (f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
+            f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
+            f"report in {paths.stage_report('crawl')}" + (f"; stopped: {report.status}" if report.stop_reason else ""))
+    notes = [(u.username, f"{u.status}: {u.reason}", "yellow") for u in report.users
+             if u.status not in ("ok", "skipped") and not u.unreachable]
+    if report.stop_reason:
+        skipped = sum(u.status == "skipped" for u in report.users)
+        notes.append((f"crawl stopped ({report.status})", f"{report.stop_reason}"
+                      + (f"; {skipped} users not attempted" if skipped else ""), "red"))
+    incomplete = report.status != "complete" or any(u.status in INCOMPLETE_STATUSES for u in report.users)
+    return Summary("crawl", totals, line, notes, "incomplete" if incomplete else "done", detail=report)
 
 
 def _statuses_differ(path: Path, full: dict[str, Any]) -> bool:
@@ -813,27 +832,28 @@ def _statuses_differ(path: Path, full: dict[str, Any]) -> bool:
         return True
 
 
-def main(part: str | None = None) -> None:
-    """``python stages/crawl.py`` and ``imgrate crawl [--part I/N]``: crawl, then one summary
-    line, a line per user that did not crawl cleanly and, when the run stopped early, why."""
+def _run(params: Params, paths: Paths, part: str | None = None) -> Summary[CrawlReport]:
     from imgrate.crawl.users import parse_part
-    from imgrate.params import load_params
-    from imgrate.paths import project_paths
-    from imgrate.progress import console, print_note, setup_logging
 
-    setup_logging()
-    paths = project_paths()
-    report = run_stage(load_params(paths.params, ["crawl"]).crawl, paths, part=parse_part(part) if part else None)
-    totals = report.to_metrics()["totals"]
-    console.print(f"crawl: {totals['new_posts']} new posts from {totals['ok']}/{totals['users']} users, "
-                  f"{totals['shards_written']} new shards, {totals['requests']} requests in {report.seconds:.1f} s; "
-                  f"report in {paths.stage_report('crawl')}"
-                  + (f"; stopped: {report.status}" if report.stop_reason else ""),
-                  highlight=False, soft_wrap=True)
-    for user in report.users:
-        if user.status not in ("ok", "skipped") and not user.unreachable:
-            print_note(user.username, f"{user.status}: {user.reason}")
-    if report.stop_reason:
-        skipped = sum(u.status == "skipped" for u in report.users)
-        print_note(f"crawl stopped ({report.status})", f"{report.stop_reason}"
-                   + (f"; {skipped} users not attempted" if skipped else ""), style="red")
+    return run_stage(params.crawl, paths, part=parse_part(part) if part else None)
+
+
+STAGE = Stage(
+    name="crawl",
+    about="users.txt -> new shards in data/raw; every run asks the source for new posts; nothing new = "
+          "byte-identical data/raw",
+    sections=("crawl",),
+    reads=lambda paths, item: [Dep(paths.rel(paths.users_file))],
+    outputs=lambda paths, item: [
+        Output(paths.raw, folder=True, persist=True, clean=False,
+               note="append-only: DVC must not delete it before the stage runs"),
+        Output(paths.stage_report("crawl"), cache=False, persist=True,
+               note="per-user statuses, reasons, requests, retries: a report, not a metric; rewritten only by a "
+                    "crawl that changes data/raw (or a status)"),
+        Output(paths.stage_metrics("crawl"), "metrics", cache=False, persist=True,
+               note="as reports/crawl.json; and a failing run never deletes it"),
+    ],
+    run=_run,
+    always_changed=True,
+    keep_going=lambda params: params.crawl.on_incomplete == "continue",
+)

@@ -77,6 +77,22 @@ def merged_stamps(raw: Path) -> configparser.ConfigParser:
     return merged
 
 
+def in_utc(key: str, value: str) -> str:
+    """A stamps value as imgrate stores it: a timestamp (``*-timestamp``) in UTC. Instaloader
+    writes the machine's local time (``post.date_local``); stored in UTC, the same posts give
+    the same bytes on every machine, and no process-wide time zone has to be set."""
+    if not key.endswith("-timestamp"):
+        return value
+    try:
+        when = dt.datetime.strptime(value, ISO_FORMAT)
+    except ValueError:
+        try:
+            when = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value  # post_timestamp names a bad value where it is read
+    return when.astimezone(dt.UTC).strftime(ISO_FORMAT) if when.tzinfo else value
+
+
 def render(stamps: configparser.ConfigParser) -> str:
     """The INI text of ``stamps``, sections sorted so that the file does not depend on crawl order."""
     ordered = configparser.ConfigParser(interpolation=None)

@@ -226,6 +226,12 @@ _PLACES = ["the harbour", "the old town", "the dunes", "the rooftops", "the mark
 _TAGS = ["photography", "streetphotography", "landscape", "colour", "minimal", "travel", "filmlook", "urban"]
 
 
+# The params.yaml keys a world is built from (its whole configuration; fault injection is the
+# server's): a stage that rebuilds the world (evaluate's oracle) tracks exactly these.
+PARAMS_READ = ("crawl.demo.seed", "crawl.demo.start", "crawl.demo.until", "crawl.demo.image_size",
+               "crawl.demo.mean_interval_days")
+
+
 class DemoWorld:
     """A deterministic simulated Instagram: users, posts, and the photos' JPEG bytes.
 

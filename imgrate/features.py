@@ -1,0 +1,243 @@
+"""The feature-file format of ``data/features/`` (written by the featurize stage), and the
+``features`` model input that reads it.
+
+``data/features/`` holds, for each shard that the posts table names, ``<shard>.npy``
+(float32, one row of feature columns per image) and ``<shard>.json`` (the shard, a key of the
+images' content, the members in row order, the members that could not be decoded), plus
+``meta.json`` (:class:`FeatureMeta`: backbone, input size, width, resampling filter, format
+version, and the named blocks of columns). Models, ``predict`` and ``evaluate`` read
+features through :func:`load_features` (or :data:`FEATURES`) and never import the stage.
+
+Columns come in named blocks (:attr:`FeatureMeta.blocks`, in column order): today one,
+``pooled`` (the backbone's 1280 pooled channels). A block added later (another pooling, a
+spatial grid, photo descriptors) is a new entry there and new columns in :func:`compute`,
+which both the stage and ``imgrate rank`` call, so that a new photo gets exactly the
+columns the stored images got.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from imgrate.errors import DataError
+from imgrate.images import RESAMPLE
+from imgrate.inputs import DatasetRows, InputSpec, ModelInput
+from imgrate.io import atomic_path, write_json
+from imgrate.paths import Paths
+
+if TYPE_CHECKING:
+    from imgrate.backbones import Backbone
+
+FORMAT_VERSION = 1  # bump when the stored features change for the same params
+META = "meta.json"
+
+
+@dataclass(frozen=True)
+class Block:
+    """A named run of feature columns (``width`` of them), in :attr:`FeatureMeta.blocks` order."""
+
+    name: str
+    width: int
+
+
+@dataclass(frozen=True)
+class FeatureMeta:
+    """What the features in ``data/features/`` are (``meta.json``)."""
+
+    backbone: str
+    input_size: int
+    width: int
+    resample: str = RESAMPLE
+    version: int = FORMAT_VERSION
+    blocks: tuple[Block, ...] = field(default=())  # empty: one block "pooled" of every column
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            object.__setattr__(self, "blocks", (Block("pooled", self.width),))
+        if sum(b.width for b in self.blocks) != self.width:
+            raise DataError(f"feature meta: the blocks {[b.name for b in self.blocks]} hold "
+                            f"{sum(b.width for b in self.blocks)} columns, not {self.width}")
+
+    def columns(self, block: str) -> slice:
+        """The columns of ``block``."""
+        start = 0
+        for b in self.blocks:
+            if b.name == block:
+                return slice(start, start + b.width)
+            start += b.width
+        raise DataError(f"the features have no block {block!r} (blocks: {', '.join(b.name for b in self.blocks)})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> FeatureMeta:
+        try:
+            blocks = tuple(Block(str(b["name"]), int(b["width"])) for b in d.get("blocks", []))
+            return cls(str(d["backbone"]), int(d["input_size"]), int(d["width"]), str(d["resample"]),
+                       int(d["version"]), blocks)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise DataError(f"{where}: not a features index ({type(err).__name__}: {err})") from None
+
+
+@dataclass
+class ShardFeatures:
+    """Features of one shard: row ``i`` of ``features`` is ``members[i]``."""
+
+    members: list[str]
+    features: np.ndarray  # float32 len(members) x width
+    failed: dict[str, str]  # member -> why it could not be decoded
+
+
+def compute(meta: FeatureMeta, backbone: Backbone, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """The feature columns of uint8 N x S x S x 3 images decoded at ``meta.input_size``: what
+    the featurize stage stores and what ``imgrate rank`` computes for a new photo."""
+    from imgrate.backbones import embed
+
+    return embed(backbone, images, device)
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def _stem(shard: str) -> str:
+    return shard.removesuffix(".tar")
+
+
+def index_file(paths: Paths, shard: str) -> Path:
+    return paths.features / f"{_stem(shard)}.json"
+
+
+def array_file(paths: Paths, shard: str) -> Path:
+    return paths.features / f"{_stem(shard)}.npy"
+
+
+def read_meta(paths: Paths) -> FeatureMeta | None:
+    """``meta.json``, or None when there is none."""
+    path = paths.features / META
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a features index ({err})") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path}: not a features index (a JSON object expected)")
+    return FeatureMeta.from_dict(doc, str(path))
+
+
+def write_meta(paths: Paths, meta: FeatureMeta) -> None:
+    write_json(paths.features / META, meta.to_dict())
+
+
+def read_index(paths: Paths, shard: str) -> dict[str, Any] | None:
+    """The ``<shard>.json`` entry, or None when missing or unreadable (it is extracted again)."""
+    try:
+        doc = json.loads(index_file(paths, shard).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def read_shard(paths: Paths, shard: str) -> ShardFeatures:
+    """The stored features of one shard (memory-mapped)."""
+    doc = read_index(paths, shard)
+    if doc is None:
+        raise DataError(f"{paths.features} has no features of shard {shard}: run the featurize stage")
+    try:
+        features = np.load(array_file(paths, shard), mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{array_file(paths, shard)}: cannot load the features ({err})") from None
+    members = doc.get("members")
+    failed = doc.get("failed", {})
+    if not isinstance(members, list) or not isinstance(failed, dict):
+        raise DataError(f"{index_file(paths, shard)}: not a features entry (members, failed)")
+    if features.ndim != 2 or features.shape[0] != len(members):
+        raise DataError(f"{array_file(paths, shard)} does not match {index_file(paths, shard).name}")
+    return ShardFeatures([str(m) for m in members], features, {str(k): str(v) for k, v in failed.items()})
+
+
+def write_shard(paths: Paths, shard: str, key: str, got: ShardFeatures) -> None:
+    """Write one shard's ``.npy`` and ``.json`` atomically (the array first)."""
+    with atomic_path(array_file(paths, shard)) as tmp, open(tmp, "wb") as fh:  # np.save(path) would add ".npy"
+        np.save(fh, np.ascontiguousarray(got.features, dtype=np.float32), allow_pickle=False)
+    write_json(index_file(paths, shard), {"shard": shard, "key": key, "members": got.members, "failed": got.failed})
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of a list of images (rows in the order asked for) and what they are."""
+
+    meta: FeatureMeta
+    x: np.ndarray  # float32 N x width
+
+
+def load_features(paths: Paths, refs: list[tuple[str, str]]) -> Features:
+    """Features of ``(shard, member)`` images from ``data/features/``; a missing one is a
+    :class:`DataError` that names it."""
+    meta = read_meta(paths)
+    if meta is None:
+        raise DataError(f"{paths.features / META} not found: run the featurize stage first")
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for i, (shard, _) in enumerate(refs):
+        by_shard[shard].append(i)
+    x = np.zeros((len(refs), meta.width), np.float32)
+    for shard, rows in by_shard.items():
+        got = read_shard(paths, shard)
+        if got.features.shape[1] != meta.width:
+            raise DataError(f"{array_file(paths, shard)} has {got.features.shape[1]} columns, meta.json says "
+                            f"{meta.width}: run the featurize stage")
+        where = {m: i for i, m in enumerate(got.members)}
+        for i in rows:
+            member = refs[i][1]
+            if member not in where:
+                why = got.failed.get(member, "not in the posts table when featurize ran")
+                raise DataError(f"no features of shard {shard} member {member} ({why}): run the featurize stage")
+            x[i] = got.features[where[member]]
+    return Features(meta, x)
+
+
+# --------------------------------------------------------------------------- the model input
+
+
+class FeaturesInput(ModelInput):
+    """The featurize stage's features of each dataset image, fed to a model as float B x F."""
+
+    kind = "features"
+    module = __name__
+
+    def __init__(self) -> None:
+        self._backbones: dict[tuple[str, int, str], Backbone] = {}
+
+    def data_dep(self, paths: Paths) -> str:
+        return paths.rel(paths.features)
+
+    def load(self, data: DatasetRows, paths: Paths) -> tuple[InputSpec, np.ndarray]:
+        feats = load_features(paths, [(str(r["shard"]), str(r["member"])) for r in data.index])
+        m = feats.meta
+        return InputSpec("features", m.input_size, str(data.meta["target"]), m.backbone, m.width), feats.x
+
+    def batch(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device, non_blocking=True)
+
+    def from_images(self, spec: InputSpec, images: np.ndarray, device: torch.device) -> np.ndarray:
+        """The backbone named by ``spec`` in front of the model, as the featurize stage ran it."""
+        from imgrate.backbones import load_backbone
+
+        key = (str(spec.backbone), spec.size, str(device))
+        if key not in self._backbones:
+            self._backbones[key] = load_backbone(str(spec.backbone), spec.size).to(device)
+        meta = FeatureMeta(str(spec.backbone), spec.size, int(spec.width or 0))
+        return compute(meta, self._backbones[key], images, device)
+
+
+FEATURES = FeaturesInput()
