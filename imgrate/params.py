@@ -496,6 +496,9 @@ MAX_DATASET_SIZE = 512
 MAX_INPUT_SIZE = 1024
 MAX_THUMBNAIL_SIZE = 1080
 MIN_INTERVAL_DAYS = 0.01  # the demo world's mean posting interval: at most ~100 posts a day per user
+MAX_SETS = 100_000  # evaluate.n_sets: random sets per set size, drawn at once
+MAX_SET_SIZE = 100  # evaluate.set_sizes: photos ranked in one set
+MAX_BOOT = 100_000  # evaluate.n_boot: bootstrap resamples, drawn at once
 MAX_DEMO_POSTS_PER_USER = 50_000  # (until - start) / mean_interval_days; a user's interval varies 0.5-2.5x
 
 
@@ -503,6 +506,23 @@ def _demo_days(p: Params) -> float:
     """Days from crawl.demo.start to crawl.demo.until (both checked by _check_values)."""
     start, until = (dt.datetime.fromisoformat(v).replace(tzinfo=None) for v in (p.crawl.demo.start, p.crawl.demo.until))
     return max((until - start).total_seconds() / 86_400, 0.0)
+
+
+def _processes_possible(device: str) -> tuple[int, str]:
+    """How many training processes ``train.device`` can hold, and of what: one per CUDA device
+    (auto: when there is one), one for MPS, else one per CPU core this process may use. Torch
+    is imported only here, when more than one process is asked for."""
+    import os
+
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count(), "CUDA devices"
+    if device == "cuda":
+        return 0, "CUDA devices"
+    if device == "mps" or (device == "auto" and torch.backends.mps.is_available()):
+        return 1, "MPS device (one process)"
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1), "CPU cores"
 
 
 def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> None:
@@ -537,7 +557,16 @@ def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> N
         ],
         "evaluate": [
             (len(p.evaluate.set_sizes) >= 1, "evaluate.set_sizes: must name at least one set size, e.g. [2, 5, 10]"),
+            (max(p.evaluate.set_sizes, default=2) <= MAX_SET_SIZE,
+             f"evaluate.set_sizes: each must be at most {MAX_SET_SIZE}, got {max(p.evaluate.set_sizes, default=2):,} "
+             "(drawing a set of k costs k^2 steps)"),
+            (p.evaluate.n_sets <= MAX_SETS,
+             f"evaluate.n_sets: must be at most {MAX_SETS:,}, got {p.evaluate.n_sets:,} (the sets of each size are "
+             "drawn at once, about 40 bytes x n_sets x the set size; the metric settles well before 2,000)"),
             (p.evaluate.n_boot >= 1, f"evaluate.n_boot: must be at least 1 bootstrap resample, got {p.evaluate.n_boot}"),
+            (p.evaluate.n_boot <= MAX_BOOT,
+             f"evaluate.n_boot: must be at most {MAX_BOOT:,} bootstrap resamples, got {p.evaluate.n_boot:,} (they are "
+             "drawn at once, 16 bytes x n_boot x the users; intervals settle well before 10,000)"),
             (p.evaluate.min_items >= 2,
              f"evaluate.min_items: must be at least 2 (a ranking needs two posts), got {p.evaluate.min_items}"),
         ],
@@ -548,6 +577,11 @@ def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> N
         for ok, msg in section_checks:
             if not ok:
                 raise ParamsError(msg)
+    if (sections is None or "train" in sections) and p.train.nproc > 1:
+        most, what = _processes_possible(p.train.device)
+        if p.train.nproc > most:
+            raise ParamsError(f"train.nproc: {p.train.nproc:,} processes, but this machine has {most} {what} for "
+                              f"train.device {p.train.device} (one process each; 0 = one per GPU)")
 
 
 def _shown(value: Any, limit: int = 80) -> str:

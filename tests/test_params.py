@@ -126,6 +126,12 @@ def test_a_stage_validates_only_the_sections_it_reads() -> None:
         (lambda d: d["crawl"]["demo"].update(until="9999-12-31"), "crawl.demo.until: must be before 2100"),
         (lambda d: d["crawl"]["demo"].update(start="2100-01-01", until="2100-02-01"), "crawl.demo.start: must be"),
         (lambda d: d["crawl"]["demo"].update(until="2099-12-31", mean_interval_days=0.1), "crawl.demo.until: the world"),
+        # issue 20: evaluate.n_sets 1e9 was OOM-killed in 15 s; train.nproc 1000 launched ~290 ranks
+        (lambda d: d["evaluate"].update(n_sets=10**9), "evaluate.n_sets: must be at most 100,000"),
+        (lambda d: d["evaluate"].update(n_boot=10**9), "evaluate.n_boot: must be at most 100,000"),
+        (lambda d: d["evaluate"].update(set_sizes=[2, 10**6]), "evaluate.set_sizes: each must be at most 100"),
+        (lambda d: d["train"].update(nproc=1000, device="cpu"), r"train.nproc: 1,000 processes, but this machine has "
+                                                               r"\d+ CPU cores"),
     ],
 )
 def test_params_that_cannot_work_fail_at_load_naming_the_key(edit, message: str) -> None:
