@@ -175,3 +175,34 @@ def test_a_file_that_is_not_a_model_is_reported(tmp_path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="not a readable imgrate model"):
         load_model(bad)
+
+
+def test_a_config_that_asks_for_more_weights_than_the_file_holds_allocates_nothing(tmp_path) -> None:
+    """Issue 20: a 65 KB model file whose config says `hidden: 500000` allocated 2.7 GB before
+    "weights do not fit". Its config is now checked against its weights on the meta device
+    (shapes only); the message names the first tensor that differs. The peak memory of the
+    refused load is measured in a fresh process: it stays that of reading the file."""
+    import subprocess
+    import sys
+
+    model = build_model("pretrained", {"hidden": 8})
+    good = tmp_path / "good.pt"
+    save_model(good, model, _info())
+    raw = torch.load(good, weights_only=True)
+    raw["config"]["hidden"] = 500_000
+    torch.save(raw, tmp_path / "forged.pt")
+    assert (tmp_path / "forged.pt").stat().st_size < 100_000
+    with pytest.raises(ModelError, match=r"asks for 641,002,563 weights .* holds 12,819 "
+                                         r"\(head\.1\.bias: \(500000,\) in the config"):
+        load_model(tmp_path / "forged.pt")
+    code = ("import resource, sys; from imgrate.models import load_model; from imgrate.errors import ModelError\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    load_model(__import__('pathlib').Path(sys.argv[1]))\nexcept ModelError:\n    pass\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    grew = [int(subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True,
+                               check=True).stdout) for p in (good, tmp_path / "forged.pt")]
+    assert grew[1] < 100, f"the refused load grew the peak memory by {grew[1]} MB (a good one: {grew[0]} MB)"
+    raw["config"]["hidden"] = -3
+    torch.save(raw, tmp_path / "negative.pt")
+    with pytest.raises(ModelError, match="negative.pt"):
+        load_model(tmp_path / "negative.pt")

@@ -328,6 +328,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     if len(info.inputs) != len(spec.reads) or any(i.kind != r.kind for i, r in zip(info.inputs, spec.reads)):
         raise ModelError(f"{path}: trained on {[i.kind for i in info.inputs]} but model {info.model} reads "
                          f"{[r.kind for r in spec.reads]}: train it again")
+    check_weights(path, info, state)
     try:
         model = spec.build(info.config)
         model.load_state_dict(state)
@@ -335,3 +336,31 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
         raise ModelError(f"{path}: weights do not fit model {info.model} ({type(err).__name__})") from None
     model.to(device).eval()
     return model, info
+
+
+def check_weights(path: Path, info: ModelFile, state: dict[str, Any]) -> None:
+    """The weights the file's config asks for against the weights the file holds, before
+    anything is allocated: the model is built on PyTorch's ``meta`` device (shapes, no memory),
+    so a small file whose config says ``hidden: 500000`` is refused instead of allocating
+    gigabytes first. A :class:`ModelError` names the first tensor that differs."""
+    import math
+
+    import torch
+
+    try:
+        with torch.device("meta"):
+            skeleton = info.spec.build(info.config)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise ModelError(f"{path}: its config does not describe a model {info.model} ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
+    want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+    if want == have:
+        return
+    first = next(k for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k))
+    n_want = sum(math.prod(s) for s in want.values())
+    n_have = sum(math.prod(s) for s in have.values() if s is not None)
+    raise ModelError(f"{path}: its config asks for {n_want:,} weights of model {info.model}, the file holds "
+                     f"{n_have:,} ({first}: {want.get(first, 'not in the model')} in the config, "
+                     f"{have.get(first, 'missing')} in the file); the file is damaged or was altered: train the "
+                     "model again")
