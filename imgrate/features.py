@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from imgrate.errors import DataError
+from imgrate.errors import DataError, safe_text
 from imgrate.images import RESAMPLE
 from imgrate.inputs import DatasetRows, InputSpec, ModelInput
 from imgrate.io import atomic_path, write_json
@@ -148,8 +148,40 @@ def read_index(paths: Paths, shard: str) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def read_shard(paths: Paths, shard: str) -> ShardFeatures:
-    """The stored features of one shard (memory-mapped)."""
+class FeaturesDamaged(DataError):
+    """Stored features that no image gives (:func:`features_problem`): damaged or altered."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{path} {problem}: the stored features are damaged or were altered; the featurize "
+                         "stage extracts them again (dvc repro featurize)")
+
+
+def features_problem(features: np.ndarray, members: list[str], width: int | None = None,
+                     chunk: int = 4096) -> str | None:
+    """Why stored features cannot be used (None when they can): not a float32 matrix of one
+    row per member (of ``width`` columns), or rows that no image gives: NaN or infinite
+    values, or all zeros (the backbone's pooled features of a photo are never all zero).
+    Read in chunks of rows, so a memory-mapped file is never copied whole."""
+    if features.dtype != np.float32 or features.ndim != 2:
+        return f"holds {features.dtype} of {features.ndim} dimensions, not a float32 matrix"
+    if features.shape[0] != len(members):
+        return f"holds {features.shape[0]} rows for {len(members)} members"
+    if width is not None and features.shape[1] != width:
+        return f"has {features.shape[1]} columns, not {width}"
+    for start in range(0, features.shape[0], chunk):
+        rows = np.asarray(features[start:start + chunk])
+        for what, bad in (("NaN or infinite values", ~np.isfinite(rows).all(axis=1)),
+                          ("all zeros", ~rows.any(axis=1))):
+            if bad.any():
+                first = start + int(np.argmax(bad))
+                return f"row {first} (member {safe_text(members[first])}) holds {what}, as no image's features do"
+    return None
+
+
+def read_shard(paths: Paths, shard: str, width: int | None = None) -> ShardFeatures:
+    """The stored features of one shard (memory-mapped), checked (:func:`features_problem`): a
+    damaged or altered file is a :class:`DataError` naming it, never numbers a model trains on."""
     doc = read_index(paths, shard)
     if doc is None:
         raise DataError(f"{paths.features} has no features of shard {shard}: run the featurize stage")
@@ -161,9 +193,10 @@ def read_shard(paths: Paths, shard: str) -> ShardFeatures:
     failed = doc.get("failed", {})
     if not isinstance(members, list) or not isinstance(failed, dict):
         raise DataError(f"{index_file(paths, shard)}: not a features entry (members, failed)")
-    if features.ndim != 2 or features.shape[0] != len(members):
-        raise DataError(f"{array_file(paths, shard)} does not match {index_file(paths, shard).name}")
-    return ShardFeatures([str(m) for m in members], features, {str(k): str(v) for k, v in failed.items()})
+    names = [str(m) for m in members]
+    if (problem := features_problem(features, names, width)) is not None:
+        raise FeaturesDamaged(array_file(paths, shard), problem)
+    return ShardFeatures(names, features, {str(k): str(v) for k, v in failed.items()})
 
 
 def write_shard(paths: Paths, shard: str, key: str, got: ShardFeatures) -> None:
@@ -192,10 +225,7 @@ def load_features(paths: Paths, refs: list[tuple[str, str]]) -> Features:
         by_shard[shard].append(i)
     x = np.zeros((len(refs), meta.width), np.float32)
     for shard, rows in by_shard.items():
-        got = read_shard(paths, shard)
-        if got.features.shape[1] != meta.width:
-            raise DataError(f"{array_file(paths, shard)} has {got.features.shape[1]} columns, meta.json says "
-                            f"{meta.width}: run the featurize stage")
+        got = read_shard(paths, shard, meta.width)
         where = {m: i for i, m in enumerate(got.members)}
         for i in rows:
             member = refs[i][1]

@@ -33,20 +33,23 @@ import torch
 from imgrate.backbones import Backbone, backbone_spec, load_backbone
 from imgrate.devices import pick_device
 from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
-from imgrate.errors import DataError, ImageError
+from imgrate.errors import DataError, ImageError, safe_text
 from imgrate.features import (
     FeatureMeta,
+    FeaturesDamaged,
     ShardFeatures,
     array_file,
     compute,
     index_file,
     read_index,
     read_meta,
+    read_shard,
     write_meta,
     write_shard,
 )
 from imgrate.images import load_thumbnail
 from imgrate.io import read_jsonl
+from imgrate.lifetime import die_with_parent
 from imgrate.params import FeaturizeParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -100,7 +103,8 @@ Batch = tuple[list[str], list[bytes]]  # member names and their bytes, in shard 
 _worker: dict[str, Any] = {}  # the backbone of a worker process (set by _worker_init)
 
 
-def _worker_init(meta: FeatureMeta) -> None:
+def _worker_init(meta: FeatureMeta, parent: int) -> None:
+    die_with_parent(parent)  # a worker never outlives the stage (kill -9 included): imgrate.lifetime
     torch.set_num_threads(1)  # one core per process: the processes never wait on each other
     _worker["meta"] = meta
     _worker["backbone"] = load_backbone(meta.backbone, meta.input_size)
@@ -168,7 +172,7 @@ class Extractor:
 
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_worker_init,
-                                                 initargs=(self.meta,))
+                                                 initargs=(self.meta, os.getpid()))
             else:
                 self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
         return self._pool
@@ -313,6 +317,9 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary[None]:
         current = (doc is not None and doc.get("key") == content_key(path, wanted[shard])
                    and set(doc.get("members", [])) | set(doc.get("failed", {})) == wanted[shard]
                    and array_file(paths, shard).exists())
+        if current and (problem := _stored_problem(paths, shard, meta)) is not None:
+            log.warning("features of shard %s: %s: extracted again", shard, problem)
+            current = False
         if not current:
             todo.append(shard)
     extracted = 0
@@ -334,6 +341,23 @@ def run_stage(params: FeaturizeParams, paths: Paths) -> Summary[None]:
               "input_size": meta.input_size, "device": device.type, "workers": workers,
               "seconds": time.monotonic() - start}
     return Summary("featurize", values, _line(values))
+
+
+def _stored_problem(paths: Paths, shard: str, meta: FeatureMeta) -> str | None:
+    """Why the stored features of ``shard`` cannot be kept (None when they can): its own
+    outputs are input too (a file altered or damaged since it was written is extracted again,
+    not committed by DVC as it is). Checked: the entry names its shard, the array loads and is
+    one finite, non-zero float32 row of ``meta.width`` per member (``features_problem``)."""
+    doc = read_index(paths, shard) or {}
+    if doc.get("shard") != shard:
+        return f"{index_file(paths, shard).name} names shard {safe_text(str(doc.get('shard'))[:40])}"
+    try:
+        read_shard(paths, shard, meta.width)
+    except FeaturesDamaged as err:
+        return f"{array_file(paths, shard).name} {err.problem}"
+    except DataError as err:
+        return str(err)
+    return None
 
 
 STAGE = Stage(

@@ -22,7 +22,9 @@ WATCH_S = 1.0
 
 
 def die_with_parent(parent: int | None = None, every_s: float = WATCH_S) -> None:
-    """End this process when its parent (``parent``, default: the current one) dies."""
+    """End this process when its parent dies. Pass ``parent``, the pid of the process that
+    started this one (a pool's ``initargs``): a worker that starts after its parent was killed
+    is then ended too (by default the current parent, which may already be its adopter)."""
     parent = os.getppid() if parent is None else parent
     if sys.platform.startswith("linux"):
         try:

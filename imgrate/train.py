@@ -610,7 +610,9 @@ def train_model(params: Params, paths: Paths, model_name: str) -> Summary[None]:
 def _outputs(paths: Paths, model: str) -> list[Output]:
     live = paths.live_dir(model)
     return [
-        Output(paths.model(model)),
+        Output(paths.model(model), persist=True,
+               note="persist: DVC would delete it before the stage runs; a failed training keeps the previous "
+                    "model (a finished one replaces it atomically)"),
         Output(live / "plots", folder=True, cache=False, persist=True,
                note="DVCLive's curves (TSV): drawn once each by the top-level plots. persist: train replaces them "
                     "only when it finishes, so a failed run keeps the tracked curves"),

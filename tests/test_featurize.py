@@ -147,3 +147,102 @@ def test_missing_features_are_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match="run the featurize stage"):
         load_features(Paths(tmp_path), [("000001.tar", "u/x.jpg")])
+
+
+# --- issue 20: featurize's own outputs are input too; its workers die with it -------------------
+
+
+@pytest.mark.parametrize("tamper", ["nan", "zeros", "shape"])
+def test_features_no_image_gives_are_refused_and_extracted_again(tiny_world, tmp_path: Path, tamper: str) -> None:
+    """NaN features ended training in a traceback, zeroed ones trained silently, and featurize
+    kept (and DVC committed) a tampered file. Now reading them is one error naming the file
+    and what is wrong, and featurize checks the files it keeps and extracts those again."""
+    params, paths = tiny_world
+    local = copy_world(paths, tmp_path)
+    shard = sorted(wanted_members(local))[0]
+    npy = local.features / f"{shard.removesuffix('.tar')}.npy"
+    good = npy.read_bytes()
+    x = np.load(npy)
+    if tamper == "nan":
+        x[1, 7] = np.nan
+    elif tamper == "zeros":
+        x[:] = 0
+    else:
+        x = x[:, :100]
+    with open(npy, "wb") as fh:
+        np.save(fh, x)
+    rows = [(r["shard"], r["member"]) for r in read_jsonl(local.dataset_index) if r["shard"] == shard]
+    why = {"nan": "NaN or infinite values", "zeros": "all zeros", "shape": "100 columns"}[tamper]
+    with pytest.raises(DataError, match=f"{npy.name}.*{why}.*extracts them again") as err:
+        load_features(local, rows)
+    assert "\n" not in str(err.value)
+    summary = run_stage(params.featurize, local)
+    assert summary["shards_extracted"] == 1
+    assert npy.read_bytes() == good  # extracted again: the bytes the stage wrote first
+    assert load_features(local, rows).x.shape[0] == len(rows)
+
+
+def test_worker_processes_die_with_the_stage_killed_with_sigkill(tiny_world, tmp_path: Path) -> None:
+    """Each kill -9 of featurize left its 2 worker processes (0.4-0.6 GB each) and the
+    resource tracker alive for 9+ minutes. Now they end with it (imgrate.lifetime)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import copy_project_files, tiny_params, write_params
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finds the stage's child processes in /proc")
+    _, paths = tiny_world
+    project = tmp_path / "project"
+    copy_project_files(project)
+    params = tiny_params()
+    params["featurize"].update(workers=2, device="cpu", batch_size=2)
+    write_params(project, params)
+    local = copy_world(paths, project)
+    for f in local.features.iterdir():
+        f.unlink()
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    env = {**os.environ, "IMGRATE_QUIET": "1"}
+    env.pop("IMGRATE_ROOT", None)
+    proc = subprocess.Popen([sys.executable, "stages/featurize.py"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        kids = children(proc.pid)
+        if len(kids) >= 3:  # the 2 workers and the resource tracker
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and len(kids) >= 3, "the stage ended before its workers were seen"
+    while time.monotonic() < deadline and proc.poll() is None and not list(local.features.glob("*.npy")):
+        time.sleep(0.2)  # the workers have loaded their backbone and embedded a shard
+    assert proc.poll() is None, "the stage ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(k) for k in kids):
+        time.sleep(0.2)
+    left = [k for k in kids if alive(k)]
+    for k in left:  # this test's own processes: never left behind
+        os.kill(k, signal.SIGKILL)
+    assert not left, f"{len(left)} of the stage's {len(kids)} child processes outlived it"

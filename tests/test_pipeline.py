@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import dvc, git, make_project, run, tiny_params, write_params
 
@@ -88,6 +89,29 @@ def test_repro_lifecycle(project: Path) -> None:
     assert proc.returncode != 0 and "train.paper_cnn.lr: must be a finite number" in proc.stdout + proc.stderr
     assert git(project, "status", "--porcelain", "dvclive").stdout == ""
     write_params(project, params)
+
+    # 3c. issue 20: a features file with NaN (damaged or altered since featurize wrote it) made
+    # train@pretrained end in a traceback and DVC delete models/pretrained.pt. Training alone
+    # (`-s`) now fails in one line naming the file and keeps the model; the pipeline's featurize
+    # checks the files it keeps and extracts the altered one again: DVC commits no tampered file
+    model_before = (project / "models/pretrained.pt").read_bytes()
+    features_ok = digest(project / "data/features")
+    victim = sorted((project / "data/features").glob("*.npy"))[0]
+    x = np.load(victim)
+    x[0, 0] = np.nan
+    with open(victim, "wb") as fh:
+        np.save(fh, x)
+    params["train"]["pretrained"]["dropout"] = 0.3  # train@pretrained must run
+    write_params(project, params)
+    proc = dvc(project, "repro", "-s", "train@pretrained", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{victim.name} row 0" in out and "NaN or infinite values" in out, out
+    assert "Traceback" not in out
+    assert (project / "models/pretrained.pt").read_bytes() == model_before
+    assert repro(project) == ["crawl", "featurize", "train@pretrained", "evaluate"]
+    assert digest(project / "data/features") == features_ok
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "dropout 0.3")
 
     # 4. the world's clock moves: new shards, old shards untouched, everything downstream reruns
     features_before = digest(project / "data/features")
