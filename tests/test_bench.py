@@ -60,7 +60,11 @@ PROMISES: dict[str, list[str]] = {
                     "nothing_new.imgrate_export_s", "nothing_new.imgrate_preprocess_s",
                     "nothing_new.python_imports_s"],
     "limits": ["silent_proxy.seconds_to_end", "silent_proxy.status", "silent_proxy.stop_reason",
-               "silent_proxy.requests", "silent_proxy.users_failed", "silent_proxy.users_skipped"],
+               "silent_proxy.requests", "silent_proxy.users_failed", "silent_proxy.users_skipped",
+               *(f"bounded.{case}.{k}" for case in ("train_nproc_1000", "evaluate_n_sets_1e9", "evaluate_n_boot_1e9",
+                                                   "crawl_demo_until_9999_12_31", "model_file_hidden_500000")
+                 for k in ("exit_code", "line", "peak_mb")),
+               "bounded.train_nproc_1000.peak_over_baseline", "all_refused_in_one_line"],
     "labels": ["one_crawl.requests", "one_crawl.posts", "one_crawl.dataset",
                *(f"{v}.{k}" for v in ("daily_refresh", "daily_no_refresh")
                  for k in ("requests_per_crawl.max", "requests_per_crawl.over_budget", "recount_requests",
