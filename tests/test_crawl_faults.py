@@ -610,10 +610,11 @@ def test_a_proxy_that_accepts_and_never_answers_ends_the_run_unreachable(
         paths = Paths(tmp_path)
         (tmp_path / "users.txt").write_text("\n".join(USERS) + "\n")
         t0 = time.monotonic()
-        report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
+        report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths).detail
         took = time.monotonic() - t0
     finally:
         server.close()
+    assert report is not None
     assert report.status == "unreachable"
     assert "accepts connections but never answers" in (report.stop_reason or "")
     assert [u.status for u in report.users] == ["failed", "failed"] + ["skipped"] * (len(USERS) - 2)
