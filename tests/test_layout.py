@@ -14,7 +14,8 @@ from conftest import ROOT, copy_world
 FLOORS: list[list[str]] = [
     ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices"],
     ["imgrate.progress", "imgrate.params"],
-    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.metrics", "imgrate.figures",
+    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.duplicates", "imgrate.pages",
+     "imgrate.metrics", "imgrate.figures",
      "imgrate.demo", "imgrate.demo.world"],
     ["imgrate.demo.server", "imgrate.crawl", "imgrate.crawl.users", "imgrate.crawl.stamps", "imgrate.crawl.session",
      "imgrate.crawl.observations", "imgrate.crawl.verify", "imgrate.crawl.instagram", "imgrate.dataset",
@@ -22,7 +23,7 @@ FLOORS: list[list[str]] = [
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize"],
     ["imgrate.models"],
     ["imgrate.train", "imgrate.predict"],
-    ["imgrate.evaluate", "imgrate.analyze"],
+    ["imgrate.evaluate", "imgrate.analyze", "imgrate.rank", "imgrate.sheet"],
     ["imgrate.cli"],
 ]
 FLOOR = {m: i for i, floor in enumerate(FLOORS) for m in floor}
