@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgrate import insights
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.errors import DataError, ImageError
 from imgrate.figures import DPI, figure, save, user_styles
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("followers.png", "likes_vs_age.png", "targets.png", "top_bottom.png", "preprocessing.png")
+FIGURES = ("followers.png", "likes_vs_age.png", "targets.png", "top_bottom.png", "preprocessing.png", "insights.png")
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,6 +144,8 @@ def render_report(c: dict[str, Any]) -> str:
         "targets.png": "Dataset target against raw likes, coloured by user",
         "top_bottom.png": "Top and bottom posts",
         "preprocessing.png": "One image before and after preprocessing",
+        "insights.png": "Within-photographer rank correlation of likes with photo and posting properties "
+                        "(reports/insights.html says what it means)",
     }
     for name in FIGURES:
         lines += [f"![{captions[name]}](figures/data/{name})", ""]
@@ -314,7 +317,7 @@ def plot_preprocessing(path: Path, paths: Paths, post: dict[str, Any], after: np
 def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
     """The DVC stage: the figures under reports/figures/data/ and reports/data.md; returns the counts."""
     remove_stale_tmp(paths.data_figures)  # left by a killed run
-    remove_stale_tmp(paths.data_report.parent, [paths.data_report.name])
+    remove_stale_tmp(paths.data_report.parent, [paths.data_report.name, paths.insights_page.name])
     for table in (paths.posts_table, paths.users_table):
         if not table.exists():
             raise DataError(f"{table} not found: run the export stage first")
@@ -347,6 +350,8 @@ def run_stage(params: AnalyzeParams, paths: Paths) -> dict[str, Any]:
                        np.asarray(data.images[example["row"]]))
 
     counts = summarize(posts, users, export_skipped, data)
+    counts["insights"] = insights.write(params.n_boot, params.seed, data, by_code, paths, paths.insights_page,
+                                        out / "insights.png")
     with atomic_open(paths.data_report) as fh:
         fh.write(render_report(counts))
     return counts
@@ -362,4 +367,5 @@ def main() -> None:
     paths = project_paths()
     c = run_stage(load_params(paths.params, ["analyze"]).analyze, paths)
     console.print(f"analyze: {c['users']} users, {c['posts']} posts, {c['dataset']} dataset images; "
-                  f"figures in {paths.data_figures}, counts in {paths.data_report}", highlight=False, soft_wrap=True)
+                  f"figures in {paths.data_figures}, counts in {paths.data_report}, what goes with more likes in "
+                  f"{paths.insights_page}", highlight=False, soft_wrap=True)

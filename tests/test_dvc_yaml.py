@@ -164,7 +164,7 @@ def test_paths_agree_with_paths_module() -> None:
     assert rel(p.images_array(params.preprocess.size)).startswith(rel(p.dataset))
     # analyze: figures of the data; reads tables, dataset and shards; nothing depends on it
     assert {rel(p.raw), rel(p.tables), rel(p.dataset)} <= _deps(s["analyze"])
-    assert _outs(s["analyze"]) == {rel(p.data_report)}
+    assert _outs(s["analyze"]) == {rel(p.data_report), rel(p.insights_page)}
     assert _outs(s["analyze"], "plots") == {rel(p.data_figures)}
     assert all(o["cache"] is False for o in s["analyze"]["outs"][0].values())
     analyze_outs = {rel(p.data_report), rel(p.data_figures)}

@@ -23,7 +23,7 @@ FLOORS: list[list[str]] = [
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize"],
     ["imgrate.models"],
     ["imgrate.train", "imgrate.predict"],
-    ["imgrate.evaluate", "imgrate.analyze", "imgrate.rank", "imgrate.sheet"],
+    ["imgrate.evaluate", "imgrate.analyze", "imgrate.insights", "imgrate.rank", "imgrate.sheet"],
     ["imgrate.cli"],
 ]
 FLOOR = {m: i for i, floor in enumerate(FLOORS) for m in floor}
