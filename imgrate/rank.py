@@ -36,7 +36,7 @@ from imgrate.paths import Paths, find_project
 from imgrate.predict import Placement, Scorer
 from imgrate.progress import track
 
-BATCH = 32  # files decoded and scored at a time
+BATCH = 64  # files decoded and scored at a time (the scorer's batch)
 EVALUATE_JSON_LIMIT = 16 * 1024 * 1024  # reports/evaluate.json is ours, but read as input: bounded
 CSV_COLUMNS = ("rank", "file", "score", "percentile", "unusual", "distance_percentile", "model", "group")
 
@@ -60,10 +60,6 @@ class ModelRun:
     scorer: Scorer
     validated: float | None  # validation-split within-user Spearman of the kept epoch (model file)
     evaluation: Evaluation | None
-
-    @property
-    def label(self) -> str:
-        return self.name
 
 
 @dataclass
@@ -288,6 +284,9 @@ def trust_words(run: ModelRun) -> str:
     """How far to trust ``run``'s order, in plain words, from its evaluation."""
     e = run.evaluation
     if e is None:
+        if run.validated is not None and run.validated <= 0.1:
+            return (f"{run.name} has no evaluation of this model file in reports/evaluate.json, and its validation "
+                    f"within-user Spearman was {run.validated:.2f}, no better than chance: do not rely on this order.")
         val = f" (its validation within-user Spearman was {run.validated:.2f})" if run.validated is not None else ""
         return (f"{run.name} has no evaluation of this model file in reports/evaluate.json{val}: "
                 "run `dvc repro` to measure how well it orders photos before trusting the order.")

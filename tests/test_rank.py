@@ -348,3 +348,43 @@ def test_hostile_file_names_are_text_in_the_terminal_and_the_sheet(trained: Path
                                       "--csv", str(out_csv)])
     assert result.exit_code == 0, result.output
     assert [r["file"] for r in _csv(out_csv)] == ["'=HYPERLINK(1).jpg"]
+
+
+def test_how_far_to_trust_the_order_comes_from_the_evaluation_of_that_file(trained: Path, folder: Path,
+                                                                           tmp_path: Path) -> None:
+    """In a project (a dvc.yaml above the model file) the sheet and the table say in words how
+    well the model ordered test photos, from reports/evaluate.json; an interval that includes
+    0 says not to rely on the order; a copy of the model file elsewhere has no evaluation."""
+    import os
+    import shutil
+
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "reports").mkdir()
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    model = project / "models" / "paper_cnn.pt"
+    shutil.copy2(trained / "models" / "paper_cnn.pt", model)
+    report = project / "reports" / "evaluate.json"
+
+    def ranked(ci: list[float], spearman: float) -> str:
+        report.write_text(json.dumps({"paper_cnn": {
+            "spearman_within": spearman, "spearman_within_ci": ci, "pairwise_within": 0.66, "n_test": 180,
+            "n_users": 26}}))
+        os.utime(model, (1_000_000, 1_000_000))  # older than the report: not stale
+        result = CliRunner().invoke(app, ["rank", str(folder), "--model", str(model), "--html", str(tmp_path / "s.html")])
+        assert result.exit_code == 0, result.output
+        words = " ".join(result.stdout.split())
+        assert words.split("how far to trust the order: ")[1].split(". ")[0] in (tmp_path / "s.html").read_text()
+        return words
+
+    good = ranked([0.31, 0.55], 0.43)
+    assert ("On 180 test photos of 26 photographers, paper_cnn was a moderate guide: within-photographer rank "
+            "correlation 0.43 (95% interval 0.31 to 0.55)") in good
+    assert "more-liked first 66% of the time" in good and "Do not rely" not in good
+    chance = ranked([-0.1, 0.3], 0.1)
+    assert "no better than chance could have" in chance and "Do not rely on this order." in chance
+    report.write_text("{not json")
+    broken = CliRunner().invoke(app, ["rank", str(folder), "--model", str(model)])
+    assert broken.exit_code == 0 and "no evaluation of this model file" in broken.stdout
+    elsewhere = CliRunner().invoke(app, ["rank", str(folder), "--model", str(trained / "models" / "paper_cnn.pt")])
+    assert "no evaluation of this model file" in elsewhere.stdout
