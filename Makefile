@@ -54,11 +54,15 @@ test: setup mongo-venv
 	mypy
 	python -m pytest -q $(PYTEST_ARGS)
 
+# each bench prints JSON and saves it under bench/results/ (bench/README.md: what each measures)
 bench: setup
 	python bench/preprocess.py
 	python bench/crawl.py
+	python bench/labels.py
 	python bench/train.py
 	python bench/featurize.py
+	python bench/limits.py
+	python bench/rank.py
 
 # the data stages after +1% posts against a full rebuild, and a no-op repro, at the paper's
 # scale (~71,000 posts: a crawl of 15-40 minutes); POSTS=10000 for a quicker look

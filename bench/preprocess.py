@@ -15,13 +15,12 @@ The ratio depends on how much there is to entropy-decode: ``--quality Q`` re-enc
 drawn photos at JPEG quality Q first (the simulated world writes 85, ~200 KB at 1080 px).
 
     python bench/preprocess.py [--n 60] [--rounds 5] [--size 50] [--source-px 1080] [--quality 85]
+    python bench/preprocess.py --smoke                  # 6 images, one round: seconds
 """
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import time
 
@@ -31,8 +30,11 @@ import numpy as np
 from PIL import Image
 
 from imgrate.demo.world import DemoWorld
-from imgrate.params import DemoParams
-from imgrate.preprocess import load_thumbnail
+from imgrate.images import load_thumbnail
+
+from _common import load, parser, record, with_params
+
+NAME = "preprocess"
 
 
 def naive(data: bytes, size: int) -> np.ndarray:
@@ -57,7 +59,7 @@ def reencode(data: bytes, quality: int) -> bytes:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, NAME)
     ap.add_argument("--n", type=int, default=60, help="images")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--size", type=int, default=50)
@@ -65,36 +67,36 @@ def main() -> None:
     ap.add_argument("--quality", type=int, help="re-encode the photos at this JPEG quality first")
     ap.add_argument("--square", action="store_true", help="square photos only (the issue's 1080x1080)")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.rounds = 6, 1
 
     users = ("bench_lens_demo", "bench_frames_demo", "bench_grain_demo")
-    world = DemoWorld(list(users), DemoParams(seed=1, image_size=args.source_px, until="2026-06-30"))
-    posts = [p for u in users for p in world.posts(u)
-             if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
-    blobs = [world.image(p.shortcode) for p in posts[: args.n]]
-    if args.quality is not None:
-        blobs = [reencode(b, args.quality) for b in blobs]
-    fns = {"naive": naive, "imgrate": load_thumbnail, "full_decode": full_decode, "draft_decode": draft_decode}
-    rates: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(args.rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for b in blobs:
-                fn(b, args.size)
-            rates[name].append(len(blobs) / (time.perf_counter() - start))
-    best = {k: max(v) for k, v in rates.items()}
-    shapes = sorted({Image.open(io.BytesIO(b)).size for b in blobs})
-    result = {
-        "images": len(blobs),
-        "source_px": shapes,
-        "quality": args.quality or 85,
-        "mean_kb": round(sum(map(len, blobs)) / len(blobs) / 1024, 1),
-        "size": args.size,
-        "images_per_s_per_core": {k: round(v, 1) for k, v in best.items()},
-        "ms_per_image": {k: round(1000 / v, 3) for k, v in best.items()},
-        "speedup": round(best["imgrate"] / best["naive"], 2),
-        "ceiling_naive_over_draft_decode": round(best["draft_decode"] / best["naive"], 2),
-    }
-    print(json.dumps(result, indent=2))
+    demo = with_params(load(), {"crawl.demo.seed": 1, "crawl.demo.image_size": args.source_px,
+                                "crawl.demo.until": "2026-06-30"}).crawl.demo
+    with record(args, NAME, size=args.size, quality=args.quality or 85) as r:
+        world = DemoWorld(list(users), demo)
+        posts = [p for u in users for p in world.posts(u)
+                 if p.typename != "GraphVideo" and (p.width == p.height or not args.square)]
+        blobs = [world.image(p.shortcode) for p in posts[: args.n]]
+        if args.quality is not None:
+            blobs = [reencode(b, args.quality) for b in blobs]
+        r.update(images=len(blobs), source_px=sorted({Image.open(io.BytesIO(b)).size for b in blobs}),
+                 mean_kb=round(sum(map(len, blobs)) / len(blobs) / 1024, 1))
+        fns = {"naive": naive, "imgrate": load_thumbnail, "full_decode": full_decode, "draft_decode": draft_decode}
+        rates: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(args.rounds):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                for b in blobs:
+                    fn(b, args.size)
+                rates[name].append(len(blobs) / (time.perf_counter() - start))
+            best = {k: max(v) for k, v in rates.items()}
+            r.update(rounds=len(rates["naive"]),
+                     images_per_s_per_core={k: round(v, 1) for k, v in best.items()},
+                     ms_per_image={k: round(1000 / v, 3) for k, v in best.items()},
+                     speedup=round(best["imgrate"] / best["naive"], 2),
+                     ceiling_naive_over_draft_decode=round(best["draft_decode"] / best["naive"], 2))
+            r.save()
 
 
 if __name__ == "__main__":

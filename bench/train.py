@@ -11,13 +11,15 @@ best round of each counts. Data: ``--root`` (a project with data/dataset), else 
 simulated world crawled into a temporary folder.
 
     python bench/train.py [--root PATH] [--users 6] [--epochs 3] [--rounds 3]
+    python bench/train.py --smoke                       # 2 users, 1 epoch, 1 round: seconds
+
+It times :func:`imgrate.train.fit` itself, so it calls the training library, not the
+``imgrate train`` command (whose wall time holds loading, validation and writing too).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import shutil
 import tempfile
 import time
@@ -25,15 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from world import build_world
 
 from imgrate.dataset import load_dataset
 from imgrate.models import dataset_inputs, model_spec
-from imgrate.params import load_params
 from imgrate.paths import Paths
 from imgrate.train import fit, split_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import build_world, load, parser, record
+
+NAME = "train"
 CPU = torch.device("cpu")
 
 
@@ -51,7 +53,7 @@ def bare_epochs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batche
 
 
 def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
-    params = load_params(ROOT / "params.yaml")
+    params = load()
     data = load_dataset(paths)
     spec = model_spec("paper_cnn")
     input_spec, source = dataset_inputs(spec.input, data, paths)
@@ -93,28 +95,29 @@ def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, NAME)
     ap.add_argument("--root", type=Path, help="a project with data/dataset")
     ap.add_argument("--users", type=int, default=6, help="users of the simulated world (without --root)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    if args.smoke:
+        args.users, args.epochs, args.rounds = 2, 1, 1
 
-    tmp = None
-    if args.root is None:
-        tmp = Path(tempfile.mkdtemp(prefix="imgrate-bench-world-"))
-        paths = build_world(tmp, args.users)
-    else:
-        paths = Paths(args.root.resolve())
-    try:
-        result = {
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": "cpu",
-            "training": bench_training(paths, args.epochs, args.rounds),
-        }
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(result, indent=2))
+    with record(args, NAME, torch=torch.__version__, threads=torch.get_num_threads(), device="cpu") as r:
+        tmp = None
+        if args.root is None:
+            tmp = Path(tempfile.mkdtemp(prefix="imgrate-bench-world-"))
+            paths = build_world(tmp, args.users, image_size=64 if args.smoke else 320,
+                                until="2025-04-30" if args.smoke else "2025-09-30")
+        else:
+            paths = Paths(args.root.resolve())
+        try:
+            r.step("world ready")
+            r["training"] = bench_training(paths, args.epochs, args.rounds)
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

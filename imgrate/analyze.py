@@ -137,7 +137,8 @@ def render_report(c: dict[str, Any]) -> str:
         lines.append(f"| {r['user']} | {num(r['followers'])} | {r['posts']:,} | {r['image_posts']:,} | "
                      f"{r['in_dataset']:,} | {num(r['median_likes'])} | {num(r['max_likes'])} | "
                      f"{(r['first'] or '-')[:10]} | {(r['last'] or '-')[:10]} |")
-    lines += ["", "## Figures", ""]
+    lines += ["", "What goes with each photographer's more-liked posts (photo and posting properties, with "
+              "intervals): [insights.html](insights.html).", "", "## Figures", ""]
     captions = {
         "followers.png": "Followers per user",
         "likes_vs_age.png": "Likes against the post's age when they were last read, per user",

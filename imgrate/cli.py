@@ -10,6 +10,7 @@ with a named code (:class:`imgrate.errors.ExitCode`).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from imgrate.errors import ExitCode, ImgrateError
+from imgrate.errors import ExitCode, ImgrateError, safe_text
 from imgrate.params import Params, load_params
 from imgrate.paths import Paths, project_paths
 from imgrate.progress import console, handle, print_note, setup_logging
@@ -88,10 +89,21 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON on s
     """Check data/raw: shards readable, images decode, no post twice, stamps not ahead of the posts."""
     from rich.table import Table
 
+    from imgrate.crawl.users import read_users
     from imgrate.crawl.verify import verify_raw
 
     setup_logging()
-    report = verify_raw(project_paths())
+    paths = project_paths()
+    try:
+        users_file = paths.root / load_params(paths.params, ["crawl"]).crawl.users_file
+    except ImgrateError:  # verify checks data/raw, whatever params.yaml says
+        users_file = paths.users_file
+    try:
+        listed: set[str] | None = set(read_users(users_file))
+    except ImgrateError as err:  # the shards are still checked; only the users' check is left out
+        print_note("note", f"{err}; posts are not checked against the users file")
+        listed = None
+    report = verify_raw(paths, listed)
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -101,8 +113,8 @@ def verify(as_json: Annotated[bool, typer.Option("--json", help="print JSON on s
         console.print(summary)
         if report.problems:
             problems = Table("kind", "where", "detail", title="problems")
-            for p in report.problems[:50]:
-                problems.add_row(p.kind, p.where, p.detail)
+            for p in report.problems[:50]:  # member names and details come from the shards: escaped
+                problems.add_row(p.kind, safe_text(p.where), safe_text(p.detail))
             console.print(problems)
             if len(report.problems) > 50:
                 console.print(f"... and {len(report.problems) - 50} more (--json lists all)")
@@ -324,7 +336,7 @@ def _posts(which: str, n: int, user: str | None, as_json: bool, thumbnails: Path
     if thumbnails is not None and not any("thumbnail_file" in r for r in rows):
         print_note("no thumbnails stored", "set export.thumbnail_size and export again")
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=_json_value))
         return
     console.print(posts_table(rows, f"{which} {n} liked posts" + (f" of {user}" if user else "")))
     saved = [r["thumbnail_file"] for r in rows if r.get("thumbnail_file")]
@@ -356,23 +368,57 @@ def posts_table(rows: list[dict[str, Any]], title: str) -> Table:
     table = fitted_table(title, [("#", "num"), ("user", "text"), ("shortcode", "text"), ("date", "num"),
                                  ("likes", "num"), ("comments", "num"), ("type", "text")])
     for i, r in enumerate(rows, start=1):
-        likes = "hidden" if r.get("likes") is None else f"{r['likes']:,}"
-        table.add_row(str(i), r["user"], r["shortcode"], r["date"][:10], likes, f"{r['comments']:,}",
-                      TYPE_NAMES.get(r["typename"], r["typename"]))
+        likes = "hidden" if r.get("likes") is None else _cell(r["likes"])
+        typename = r.get("typename")
+        table.add_row(str(i), _cell(r.get("user")), _cell(r.get("shortcode")), _day(r.get("date")), likes,
+                      _cell(r.get("comments")), TYPE_NAMES.get(typename, _cell(typename)) if isinstance(typename, str)
+                      else _cell(typename))
     return table
+
+
+# A database is input too: a document may hold any type where export writes a string or a
+# number (a datetime `date`, a string count), and text with escape sequences. Cells show what
+# is there, escaped; nothing in a document can raise or drive the terminal.
+
+
+def _cell(value: object, fmt: str = ",.0f") -> str:
+    """A stored value as a table cell: numbers formatted, text escaped, nothing missing shown as -."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, ",") if isinstance(value, int) and fmt == ",.0f" else format(value, fmt)
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    text = value if isinstance(value, str) else repr(value)
+    return safe_text(text if len(text) <= 80 else text[:80] + "...")
+
+
+def _day(value: object) -> str:
+    """The day of a post's ``date``: an ISO string (as export writes it) or a BSON datetime."""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d")
+    return safe_text(value[:10]) if isinstance(value, str) else _cell(value)
+
+
+def _json_value(value: object) -> object:
+    """What ``json.dumps`` cannot write, as JSON: a datetime in ISO form, anything else as text."""
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def users_table(rows: list[dict[str, Any]], title: str) -> Table:
     """`imgrate db users`: followers, posts and likes statistics per user."""
 
-    def num(v: float | None, fmt: str = ",.0f") -> str:
-        return "-" if v is None else format(v, fmt)
+    def num(v: object, fmt: str = ",.0f") -> str:
+        return _cell(v, fmt)
 
     table = fitted_table(title, [("user", "text"), ("followers", "num"), ("posts", "num"), ("likes", "num"),
                                  ("mean", "num"), ("max", "num"), ("/follower", "num")])
     for r in rows:  # std and min of the likes: --json (eight numbers and a name overflow 80 columns)
-        table.add_row(r["username"], num(r.get("followers")), str(r["posts"]), num(r["likes_total"]),
-                      num(r["likes_mean"]), num(r["likes_max"]), num(r["likes_per_follower"], ".4f"))
+        table.add_row(_cell(r.get("username")), num(r.get("followers")), num(r.get("posts")),
+                      num(r.get("likes_total")), num(r.get("likes_mean")), num(r.get("likes_max")),
+                      num(r.get("likes_per_follower"), ".4f"))
     return table
 
 
@@ -406,7 +452,7 @@ def db_users(as_json: JsonOption = False) -> None:
     uri, database, timeout_s = _db()
     rows = user_stats(uri, database, timeout_s=timeout_s)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(rows, indent=2, default=_json_value))
         return
     console.print(users_table(rows, f"users in {database}: likes in all, per post (mean, max), per follower"))
 

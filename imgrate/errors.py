@@ -86,6 +86,10 @@ class ImageError(ImgrateError, ValueError):
     """A file that should be an image cannot be decoded."""
 
 
+class StorageFull(ImgrateError, OSError):
+    """A file could not be written: the device (or the user's quota) is full."""
+
+
 class DatabaseError(ImgrateError, OSError):
     """A database (MongoDB) cannot be reached or refused a request; the message never holds a password."""
 

@@ -26,12 +26,12 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from imgrate.errors import DataError, ImageError
+from imgrate.errors import DataError, ImageError, safe_text
 from imgrate.images import image_info
 from imgrate.io import remove_stale_tmp, write_json, write_jsonl
 from imgrate.metadata import (
@@ -40,17 +40,28 @@ from imgrate.metadata import (
     PostMeta,
     ProfileMeta,
     member_kind,
+    observation_problem,
     parse_counts_member,
     parse_member,
 )
 from imgrate.params import ExportParams
 from imgrate.paths import Paths
 from imgrate.progress import track
-from imgrate.shards import ShardDamaged, iter_members, list_shards, post_key, shard_meta
+from imgrate.shards import (
+    ShardDamaged,
+    clock_limit,
+    crawl_time,
+    crawl_time_problem,
+    iter_members,
+    list_shards,
+    post_key,
+    read_ledger,
+    shard_meta,
+)
 
 log = logging.getLogger(__name__)
 
-PARSER_VERSION = 3  # bump when the row format changes, to invalidate the per-shard cache
+PARSER_VERSION = 4  # bump when the row format changes, to invalidate the per-shard cache
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -68,6 +79,7 @@ class ShardRows:
     users: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str | None]] = field(default_factory=list)  # {shard, member, reason}
     counts: list[dict[str, Any]] = field(default_factory=list)  # re-read counts (Observation fields)
+    crawled_at: int | None = None  # the shard's crawl time (None: damaged, or it has none)
 
 
 def _iso(ts: float) -> str:
@@ -107,13 +119,13 @@ def _user_row(profile: ProfileMeta, crawled_at: dt.datetime) -> dict[str, Any]:
 
 
 def _crawled_at(shard: Path) -> dt.datetime:
-    """When the shard's crawl ran (its PAX header); :class:`ShardDamaged` if that is not a time."""
-    text = shard_meta(shard).get("crawled_at", "1970-01-01T00:00:00+00:00")
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ShardDamaged(shard.name, f"its header's crawled_at {text[:40]!r} is not a time") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    """When the shard's crawl ran (its PAX header); :class:`ShardDamaged` if it does not say, or
+    says something that is not a time (a foreign shard: its posts cannot be dated)."""
+    text = shard_meta(shard).get("crawled_at")
+    when = crawl_time(text)
+    if when is None:
+        raise ShardDamaged(shard.name, crawl_time_problem(text, 0) or "no crawl time")
+    return dt.datetime.fromtimestamp(when, dt.UTC)
 
 
 def _first_image(key: str, names: set[str]) -> str | None:
@@ -132,8 +144,8 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
 
     def skip(member: str, reason: str, detail: str = "") -> None:
         if strict:
-            raise DataError(f"shard {shard.name}, member {member}: {detail or reason}")
-        log.warning("skipping shard %s member %s: %s", shard.name, member, detail or reason)
+            raise DataError(f"shard {shard.name}, member {safe_text(member)}: {safe_text(detail or reason)}")
+        log.warning("skipping shard %s member %s: %s", shard.name, safe_text(member), safe_text(detail or reason))
         rows.skipped.append({"shard": shard.name, "member": member, "reason": reason})
 
     try:
@@ -142,18 +154,25 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
     except ShardDamaged as err:
         if strict:
             raise
-        log.warning("skipping %s", err)
+        log.warning("skipping %s", safe_text(err))
         rows.skipped.append({"shard": shard.name, "member": None, "reason": "damaged shard", "detail": err.detail})
         return rows
+    rows.crawled_at = int(crawled_at.timestamp())
     names = set(members)
     for name in sorted(names):
         if member_kind(name) is None:
             skip(name[:200], "bad member name", f"{name[:80]!r} is not a file of Instaloader's layout")
     for name in sorted(n for n in names if member_kind(n) == "counts"):
         try:
-            rows.counts.extend(dataclasses.asdict(o) for o in parse_counts_member(name, members[name]))
+            observations = parse_counts_member(name, members[name])
         except BadMetadata as err:
             skip(name, err.reason, err.detail)
+            continue
+        forged = [p for o in observations if (p := observation_problem(o, rows.crawled_at)) is not None]
+        if forged:  # a member that says it was read after its own shard was crawled: none of it is used
+            skip(name, "observed after its shard's crawl", f"{len(forged)} of its counts: {forged[0]}")
+            continue
+        rows.counts.extend(dataclasses.asdict(o) for o in observations)
     for name in sorted(n for n in names if n.endswith(".json.xz") and member_kind(n) is not None):
         try:
             record = parse_member(name, members[name])
@@ -166,6 +185,11 @@ def parse_shard(shard: Path, strict: bool = False) -> ShardRows:
         if record is None:
             continue
         row = _post_row(record, crawled_at)
+        posted = Observation(record.shortcode, record.user, record.timestamp, rows.crawled_at, None, None, False,
+                             recount=False)
+        if (problem := observation_problem(posted, rows.crawled_at)) is not None:
+            skip(name, "posted after its shard's crawl", problem)
+            continue
         key = post_key(name)
         image = _first_image(key, names) if key else None
         row.update(shard=shard.name, member=image, sha256=None, width=None, height=None)
@@ -187,7 +211,7 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
     cache = cache_dir / f"{shard.name}.{st.st_size}.{st.st_mtime_ns}.v{PARSER_VERSION}.json"
     if cache.exists():
         data = json.loads(cache.read_text(encoding="utf-8"))
-        rows = ShardRows(data["posts"], data["users"], data["skipped"], data["counts"])
+        rows = ShardRows(data["posts"], data["users"], data["skipped"], data["counts"], data["crawled_at"])
         if strict and rows.skipped:
             s = rows.skipped[0]
             if s["member"] is None:
@@ -195,7 +219,8 @@ def _cached_parse(shard: Path, cache_dir: Path, strict: bool) -> ShardRows:
             raise DataError(f"shard {s['shard']}, member {s['member']}: {s['reason']}")
         return rows
     rows = parse_shard(shard, strict)
-    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped, "counts": rows.counts})
+    write_json(cache, {"posts": rows.posts, "users": rows.users, "skipped": rows.skipped, "counts": rows.counts,
+                       "crawled_at": rows.crawled_at})
     return rows
 
 
@@ -206,20 +231,33 @@ class Tables:
     skipped: list[dict[str, str | None]]
 
 
-def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False) -> Tables:
-    """Posts (first occurrence of a shortcode wins, with the counts of its latest observation)
-    and users (latest snapshot wins)."""
+def build_tables(shards: Iterable[Path], cache_dir: Path, strict: bool = False,
+                 written: Collection[str] = ()) -> Tables:
+    """Posts (the first stored copy of a shortcode wins, with the counts of its latest
+    plausible observation) and users (latest snapshot wins). ``shards`` come in the order they
+    were stored (:class:`imgrate.shards.Ledger`); ``written`` names those this project's crawler
+    wrote, whose crawl times set how far the clock may go (:func:`imgrate.shards.clock_limit`):
+    a shard that claims a later crawl is skipped whole."""
     posts: dict[str, dict[str, Any]] = {}
     users: dict[str, dict[str, Any]] = {}
     skipped: list[dict[str, str | None]] = []
     recounts: list[tuple[str, Observation]] = []
-    shards = list(shards)
-    for shard in track(shards, "export"):
-        rows = _cached_parse(shard, cache_dir, strict)
+    parsed = [(shard, _cached_parse(shard, cache_dir, strict)) for shard in track(list(shards), "export")]
+    limit = clock_limit(r.crawled_at for s, r in parsed if s.name in written and r.crawled_at is not None)
+    for shard, rows in parsed:
+        if rows.crawled_at is not None and rows.crawled_at > limit:
+            problem = crawl_time_problem(_iso(rows.crawled_at), limit) or "crawled in the future"
+            if strict:
+                raise ShardDamaged(shard.name, problem)
+            log.warning("skipping shard %s: %s", shard.name, problem)
+            skipped.append({"shard": shard.name, "member": None, "reason": "damaged shard", "detail": problem})
+            continue
         skipped.extend(rows.skipped)
         for row in rows.posts:
-            if row["shortcode"] in posts:
-                skipped.append({"shard": shard.name, "member": row["shortcode"], "reason": "duplicate shortcode"})
+            if row["shortcode"] in posts:  # first stored wins: a later copy never replaces it
+                skipped.append({"shard": shard.name, "member": row["member"] or row["shortcode"],
+                                "reason": "duplicate shortcode",
+                                "detail": f"post {row['shortcode']} is already stored by {posts[row['shortcode']]['shard']}"})
                 continue
             posts[row["shortcode"]] = row
         for row in rows.users:
@@ -256,10 +294,11 @@ def run_stage(params: ExportParams, paths: Paths, sinks: Iterable[Sink] = ()) ->
     remove_stale_tmp(paths.tables)  # left by a killed run: data/tables is this stage's alone
     for out in (paths.stage_metrics("export"), paths.stage_report("export")):
         remove_stale_tmp(out.parent, [out.name])
-    shards = list_shards(paths.shards)
+    ledger = read_ledger(paths.raw)
+    shards = ledger.order(list_shards(paths.shards))
     if not shards:
         raise DataError(f"no shards in {paths.shards}: run the crawl stage first")
-    tables = build_tables(shards, paths.cache / "export", params.strict)
+    tables = build_tables(shards, paths.cache / "export", params.strict, ledger.written)
     write_jsonl(paths.posts_table, tables.posts)
     write_jsonl(paths.users_table, tables.users)
     write_jsonl(paths.skipped_table, tables.skipped)

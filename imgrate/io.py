@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from imgrate.errors import DataError
+from imgrate.errors import DataError, StorageFull
 
 
 def _file_mode() -> int:
@@ -24,17 +25,32 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full(path: Path) -> StorageFull:
+    return StorageFull(f"no space left on the device to write {path}: free some space there "
+                       f"(df -h {path.parent}) and run again; nothing was left half-written")
+
+
 @contextmanager
 def atomic_path(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path; on success it is renamed onto ``path``, else removed.
 
     The temporary file lives beside ``path`` (or in ``tmp_dir``, which must be on the same
     filesystem) under a hidden name, so a reader never sees a partial file under the real name.
+    A full device (or quota) while writing it raises :class:`StorageFull`, one line naming
+    ``path``, and the temporary file is removed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    where = tmp_dir or path.parent
-    where.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        where = tmp_dir or path.parent
+        where.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=where)
+    except OSError as err:
+        if err.errno in _FULL:
+            raise _full(path) from None
+        raise
     os.close(fd)
     tmp = Path(name)
     os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files; outputs get the usual permissions
@@ -43,8 +59,39 @@ def atomic_path(path: Path, tmp_dir: Path | None = None) -> Iterator[Path]:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        # numpy's short writes carry no errno ("6400 requested and 4064 written"): ask the device
+        if err.errno in _FULL or (err.errno is None and _nearly_full(where)):
+            raise _full(path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def reserve(path: Path, nbytes: int, shown: Path | None = None) -> None:
+    """Allocate ``nbytes`` of disk for the file at ``path`` now, so that a memory-mapped write
+    into it never meets a full device page by page: that is a SIGBUS ("Bus error"), which kills
+    the process with no message and leaves its temporary file. A full device raises
+    :class:`StorageFull` here instead, naming ``shown`` (the file the temporary one becomes).
+    Filesystems that cannot allocate ahead are left as they are."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, max(nbytes, 1))
+    except OSError as err:
+        if err.errno in _FULL:
+            raise _full(shown or path) from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 # what atomic_path's mkstemp names look like: ".<name>.<8 random characters>.tmp"

@@ -9,8 +9,13 @@ agree on what a bad post is:
 - decompression is capped at :data:`MAX_METADATA_BYTES` (a post's JSON is a few KB, a
   profile's a few dozen): an xz bomb costs that much memory, not what it inflates to;
 - shortcodes are base64url characters, usernames Instagram's (letters, digits, ``.`` and
-  ``_``, at most 30), counts non-negative integers (not booleans, not strings), times integer
-  seconds between Instagram's launch and 2100, ``__typename`` one of the three post types.
+  ``_``, at most 30), counts non-negative integers (not booleans, not strings) no larger than
+  their plausibility cap (:data:`PLAUSIBLE`: above anything Instagram has ever shown), times
+  integer seconds between Instagram's launch and 2100, ``__typename`` one of the three post types.
+
+What a member says is also checked against the shard that carries it
+(:func:`observation_problem`): a count observed after the shard's crawl, or a post published
+after it, is forged or from a broken clock, and is never used.
 
 A bad member raises :class:`BadMetadata` whose ``reason`` is a short category (for
 metrics) and ``detail`` the specifics (for logs and ``imgrate verify``).
@@ -39,7 +44,22 @@ SHORTCODE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # base64url, as Instagram e
 POST_TYPENAMES = ("GraphImage", "GraphVideo", "GraphSidecar")
 MIN_TIMESTAMP = int(dt.datetime(2010, 1, 1, tzinfo=dt.UTC).timestamp())  # Instagram: Oct 2010
 MAX_TIMESTAMP = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp())
-MAX_COUNT = 10**12  # likes, comments, followers: far above any account's
+# Plausibility caps: a count above its cap is refused (reason "implausible count"). Each is
+# above anything Instagram has shown: the most-liked post has ~61 million likes and the
+# most-commented a few tens of millions of comments, the largest account ~700 million
+# followers, Instagram lets an account follow 7,500, and the most prolific post ~100,000 times.
+# So a forged count (10^12 likes) cannot squash a user's targets or win over real observations.
+PLAUSIBLE: dict[str, int] = {
+    "likes": 10**8,
+    "comments": 10**8,
+    "followers": 2 * 10**9,
+    "followees": 10**6,
+    "media_count": 10**7,
+}
+# A crawl's posts are stamped with the time it started (imgrate.crawled_at); a post published
+# while a long crawl runs is newer than that, by at most this much (a crawl of the paper's
+# 71,747 posts takes hours, days when rate limited). A post dated later is not believed.
+CRAWL_SLACK_S = 7 * 86_400
 _DATE = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC"
 COUNTS_FILE_RE = re.compile(rf"^(?P<user>[^/]+)/(?P=user)_counts_(?P<when>{_DATE})\.json$")
 MAX_COUNTS_BYTES = 4 * 2**20  # a counts member holds ~100 bytes per post
@@ -199,9 +219,33 @@ def _bad(name: str, value: Any, want: str) -> BadMetadata:
 
 def _count(node: dict[str, Any], name: str, *paths: str) -> int:
     value = _field(node, name, *paths)
-    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+    if type(value) is not int or value < 0:
         raise _bad(name, value, "a count")
+    if value > PLAUSIBLE[name]:
+        raise BadMetadata("implausible count", f"{name} is {value:,}, above its plausibility cap "
+                          f"{PLAUSIBLE[name]:,} (imgrate.metadata.PLAUSIBLE)")
     return value
+
+
+def plausible(name: str, value: object) -> bool:
+    """Whether ``value`` is a count that Instagram could show for ``name`` (see :data:`PLAUSIBLE`)."""
+    return type(value) is int and 0 <= value <= PLAUSIBLE[name]
+
+
+def observation_problem(o: Observation, crawled_at: int) -> str | None:
+    """Why an observation cannot come from the shard crawled at ``crawled_at`` (None when it can):
+    counts observed after the crawl, or a post published after it (beyond :data:`CRAWL_SLACK_S`)."""
+    if o.recount and o.observed_at > crawled_at:
+        return (f"counts of post {o.shortcode} observed at {_utc(o.observed_at)}, after the shard's crawl "
+                f"({_utc(crawled_at)}): never used")
+    if o.taken_at > crawled_at + CRAWL_SLACK_S:
+        return (f"post {o.shortcode} dated {_utc(o.taken_at)}, after the shard's crawl ({_utc(crawled_at)}): "
+                "never used")
+    return None
+
+
+def _utc(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_post(node: dict[str, Any]) -> PostMeta:
@@ -242,11 +286,11 @@ def counts_of_node(node: dict[str, Any]) -> Counts | None:
     """The counts a post node shows (saved metadata, or a timeline node from the network);
     None when it carries no valid like count (and does not say it hides it)."""
     comments = _dig(node, *_COMMENTS)
-    comments = comments if type(comments) is int and 0 <= comments <= MAX_COUNT else None
+    comments = comments if plausible("comments", comments) else None
     if _likes_hidden(node):
         return Counts(None, comments, True)
     likes = _dig(node, *_LIKES)
-    if type(likes) is not int or not 0 <= likes <= MAX_COUNT:
+    if not plausible("likes", likes):
         return None
     return Counts(likes, comments, False)
 
@@ -298,8 +342,11 @@ def parse_counts_member(name: str, data: bytes) -> list[Observation]:
         if type(hidden) is not bool:
             raise bad(f"posts[{i}]: likes_hidden is not true or false")
         for key, value in (("likes", likes), ("comments", comments)):
-            if value is not None and (type(value) is not int or not 0 <= value <= MAX_COUNT):
+            if value is not None and (type(value) is not int or value < 0):
                 raise bad(f"posts[{i}]: {key} is not a count")
+            if value is not None and not plausible(key, value):
+                raise BadMetadata("implausible count", f"{name}: posts[{i}]: {key} is {value:,}, above its "
+                                  f"plausibility cap {PLAUSIBLE[key]:,} (imgrate.metadata.PLAUSIBLE)")
         if hidden != (likes is None):
             raise bad(f"posts[{i}]: likes must be null exactly when likes_hidden is true")
         out.append(Observation(str(code), user, taken_at, observed_at, likes, comments, hidden, recount=True))

@@ -333,7 +333,8 @@ def user_stats(uri: str, database: str, *, timeout_s: float = 10.0) -> list[dict
         return list(db.users.aggregate(USER_STATS_PIPELINE))
 
     rows = _query(uri, database, timeout_s, "user statistics", run)
-    for row in rows:
+    for row in rows:  # stored documents are input: a count may be of any type
         mean, followers = row.get("likes_mean"), row.get("followers")
-        row["likes_per_follower"] = mean / followers if mean is not None and followers else None
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (mean, followers))
+        row["likes_per_follower"] = mean / followers if numbers and followers else None
     return rows

@@ -418,6 +418,9 @@ def _check_values(p: Params) -> None:
     if times["crawl.demo.start"] < dt.datetime(2016, 1, 1):
         raise ParamsError(f"crawl.demo.start: must be 2016 or later (the world's 11-character shortcodes), "
                           f"got {p.crawl.demo.start}")
+    for key, when in times.items():  # what a post's metadata may say (imgrate.metadata: before 2100)
+        if when >= dt.datetime(2100, 1, 1):
+            raise ParamsError(f"{key}: must be before 2100 (the latest time a post may carry), got {when.date()}")
     if times["crawl.demo.until"] < times["crawl.demo.start"]:
         raise ParamsError(f"crawl.demo.until ({p.crawl.demo.until}) is before crawl.demo.start ({p.crawl.demo.start})")
     if p.crawl.demo.faults.rate > 0 and not p.crawl.demo.faults.kinds:
@@ -432,6 +435,13 @@ MAX_DATASET_SIZE = 512
 MAX_INPUT_SIZE = 1024
 MAX_THUMBNAIL_SIZE = 1080
 MIN_INTERVAL_DAYS = 0.01  # the demo world's mean posting interval: at most ~100 posts a day per user
+MAX_DEMO_POSTS_PER_USER = 50_000  # (until - start) / mean_interval_days; a user's interval varies 0.5-2.5x
+
+
+def _demo_days(p: Params) -> float:
+    """Days from crawl.demo.start to crawl.demo.until (both checked by _check_values)."""
+    start, until = (dt.datetime.fromisoformat(v).replace(tzinfo=None) for v in (p.crawl.demo.start, p.crawl.demo.until))
+    return max((until - start).total_seconds() / 86_400, 0.0)
 
 
 def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> None:
@@ -446,6 +456,10 @@ def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> N
             (p.crawl.demo.mean_interval_days >= MIN_INTERVAL_DAYS,
              f"crawl.demo.mean_interval_days: must be at least {MIN_INTERVAL_DAYS}, got "
              f"{p.crawl.demo.mean_interval_days:g} (the world would hold more posts than memory)"),
+            (_demo_days(p) / p.crawl.demo.mean_interval_days <= MAX_DEMO_POSTS_PER_USER,
+             f"crawl.demo.until: the world from crawl.demo.start to it ({_demo_days(p):,.0f} days) at one post "
+             f"every {p.crawl.demo.mean_interval_days:g} days (crawl.demo.mean_interval_days) gives each user "
+             f"more than {MAX_DEMO_POSTS_PER_USER:,} posts, more than any account holds: move it closer"),
         ],
         "export": [
             (p.export.thumbnail_size is None or p.export.thumbnail_size <= MAX_THUMBNAIL_SIZE,

@@ -44,6 +44,15 @@ class Paths:
         """The stamps file that ``imgrate crawl --part I/N`` writes (``part`` = ``partIofN``)."""
         return self.raw / f"latest-stamps.{part}.ini"
 
+    @property
+    def ledger(self) -> Path:
+        """The order the crawl stored shards in, and which it wrote (imgrate.shards.Ledger)."""
+        return self.raw / "shard-ledger.txt"
+
+    def part_ledger(self, part: str) -> Path:
+        """The ledger that ``imgrate crawl --part I/N`` keeps (``part`` = ``partIofN``)."""
+        return self.raw / f"shard-ledger.{part}.txt"
+
     # export
     @property
     def tables(self) -> Path:

@@ -33,7 +33,7 @@ import numpy as np
 
 from imgrate.errors import DataError, ImageError
 from imgrate.images import RESAMPLE, load_thumbnail
-from imgrate.io import atomic_path, read_jsonl, remove_stale_tmp, write_json, write_jsonl
+from imgrate.io import atomic_path, read_jsonl, remove_stale_tmp, reserve, write_json, write_jsonl
 from imgrate.params import PreprocessParams
 from imgrate.paths import Paths
 from imgrate.progress import track
@@ -371,6 +371,7 @@ def _write_images(dest: Path, rows: list[dict[str, Any]], shards: dict[str, Shar
         src.append(where[(r["shard"], r["member"])])
     with atomic_path(dest) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rows), size, size, 3))
+        reserve(tmp, tmp.stat().st_size, dest)  # a full disk: one line now, not a Bus error while copying
         for shard_name, (dst, src) in per_shard.items():
             out[dst] = shards[shard_name].images[src]
         out.flush()

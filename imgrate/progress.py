@@ -17,7 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from imgrate.errors import ExitCode, ImgrateError, error_message
+from imgrate.errors import ExitCode, ImgrateError, error_message, safe_text
 
 T = TypeVar("T")
 
@@ -45,9 +45,11 @@ out_console: Console = _Console(stderr=False, markup=False)
 
 
 def print_note(label: str, message: object, style: str = "yellow") -> None:
-    """``label: message`` with the label styled and the message printed as it is (cut when huge)."""
-    console.print(Text.assemble((f"{label}:", style), " ", error_message(str(message))), highlight=False,
-                  soft_wrap=True)  # one line however narrow the terminal: logs and greps keep it whole
+    """``label: message`` with the label styled and the message printed as it is (cut when huge),
+    its control characters escaped (:func:`imgrate.errors.safe_text`): messages name files,
+    members and users, and an escape sequence in one never reaches the terminal."""
+    console.print(Text.assemble((f"{safe_text(label)}:", style), " ", safe_text(error_message(str(message)))),
+                  highlight=False, soft_wrap=True)  # one line however narrow the terminal: logs and greps keep it whole
 
 
 def print_error(message: object) -> None:
@@ -85,10 +87,22 @@ def setup_logging(verbose: bool = False) -> None:
     else:  # a log file or pipe: one plain line per record, never wrapped
         handler = logging.StreamHandler(console.file)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"))
+    handler.addFilter(_escape_record)
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # Instaloader and urllib3 are chatty at INFO; their warnings still show.
     for noisy in ("urllib3", "instaloader", "filelock", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _escape_record(record: logging.LogRecord) -> bool:
+    """A log record's message with its control characters escaped: log lines quote member
+    names, file names, usernames and server answers, none of which may drive the terminal or
+    forge a line of the log. (Tracebacks, formatted apart, keep their lines.)"""
+    message = record.getMessage()
+    escaped = safe_text(message)
+    if escaped != message:
+        record.msg, record.args = escaped, None
+    return True
 
 
 def handle(err: BaseException) -> ExitCode:

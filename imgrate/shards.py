@@ -23,13 +23,15 @@ noticed there too, only without the list of what was lost.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -51,6 +53,7 @@ _END_BLOCKS = 2 * tarfile.BLOCKSIZE  # a tar file ends with two zero blocks (the
 # The owner name of every member of a shard with a manifest: a second marker, in each member's
 # own header, so a shard whose PAX header lost its manifest (zeroed) is not taken for an old one.
 OWNER = "imgrate"
+CHECK_VERSION = 3  # bump when what check_shard_cached stores changes
 
 
 def _show(name: str) -> str:
@@ -99,6 +102,9 @@ def _parse_manifest(shard: str, pax: dict[str, str]) -> Manifest | None:
         posts = doc["posts"]
         if type(posts) is not int or posts < 0:
             raise ValueError("post count is not a count")
+        listed = sum(1 for name in members if POST_METADATA_RE.fullmatch(name))
+        if posts != listed:
+            raise ValueError(f"it says {posts} posts but lists the metadata of {listed}")
     except (KeyError, TypeError, ValueError, RecursionError) as err:
         raise ShardDamaged(shard, f"its manifest is unreadable ({type(err).__name__}: {str(err)[:100]})") from None
     return Manifest(members, posts)
@@ -290,19 +296,30 @@ def _check_end(shard: Path, end: int, last: str | None) -> None:
 
 
 def check_shard(shard: Path) -> ShardCheck:
-    """Read a whole shard through :func:`iter_members`: what it holds, or why it is damaged."""
+    """Read a whole shard through :func:`iter_members`: what it holds, or why it is damaged.
+
+    For a damaged shard, ``members`` is what it held: its manifest when that reads whole,
+    else every name that :func:`salvage` recovers (the manifest's surviving text and the
+    member headers that survive), with ``complete`` saying whether that is provably all."""
     names: list[str] = []
     try:
         for name, _ in iter_members(shard):
             names.append(name)
-    except ShardDamaged as err:
+    except DataError as err:  # damaged, or not a tar file at all
+        detail, member = (err.detail, err.member) if isinstance(err, ShardDamaged) else (str(err), None)
         manifest = _safe_manifest(shard)
-        held = list(manifest.members) if manifest else names
-        return ShardCheck(shard.name, FORMAT if manifest else 1, held, err.detail, err.member)
-    except DataError as err:  # not a tar file at all
-        return ShardCheck(shard.name, 1, [], str(err))
+        found = salvage(shard)
+        if manifest is not None:
+            return ShardCheck(shard.name, FORMAT, list(manifest.members), detail, member,
+                              crawled_at=found.meta.get("crawled_at"))
+        return ShardCheck(shard.name, FORMAT if found.manifest else 1, found.names, detail, member,
+                          complete=found.complete, covered=[list(c) for c in found.covered],
+                          crawled_at=found.meta.get("crawled_at"))
     manifest = _safe_manifest(shard)
-    return ShardCheck(shard.name, FORMAT if manifest else 1, names)
+    meta = shard_meta(shard)
+    # a shard whose posts cannot be dated is not used (export skips it): its posts are fetched again
+    return ShardCheck(shard.name, FORMAT if manifest else 1, names, crawl_time_problem(meta.get("crawled_at"), _MAX_TIME),
+                      crawled_at=meta.get("crawled_at"))
 
 
 def _safe_manifest(shard: Path) -> Manifest | None:
@@ -323,21 +340,29 @@ class ShardCheck:
     members: list[str] = field(default_factory=list)
     problem: str | None = None
     member: str | None = None  # where the damage was noticed, when known
+    complete: bool = True  # ``members`` is all the shard held (always, when it is intact)
+    # when not complete: the ranges of member names known whole ([lo, hi], null = open end)
+    covered: list[list[str | None]] = field(default_factory=list)
+    crawled_at: str | None = None  # the shard's header says so (None when lost or absent)
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    def user_known(self, user: str) -> bool:
+        """Whether every member of ``user`` the shard held is in ``members``."""
+        return self.complete or _in_ranges(user, self.covered)
 
 
 def check_shard_cached(shard: Path, cache_dir: Path) -> ShardCheck:
     """:func:`check_shard` through a cache keyed by the shard's name, size and mtime (zeroing
     bytes keeps the size, not the mtime). ``imgrate verify`` never uses the cache."""
     st = shard.stat()
-    cache = cache_dir / f"{shard.name}.{st.st_size}.{st.st_mtime_ns}.v{FORMAT}.json"
+    cache = cache_dir / f"{shard.name}.{st.st_size}.{st.st_mtime_ns}.v{CHECK_VERSION}.json"
     if cache.exists():
         try:
             doc = json.loads(cache.read_text(encoding="utf-8"))
-            return ShardCheck(doc["shard"], doc["format"], list(doc["members"]), doc["problem"], doc["member"])
+            return ShardCheck(**{k: doc[k] for k in ShardCheck.__dataclass_fields__})
         except (OSError, ValueError, KeyError, TypeError):
             pass  # a damaged cache entry is rebuilt below
     result = check_shard(shard)
@@ -361,3 +386,301 @@ def post_key(arcname: str) -> str | None:
     m = re.match(r"^(?P<key>[^/]+/\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}_UTC)", arcname)
     return m["key"] if m else None
 
+
+
+# --- salvage: what a damaged shard held -----------------------------------------------------
+
+# One manifest entry as json.dumps writes it: ["<name>",<size>,"<sha256>"]
+_ENTRY_RE = re.compile(rb'\["((?:[^"\\\x00-\x1f]|\\.){1,4096})",(\d{1,15}),"([0-9a-f]{64})"\]')
+_MANIFEST_START_RE = re.compile(rb'imgrate\.manifest=\{"posts":\d{1,12},"members":\[')
+_META_RE = re.compile(rb"(?<![^\n\x00])\d{1,12} imgrate\.([a-z_]{1,40})=([^\n\x00]{0,400})\n")
+_MAX_SALVAGE_SCAN = MAX_MEMBER_BYTES  # bytes of manifest text looked at, at most
+
+
+@dataclass(frozen=True)
+class _Header:
+    """A member header found by :func:`_walk_headers`."""
+
+    start: int  # its first header block (a long name's extended header included)
+    data: int  # where its data starts
+    size: int
+    name: str
+    is_file: bool
+    cut: bool  # the file ends inside its data
+
+    @property
+    def end(self) -> int:
+        return self.data + -(-self.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _walk_headers(fh: BinaryIO, size: int) -> tuple[list[_Header], tarfile.TarInfo | None]:
+    """Every member header that survives, found block by block (as ``tar --ignore-zeros``
+    does: a zero or damaged block is stepped over), and the PAX global header at the start
+    when it survives. Data blocks are skipped by the size their header gives; what a
+    damaged header hid is stepped over block by block (its bytes fail the header checksum)."""
+    found: list[_Header] = []
+    global_header: tarfile.TarInfo | None = None
+    offset, pending_start, pending_name = 0, None, None
+    while offset + tarfile.BLOCKSIZE <= size:
+        fh.seek(offset)
+        try:
+            info = tarfile.TarInfo.frombuf(fh.read(tarfile.BLOCKSIZE), "utf-8", "surrogateescape")
+        except tarfile.HeaderError:  # zeros, or not a header (data whose header is gone)
+            offset += tarfile.BLOCKSIZE
+            pending_start = pending_name = None
+            continue
+        data = offset + tarfile.BLOCKSIZE
+        end = data + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME):
+            if info.size > _MAX_SALVAGE_SCAN:  # not a header of ours: step over the block
+                offset += tarfile.BLOCKSIZE
+                continue
+            fh.seek(data)
+            text = fh.read(info.size)
+            if info.type == tarfile.XGLTYPE:
+                if offset == 0:
+                    global_header = info
+            elif info.type == tarfile.GNUTYPE_LONGNAME:
+                pending_start, pending_name = offset, text.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif (m := re.search(rb"(?m)^\d+ path=([^\n]*)\n", text)) is not None:
+                pending_start, pending_name = offset, m[1].decode("utf-8", "surrogateescape")
+            offset = end
+            continue
+        found.append(_Header(pending_start if pending_start is not None else offset, data, info.size,
+                             pending_name or info.name, info.isreg(), cut=data + info.size > size))
+        pending_start = pending_name = None
+        if data + info.size > size:
+            break
+        offset = end
+    return found, global_header
+
+
+def _zeros_to_end(fh: BinaryIO, start: int, size: int) -> bool:
+    """Whether the file holds a tar file's end (at least two zero blocks, only zeros) from ``start``."""
+    if size - start < _END_BLOCKS:
+        return False
+    fh.seek(start)
+    while chunk := fh.read(1 << 16):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+Range = tuple[str | None, str | None]  # member names from lo to hi, both included; None = open end
+
+
+def _in_ranges(user: str, ranges: Sequence[Sequence[str | None]]) -> bool:
+    """Whether every member name of ``user`` (``<user>/...``) lies inside one of ``ranges``."""
+    first, past = user + "/", user + "0"  # "0" follows "/": every name of the user sorts between
+    return any((lo is None or lo < first) and (hi is None or past <= hi) for lo, hi in ranges)
+
+
+def _merge(ranges: list[Range]) -> list[Range]:
+    """Overlapping or touching name ranges as one."""
+    out: list[Range] = []
+    for lo, hi in sorted(ranges, key=lambda r: (r[0] is not None, r[0] or "")):
+        if out and (out[-1][1] is None or (lo is not None and lo <= out[-1][1])):
+            prev_lo, prev_hi = out[-1]
+            out[-1] = (prev_lo, None if prev_hi is None or hi is None else max(prev_hi, hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What :func:`salvage` recovered from a damaged shard."""
+
+    names: list[str]  # every member name it is known to have held
+    complete: bool  # ``names`` is provably every member
+    covered: list[Range]  # name ranges known whole (every member named inside them is in ``names``)
+    meta: dict[str, str]  # the ``imgrate.*`` facts of its header that survive (crawled_at, posts, ...)
+    manifest: bool  # manifest text survives (a format-2 shard)
+
+
+def salvage(shard: Path) -> Salvage:
+    """Name what a damaged shard held, from everything that survives of it.
+
+    Two sources, neither trusted whole: the manifest's text (whatever part of the PAX global
+    header survives: a cut keeps its start, a zeroed start keeps the rest; each entry is
+    read on its own) and the member headers read one by one (:func:`_walk_headers`). Both
+    list members in name order (:func:`write_shard` sorts them), so each unbroken run of
+    entries, and each unbroken chain of member headers, covers the range of names from its
+    first to its last: a chain that starts right after the PAX header covers everything
+    before it, one that ends in the end-of-archive blocks everything after. When the ranges
+    cover every name, the list is complete; else :meth:`ShardCheck.user_known` tells the
+    users whose posts are all named from those who may have lost some that no one can name.
+    """
+    size = shard.stat().st_size
+    with open(shard, "rb") as fh:
+        headers, global_header = _walk_headers(fh, size)
+        first = headers[0].start if headers else size
+        fh.seek(0)
+        text = fh.read(min(first, _MAX_SALVAGE_SCAN))
+        tail_ok = bool(headers) and not headers[-1].cut and _zeros_to_end(fh, headers[-1].end, size)
+    meta = {k.decode(): v.decode("utf-8", "replace") for k, v in _META_RE.findall(text)
+            if k not in (b"format", b"manifest")}
+    ranges: list[Range] = []
+    # the manifest's text: each unbroken run of entries covers the names from its first to its last
+    start = _MANIFEST_START_RE.search(text)
+    listed: list[str] = []
+    manifest_end: int | None = None
+    runs: list[list[tuple[str, int, int]]] = []  # (name, start, end) of the entries of each run
+    for m in _ENTRY_RE.finditer(text):
+        try:
+            name = json.loads(b'"' + m[1] + b'"')
+        except ValueError:
+            continue
+        if runs and m.start() == runs[-1][-1][2] + 1 and text[m.start() - 1:m.start()] == b",":
+            runs[-1].append((name, m.start(), m.end()))
+        else:
+            runs.append([(name, m.start(), m.end())])
+        listed.append(name)
+    for entries in runs:
+        end = entries[-1][2]
+        closed = text[end:end + 3] == b"]}\n"
+        if closed:
+            manifest_end = end + 3
+        ranges.append((None if start is not None and entries[0][1] == start.end() else entries[0][0],
+                       None if closed else entries[-1][0]))
+    if start is not None and text[start.end():start.end() + 3] == b"]}\n":  # a manifest of no member
+        ranges.append((None, None))
+        manifest_end = start.end() + 3
+    if listed != sorted(listed):
+        ranges = []  # not written by write_shard: runs say nothing about the names between
+    # the member headers: each unbroken chain covers the names from its first to its last
+    if global_header is not None:
+        members_start: int | None = tarfile.BLOCKSIZE + -(-global_header.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    elif manifest_end is not None:
+        members_start = -(-manifest_end // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    else:
+        members_start = None
+    read = [h.name for h in headers if h.is_file]
+    chains: list[list[_Header]] = []
+    for h in headers:
+        if chains and not chains[-1][-1].cut and h.start == chains[-1][-1].end:
+            chains[-1].append(h)
+        else:
+            chains.append([h])
+    if read == sorted(read):
+        for chain in chains:
+            files = [c.name for c in chain if c.is_file]
+            lo = None if chain[0].start == members_start else (files[0] if files else None)
+            hi = None if chain is chains[-1] and tail_ok else (files[-1] if files else None)
+            if files or (lo is None and hi is None):
+                ranges.append((lo, hi))
+    if not headers and members_start is not None and _zeros_tail(shard, members_start, size):
+        ranges.append((None, None))  # the header says where members start, and only the end follows
+    merged = _merge(ranges)
+    return Salvage(list(dict.fromkeys([*listed, *read])), merged == [(None, None)], merged, meta,
+                   start is not None or bool(listed))
+
+
+def _zeros_tail(shard: Path, start: int, size: int) -> bool:
+    with open(shard, "rb") as fh:
+        return _zeros_to_end(fh, start, size)
+
+
+# --- the ledger: the order shards were stored in, and which this project's crawler wrote ---
+
+LEDGER_RE = re.compile(r"^shard-ledger(?:\.(?P<part>part\d+of\d+))?\.txt$")
+_LEDGER_LINE = re.compile(r"^(?P<name>\S+) (?P<how>written|seen)$")
+DAY = 86_400
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The order shards were stored in (``data/raw/shard-ledger*.txt``).
+
+    A shard's name says nothing about when it was stored (a hand-made ``000000.tar`` sorts
+    first), so the crawl keeps a ledger: a line per shard it wrote (``<name> written``, put
+    down just before the shard appears) and per shard it found in the folder that no ledger
+    listed (``<name> seen``, when the crawl starts). Readers take shards in ledger order, then
+    the unlisted ones by name: "first stored wins" means first stored here. Each crawl part
+    (``--part I/N``) keeps its own file, as with stamps, so data/raw folders merge by union.
+    """
+
+    position: dict[str, tuple[int, str]]  # name -> (line in its file, file name)
+    written: frozenset[str]  # shards this project's crawler wrote
+
+    def order(self, shards: Sequence[Path]) -> list[Path]:
+        """``shards`` in the order they were stored."""
+        end = (1 << 62, "")
+        return sorted(shards, key=lambda p: (self.position.get(p.name, end), p.name))
+
+
+def ledger_files(raw: Path) -> list[Path]:
+    """Every ledger file in ``raw`` (the full crawl's and each part's), sorted by name."""
+    if not raw.is_dir():
+        return []
+    return sorted(p for p in raw.iterdir() if LEDGER_RE.match(p.name) and p.is_file())
+
+
+def read_ledger(raw: Path) -> Ledger:
+    """The ledgers in ``raw`` as one; a line that is not ``<shard> written|seen`` is ignored
+    (logged by the crawl, which rewrites its file)."""
+    position: dict[str, tuple[int, str]] = {}
+    written: set[str] = set()
+    for path in ledger_files(raw):
+        for i, name, how in _ledger_lines(path):
+            position[name] = min(position.get(name, (i, path.name)), (i, path.name))
+            if how == "written":
+                written.add(name)
+    return Ledger(position, frozenset(written))
+
+
+def _ledger_lines(path: Path) -> list[tuple[int, str, str]]:
+    try:
+        text = path.read_bytes()[: 64 * 2**20].decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [(i, m["name"], m["how"]) for i, line in enumerate(text.splitlines())
+            if (m := _LEDGER_LINE.fullmatch(line)) and SHARD_RE.match(m["name"])]
+
+
+def record_shards(path: Path, names: Sequence[str], how: str, tmp_dir: Path | None = None) -> None:
+    """Add ``names`` (not yet in the file) to the ledger file at ``path``, as ``written`` or ``seen``."""
+    lines = [f"{name} {h}" for _, name, h in _ledger_lines(path)] if path.exists() else []
+    listed = {line.split(" ", 1)[0] for line in lines}
+    new = [f"{name} {how}" for name in dict.fromkeys(names) if name not in listed]
+    if not new:
+        return
+    with atomic_path(path, tmp_dir=tmp_dir) as tmp:
+        tmp.write_text("".join(line + "\n" for line in [*lines, *new]), encoding="utf-8")
+
+
+def crawl_time(text: str | None) -> int | None:
+    """A shard's crawl time (its header's ``imgrate.crawled_at``) in unix seconds; None when its
+    header has none, or one that is no time between Instagram's launch and 2100."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text[:64])
+    except ValueError:
+        return None
+    ts = int((when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp())
+    return ts if _MIN_TIME <= ts < _MAX_TIME else None
+
+
+_MIN_TIME = int(dt.datetime(2010, 1, 1, tzinfo=dt.UTC).timestamp())
+_MAX_TIME = int(dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp())
+
+
+def clock_limit(written_times: Iterable[int], now: float | None = None) -> int:
+    """The latest crawl time a shard may claim: now (a day of clock skew allowed), or the newest
+    crawl of a shard this project's crawler wrote (the simulated world's clock runs ahead of the
+    wall clock when asked to). A shard that claims a later crawl is from a broken clock or forged."""
+    now = time.time() if now is None else now
+    return max([int(now), *written_times]) + DAY
+
+
+def crawl_time_problem(shown: str | None, limit: int) -> str | None:
+    """Why a shard's crawl time (``imgrate.crawled_at``, as its header says) cannot be used (None when it can)."""
+    when = crawl_time(shown)
+    if when is None:
+        return ("its header has no crawl time (imgrate.crawled_at): its posts cannot be dated" if shown is None
+                else f"its header's crawled_at {shown[:40]!r} is not a time between 2010 and 2100")
+    if when > limit:
+        return (f"its header says it was crawled at {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%dT%H:%M:%SZ}, "
+                "in the future (after this machine's clock and every crawl here): forged or a broken clock")
+    return None

@@ -332,7 +332,8 @@ def test_parts_merge_by_union_into_what_one_full_crawl_gives(tmp_path: Path) -> 
         assert all(p.name.startswith(f"part{i}of3-") for p in list_shards(machine.shards))
         shutil.copytree(machine.raw, union.raw, dirs_exist_ok=True)  # a union: no name is written twice
     assert sorted(p.name for p in union.raw.iterdir()) == [
-        "latest-stamps.part1of3.ini", "latest-stamps.part2of3.ini", "latest-stamps.part3of3.ini", "shards"]
+        "latest-stamps.part1of3.ini", "latest-stamps.part2of3.ini", "latest-stamps.part3of3.ini",
+        "shard-ledger.part1of3.txt", "shard-ledger.part2of3.txt", "shard-ledger.part3of3.txt", "shards"]
     assert sorted(stored_codes(union)) == sorted(stored_codes(full))
     assert_exactly_the_world(union, params, users)
     merged, single = merged_stamps(union.raw), merged_stamps(full.raw)
@@ -559,6 +560,65 @@ def test_no_network_from_the_command_line_says_so_in_one_line(tmp_path: Path) ->
     report = (tmp_path / "reports" / "crawl.json").read_text()
     assert json.loads(report)["status"] == "unreachable"
     assert "pr0xy-pw" not in proc.stderr + proc.stdout + report + (tmp_path / "metrics" / "crawl.json").read_text()
+
+
+class SilentServer:
+    """A real loopback socket server that accepts every connection and never answers (a stuck
+    proxy): the test's network never leaves this machine."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self.accepted.append(conn)  # held open, never read nor answered
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+def test_a_proxy_that_accepts_and_never_answers_ends_the_run_unreachable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: behind a proxy that accepts and never answers, each request waited its whole
+    timeout and was retried: ~5 minutes per user, never `unreachable`, 2 h 15 min for 27 users.
+    Now, before anything answered, a request waits at most FIRST_ANSWER_TIMEOUT_S (15 s; 1 s
+    here, so that the test is quick: bench/silent_proxy.py measures the real figure) and
+    SILENT_AFTER timeouts in a row make the run unreachable: the first user after SILENT_AFTER
+    requests, the second after one more, and the run stops."""
+    server = SilentServer()
+    try:
+        monkeypatch.setattr(instagram, "FIRST_ANSWER_TIMEOUT_S", 1.0)
+        proxy = f"http://127.0.0.1:{server.port}"
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", session.SESSION_ENV, session.SESSION_USER_ENV):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        paths = Paths(tmp_path)
+        (tmp_path / "users.txt").write_text("\n".join(USERS) + "\n")
+        t0 = time.monotonic()
+        report = run_stage(dataclasses.replace(crawl_params(), source="instagram"), paths)
+        took = time.monotonic() - t0
+    finally:
+        server.close()
+    assert report.status == "unreachable"
+    assert "accepts connections but never answers" in (report.stop_reason or "")
+    assert [u.status for u in report.users] == ["failed", "failed"] + ["skipped"] * (len(USERS) - 2)
+    assert report.requests == instagram.SILENT_AFTER + 1
+    assert took < (instagram.SILENT_AFTER + 1) * 1.0 + 10  # the timeouts, and nothing retried after them
 
 
 def test_requests_that_never_reached_instagram_do_not_count_against_the_throttle(tmp_path: Path) -> None:

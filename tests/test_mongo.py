@@ -436,3 +436,35 @@ def test_a_query_secret_never_reaches_the_output_of_the_stage_or_the_cli(tiny_wo
         result = _cli(args, tmp_path, QUERY_SECRET_URI)
         assert result.exit_code == 2, (args, result.output)
         assert "127.0.0.1:1" in result.output and QUERY_SECRET not in result.output
+
+
+def test_db_top_shows_documents_another_tool_wrote_without_a_traceback(db_project, mongo_uri: str) -> None:
+    """Issue 20: a post document whose `date` is a BSON datetime (written by another tool: the
+    database is input too) ended `imgrate db top` in a 39-line traceback. Now it shows, as a
+    table and as JSON; an escape sequence in a stored username reaches neither escaped."""
+    import datetime as dt
+
+    from pymongo import MongoClient
+
+    root, database = db_project
+    with MongoClient(mongo_uri) as client:
+        posts, users = client[database].posts, client[database].users
+        doc = posts.find_one({}, {"_id": 0, "thumbnail": 0})
+        odd = {**doc, "shortcode": "OddDoc", "likes": 10**9, "comments": "many",
+               "date": dt.datetime(2025, 3, 1, 12, 0), "user": "evil\x1b[2J\x1b]8;;http://x\x07"}
+        posts.insert_one(odd)
+        users.insert_one({"username": "evil\x1b[31m", "followers": "lots"})
+        try:
+            table = _cli(["db", "top", "--n", "2"], root, mongo_uri)
+            as_json = _cli(["db", "top", "--n", "1", "--json"], root, mongo_uri)
+            stats = _cli(["db", "users"], root, mongo_uri)
+        finally:
+            posts.delete_one({"shortcode": "OddDoc"})
+            users.delete_one({"username": "evil\x1b[31m"})
+    assert table.exit_code == 0, table.output
+    assert "OddDoc" in table.output and "2025-03-01" in table.output and "Traceback" not in table.output
+    assert "\x1b" not in table.output and "\\x1b[2J" in table.output and "\x07" not in table.output
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout)[0]["date"] == "2025-03-01T12:00:00"
+    assert stats.exit_code == 0, stats.output
+    assert "\x1b" not in stats.output and "\\x1b[31m" in stats.output

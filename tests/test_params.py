@@ -104,6 +104,10 @@ def test_a_stage_validates_only_the_sections_it_reads() -> None:
         (lambda d: d["preprocess"].update(size=60000), "preprocess.size: must be at most"),
         (lambda d: d["featurize"].update(input_size=60000), "featurize.input_size"),
         (lambda d: d["export"].update(thumbnail_size=60000), "export.thumbnail_size"),
+        # issue 20: the world's clock past what a timestamp holds was an OverflowError traceback
+        (lambda d: d["crawl"]["demo"].update(until="9999-12-31"), "crawl.demo.until: must be before 2100"),
+        (lambda d: d["crawl"]["demo"].update(start="2100-01-01", until="2100-02-01"), "crawl.demo.start: must be"),
+        (lambda d: d["crawl"]["demo"].update(until="2099-12-31", mean_interval_days=0.1), "crawl.demo.until: the world"),
     ],
 )
 def test_params_that_cannot_work_fail_at_load_naming_the_key(edit, message: str) -> None:

@@ -37,6 +37,7 @@ from imgrate.shards import (
     iter_members,
     list_shards,
     read_manifest,
+    salvage,
     shard_meta,
 )
 
@@ -267,3 +268,93 @@ def test_a_cut_old_shard_is_named_not_a_traceback(crawled: Paths, tmp_path: Path
     assert report.damaged == [shard.name] and report.new_posts > 0
     assert {r["shortcode"] for r in read_jsonl(paths.posts_table)} <= world_codes(crawl_params())
     assert dataclasses.asdict(report.users[0])["status"] == "ok"
+
+
+# --- issue 20: a damaged manifest still names every post; 0 lost -------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_crawls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Paths, list[str]]:
+    """A world crawled twice (the first crawl's shards are earlier than the second's); the
+    names of the second crawl's shards."""
+    paths = Paths(tmp_path_factory.mktemp("two-crawls"))
+    run(crawl_params("2025-02-01"), paths, USERS)
+    second = run(crawl_params(), paths, USERS).shards
+    assert len(second) >= 2
+    return paths, second
+
+
+def zero_start(shard: Path) -> None:
+    """Zero the first KiB: the PAX header that holds the manifest, and the start of its text."""
+    with open(shard, "r+b") as fh:
+        fh.write(b"\0" * 1024)
+
+
+def cut_in_manifest(shard: Path) -> None:
+    """Cut the file halfway through the manifest's text: no member header survives."""
+    with tarfile.open(shard) as tar:
+        first = tar.firstmember.offset
+    with open(shard, "r+b") as fh:
+        fh.truncate(first // 2)
+
+
+def zero_manifest_and_a_member(shard: Path) -> None:
+    """Zero the manifest's text and a member header in the middle: both sources are partial."""
+    with tarfile.open(shard) as tar:
+        first = tar.firstmember.offset
+    zero_header(shard, len(members_of(shard)) // 2)
+    with open(shard, "r+b") as fh:
+        fh.seek(512)
+        fh.write(b"\0" * (first - 512))
+
+
+@pytest.mark.parametrize("damage", [zero_start, cut_in_manifest, zero_manifest_and_a_member])
+def test_a_damaged_manifest_loses_no_post(two_crawls: tuple[Paths, list[str]], tmp_path: Path, damage) -> None:
+    """Issue 20: zeroing a shard's first KiB, or cutting it inside its manifest, lost its posts
+    for good ("cannot be named"). Now every member header that survives is read one by one, so
+    is whatever survives of the manifest's text; the posts they name are fetched again, and the
+    users whose posts nothing names are walked again from before the shard's crawl: 0 lost,
+    and only once."""
+    src, second = two_crawls
+    paths = Paths(tmp_path)
+    shutil.copytree(src.raw, paths.raw)
+    expected = world_codes(crawl_params())
+    victim = paths.shards / second[0]
+    posts = read_manifest(victim).posts
+    held = [m.name for m in members_of(victim)]
+    damage(victim)
+    check = check_shard(victim)
+    assert not check.ok
+    if damage is zero_start:  # every member header survives, and the manifest's end says where they start
+        assert check.complete and sorted(check.members) == sorted(held)
+    elif damage is cut_in_manifest:  # the manifest's first entries survive, nothing else
+        assert not check.complete and 0 < len(check.members) < len(held) and set(check.members) <= set(held)
+        assert check.crawled_at is not None  # the header's facts come before the manifest
+    assert export(ExportParams(), paths)["posts"] == len(expected) - posts
+
+    first = run(crawl_params(), paths, USERS)
+    assert first.damaged == [victim.name] and first.stamps_lowered and first.new_posts == posts
+    export(ExportParams(), paths)
+    assert {r["shortcode"] for r in read_jsonl(paths.posts_table)} == expected  # 0 lost
+
+    again = run(crawl_params(), paths, USERS)  # once: the stamps remember the shard was walked again
+    assert again.new_posts == 0 and again.stamps_lowered == []
+    assert again.requests <= first.requests and again.requests == run(crawl_params(), paths, USERS).requests
+
+
+def test_salvage_names_a_cut_manifest_prefix_and_the_users_it_cannot_vouch_for(
+        two_crawls: tuple[Paths, list[str]], tmp_path: Path) -> None:
+    src, second = two_crawls
+    shard = tmp_path / second[0]
+    shutil.copy(src.shards / second[0], shard)
+    held = [m.name for m in members_of(shard)]
+    users = sorted({n.split("/", 1)[0] for n in held})
+    cut_in_manifest(shard)
+    found = salvage(shard)
+    assert found.names == held[: len(found.names)] and not found.complete
+    assert found.covered == [(None, found.names[-1])]  # everything up to the last name that survives
+    last_user = found.names[-1].split("/", 1)[0]
+    check = check_shard(shard)
+    assert not check.user_known(last_user)  # its later posts may be lost
+    assert all(check.user_known(u) for u in users if u < last_user)
+    assert not any(check.user_known(u) for u in USERS if u > last_user)

@@ -21,7 +21,8 @@ tests/test_crawl_faults.py checks that they still exist):
   Instagram rejects as it does revoked query ids is retried without a backoff, and several
   such users in a row stop the run (``endpoint_changed``); a request that never reached
   Instagram (``_watch`` on every session) leaves Instaloader's throttle windows, and before
-  any answer it fails its user at once (``unreachable``).
+  any answer it fails its user at once (``unreachable``); so do :data:`SILENT_AFTER` read
+  timeouts in a row before any answer (a host or proxy that accepts and never answers).
 - ``raise_all_errors``: a post that fails aborts its user's crawl instead of being skipped
   (Instaloader would log it and move on, and the stamp would then pass over it for good).
   Instaloader saves its resume file; the next run continues where this one stopped.
@@ -77,6 +78,12 @@ _REFUSAL_TEXT = re.compile(r"\b429\b|wait a few minutes", re.IGNORECASE)
 _QUERY_ID_400 = re.compile(r"invalid request|execution error|invalid doc_id|persisted query", re.IGNORECASE)
 _NOT_QUERY_ID = re.compile(r"feedback_required|checkpoint_required|challenge_required|login_required", re.IGNORECASE)
 INSTALOADER_PIN = f"the pin is instaloader=={instaloader.__version__} in pyproject.toml"
+# A host that accepts connections and never answers (a stuck proxy) costs each request its
+# whole timeout, retried: ~5 minutes per user, hours per crawl. Until something of the run has
+# answered, a request waits at most FIRST_ANSWER_TIMEOUT_S, and SILENT_AFTER of them timing
+# out in a row make the run's requests "unreachable" (two users: the run stops): about 60 s.
+FIRST_ANSWER_TIMEOUT_S = 15.0
+SILENT_AFTER = 3
 # Instaloader's rate-control buckets, named for messages (doc_ids of Instaloader 4.16)
 QUERY_KINDS = {
     "27128499623469141": "post metadata",
@@ -261,6 +268,7 @@ class BudgetRateController(ClockedRateController):
         self.requests = 0  # every request of the run
         self.retries = 0
         self.responses = 0  # answers from Instagram in the run (any status)
+        self.silent_timeouts = 0  # requests in a row that timed out before anything answered
         self.user = UserStats()
 
     def start_user(self) -> None:
@@ -299,6 +307,19 @@ class BudgetRateController(ClockedRateController):
         self.responses += 1
         self.user.responses += 1
         self.user.unreachable = None
+        self.silent_timeouts = 0
+
+    def note_timeout(self, what: str) -> None:
+        """A request timed out waiting for an answer. Before anything of this run was answered,
+        :data:`SILENT_AFTER` of them in a row mean a host (or proxy) that accepts connections and
+        never answers: no network, as far as the crawl goes (each would otherwise be retried,
+        minutes per user)."""
+        if self.responses:
+            return
+        self.silent_timeouts += 1
+        if self.silent_timeouts >= SILENT_AFTER:
+            self.note_unreachable(f"{what} ({self.silent_timeouts} requests in a row timed out after "
+                                  f"{FIRST_ANSWER_TIMEOUT_S:g} s, none answered)")
 
     def note_unreachable(self, what: str) -> None:
         """A request never reached Instagram: forget its throttle slot, and remember why."""
@@ -341,8 +362,18 @@ class CrawlContext(instaloader.InstaloaderContext):
         send = session.send
 
         def watched(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+            controller = self._rate_controller
+            if not controller.responses:  # nothing has answered yet: do not wait a full timeout to learn why
+                timeout = kwargs.get("timeout")
+                kwargs["timeout"] = FIRST_ANSWER_TIMEOUT_S if not isinstance(timeout, (int, float)) \
+                    else min(float(timeout), FIRST_ANSWER_TIMEOUT_S)
             try:
                 resp = send(request, **kwargs)
+            except requests.exceptions.ReadTimeout:
+                host = urllib.parse.urlsplit(request.url or "").hostname or "Instagram"
+                controller.note_timeout(f"cannot reach {host}: it (or the proxy) accepts connections but never "
+                                        f"answers")
+                raise
             except requests.exceptions.ConnectionError as err:
                 if (why := connect_failure(err)) is not None:
                     url = urllib.parse.urlsplit(request.url or "")

@@ -24,7 +24,6 @@ is parsed and validated (the one boundary for shard metadata).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from collections.abc import Iterable
@@ -32,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imgrate.errors import DataError
+from imgrate.errors import DataError, safe_text
 from imgrate.io import atomic_path
 from imgrate.metadata import (
     COUNTS_FILE_RE,
@@ -45,18 +44,19 @@ from imgrate.metadata import (
     counts_member_name,
     counts_of_node,
     member_kind,
+    observation_problem,
     parse_counts_member,
     parse_member,
     parse_profile,
 )
-from imgrate.shards import iter_members, shard_meta
+from imgrate.shards import crawl_time, iter_members, shard_meta
 
 __all__ = ["COUNTS_NAME_RE", "Counts", "Observation", "Stored", "changed", "counts_member_name", "counts_of_node",
            "needs_recount", "parse_counts_member", "profile_counts", "render_counts", "stored_facts"]
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when what the per-shard cache holds changes
+CACHE_VERSION = 3  # bump when what the per-shard cache holds changes
 COUNTS_NAME_RE = COUNTS_FILE_RE
 
 
@@ -85,16 +85,19 @@ def shard_facts(shard: Path) -> tuple[list[Observation], dict[str, dict[str, int
     out: list[Observation] = []
     profiles: dict[str, dict[str, int]] = {}
     try:
-        crawled_at = int(dt.datetime.fromisoformat(shard_meta(shard).get("crawled_at", "")).timestamp())
-        members = list(iter_members(shard))
-    except (DataError, ValueError) as err:
-        log.warning("shard %s: no counts read (%s)", shard.name, err)
+        crawled_at = crawl_time(shard_meta(shard).get("crawled_at"))
+        members = list(iter_members(shard)) if crawled_at is not None else []
+    except DataError as err:
+        log.warning("shard %s: no counts read (%s)", shard.name, safe_text(err))
+        return [], {}
+    if crawled_at is None:
+        log.warning("shard %s: no counts read (its header has no valid crawl time)", shard.name)
         return [], {}
     for name, data in members:
         kind = member_kind(name)
         try:
-            if kind == "counts":
-                out.extend(parse_counts_member(name, data))
+            if kind == "counts":  # counts observed after the shard's crawl are forged: never used
+                out.extend(o for o in parse_counts_member(name, data) if observation_problem(o, crawled_at) is None)
                 continue
             if kind is None or not name.endswith(".json.xz"):
                 continue
@@ -102,8 +105,10 @@ def shard_facts(shard: Path) -> tuple[list[Observation], dict[str, dict[str, int
         except BadMetadata:
             continue
         if isinstance(record, PostMeta):
-            out.append(Observation(record.shortcode, record.user, record.timestamp, crawled_at, record.likes,
-                                   record.comments, record.likes_hidden, recount=False))
+            o = Observation(record.shortcode, record.user, record.timestamp, crawled_at, record.likes,
+                            record.comments, record.likes_hidden, recount=False)
+            if observation_problem(o, crawled_at) is None:
+                out.append(o)
         elif isinstance(record, ProfileMeta):
             profiles[record.username] = {"followers": record.followers, "followees": record.followees,
                                          "media_count": record.media_count}
@@ -145,15 +150,24 @@ class Stored:
 
 
 def stored_facts(shards: Iterable[Path], cache_dir: Path) -> Stored:
-    """The latest observation per shortcode and the latest profile counts per user in ``shards``."""
+    """The latest observation per shortcode and the latest profile counts per user in ``shards``
+    (given in the order they were stored). A post belongs to the user whose shard stored its
+    metadata first; counts of it stored under another user are not its counts."""
     latest: dict[str, Observation] = {}
+    owner: dict[str, str] = {}
     profiles: dict[str, dict[str, int]] = {}
+    found = []
     for shard in shards:
         observations, snapshot = _shard_facts_cached(shard, cache_dir)
-        profiles.update(snapshot)  # shards are listed in the order they were written
+        profiles.update(snapshot)  # shards come in the order they were stored
+        found.append(observations)
+        for o in observations:
+            if not o.recount:
+                owner.setdefault(o.shortcode, o.user)
+    for observations in found:
         for o in observations:
             old = latest.get(o.shortcode)
-            if old is None or o.order > old.order:
+            if owner.get(o.shortcode, o.user) == o.user and (old is None or o.order > old.order):
                 latest[o.shortcode] = o
     return Stored(latest, profiles)
 

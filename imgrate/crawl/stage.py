@@ -87,7 +87,7 @@ from imgrate.crawl.stamps import (
 )
 from imgrate.crawl.users import read_users, select_part
 from imgrate.crawl.verify import file_problem
-from imgrate.errors import CrawlError
+from imgrate.errors import CrawlError, safe_text
 from imgrate.io import atomic_open, remove_stale_tmp, write_json
 from imgrate.metadata import BadMetadata, is_username, load_document, parse_member
 from imgrate.params import CrawlParams
@@ -97,9 +97,14 @@ from imgrate.shards import (
     ShardCheck,
     StagedFile,
     check_shard_cached,
+    clock_limit,
+    crawl_time,
+    crawl_time_problem,
     list_shards,
     next_shard_path,
     post_key,
+    read_ledger,
+    record_shards,
     write_shard,
 )
 
@@ -231,6 +236,7 @@ class _ShardWriter:
 
     def __init__(self, paths: Paths, shard_size: int, meta: dict[str, str], mtime: int, prefix: str | None) -> None:
         self.paths = paths
+        self.ledger = paths.part_ledger(prefix) if prefix else paths.ledger
         self.shard_size = shard_size
         self.meta = meta
         self.mtime = mtime
@@ -263,6 +269,9 @@ class _ShardWriter:
             batch, self.pending = self.pending[:take], self.pending[take:]
             files = [f for _, group in batch for f in group]
             dest = next_shard_path(self.paths.shards, self.prefix)
+            # into the ledger first: a shard is never seen unlisted (a kill in between lists a name
+            # that the next shard written takes)
+            record_shards(self.ledger, [dest.name], "written", self.paths.tmp)
             write_shard(dest, files, {**self.meta, "posts": str(posts)}, self.paths.tmp, self.mtime)
             log.info("wrote shard %s (%d posts)", dest.name, posts)
             self.written.append(dest.name)
@@ -366,7 +375,7 @@ def _crawl_lock(paths: Paths) -> Iterator[None]:
 def _clean_stale(paths: Paths) -> None:
     """Scratch files of crawls that were killed (run under the crawl lock)."""
     stale = re.compile(r"^(crawl-.*|\.(?:[a-z0-9-]+-)?\d{6}\.tar\..*\.tmp"
-                       r"|\.latest-stamps(?:\.[a-z0-9]+)?\.ini\..*\.tmp|\.visits-[a-z0-9]+\.json\..*\.tmp)$")
+                       r"|\.latest-stamps(?:\.[a-z0-9]+)?\.ini\..*\.tmp|\.shard-ledger(?:\.[a-z0-9]+)?\.txt\..*\.tmp|\.visits-[a-z0-9]+\.json\..*\.tmp)$")
     if not paths.tmp.is_dir():
         return
     for p in paths.tmp.iterdir():
@@ -444,12 +453,18 @@ def run(
     start = time.monotonic()
     with _crawl_lock(paths):
         _clean_stale(paths)
-        known, damaged = _stored(paths)
+        # shards that no ledger lists (another crawler's, or stored before ledgers) come after
+        # every listed one, in the order first seen
+        ledger = read_ledger(paths.raw)
+        record_shards(paths.part_ledger(tag) if tag else paths.ledger,
+                      [s.name for s in list_shards(paths.shards) if s.name not in ledger.position], "seen", paths.tmp)
+        intact, damaged = _stored(paths)
+        known = {name for check in intact for name in check.members}
         # each stored post's latest counts, and each user's latest profile counts (intact shards only)
-        stored = stored_facts([s for s in list_shards(paths.shards) if s.name not in {c.shard for c in damaged}],
-                              paths.cache / "counts")
+        stored = stored_facts([paths.shards / c.shard for c in intact], paths.cache / "counts")
         seen = merged_stamps(paths.raw)  # every crawler's stamps: the newest per user
-        lowered = _lower_stamps(seen, damaged, known)
+        lowered = _lower_stamps(seen, damaged, intact,
+                                {c.shard: (paths.shards / c.shard).stat().st_size for c in damaged})
         visits_path = _visits_file(paths, tag)
         visits: dict[str, int] = json.loads(visits_path.read_text()) if visits_path.exists() else {}
         run_no = max(visits.values(), default=0) + 1
@@ -572,52 +587,114 @@ class _ProgressCommits:
         self.begun, self.since = 1, time.monotonic()
 
 
-def _stored(paths: Paths) -> tuple[set[str], list[ShardCheck]]:
-    """The members of the intact shards, and the damaged shards (each checked once, cached)."""
-    known: set[str] = set()
+def _stored(paths: Paths) -> tuple[list[ShardCheck], list[ShardCheck]]:
+    """The intact shards and the damaged ones (each checked once, cached), in stored order. A
+    shard that claims a crawl in the future (:func:`imgrate.shards.clock_limit`) counts as
+    damaged: export does not use it, so its posts are fetched again."""
+    intact: list[ShardCheck] = []
     damaged: list[ShardCheck] = []
-    for shard in list_shards(paths.shards):
-        check = check_shard_cached(shard, paths.cache / "shard-checks")
+    ledger = read_ledger(paths.raw)
+    checks = [check_shard_cached(shard, paths.cache / "shard-checks")
+              for shard in ledger.order(list_shards(paths.shards))]
+    limit = clock_limit(t for c in checks if c.shard in ledger.written and (t := crawl_time(c.crawled_at)))
+    for check in checks:
+        if check.ok and (future := crawl_time_problem(check.crawled_at, limit)) is not None:
+            check = dataclasses.replace(check, problem=future)
         if check.ok:
-            known.update(check.members)
-        else:
-            damaged.append(check)
-            log.warning("shard %s is damaged (%s): its posts count as not stored and are fetched again",
-                        check.shard, check.problem)
-            if check.format == 1:
-                log.warning("shard %s has no manifest: only the posts read before the damage are known; "
-                            "posts after it cannot be named (restore the shard, e.g. dvc pull, or remove it "
-                            "and drop the stamps of its users)", check.shard)
-    return known, damaged
+            intact.append(check)
+            continue
+        damaged.append(check)
+        log.warning("shard %s is damaged (%s): its posts count as not stored and are fetched again",
+                    check.shard, safe_text(check.problem))
+        if not check.complete:
+            log.warning("shard %s: what it held cannot all be named (%d members named from what survives of "
+                        "its manifest and member headers); users it may have held are walked again from "
+                        "before its crawl, once", check.shard, len(check.members))
+    return intact, damaged
 
 
-def _lower_stamps(stamps: configparser.ConfigParser, damaged: list[ShardCheck], known: set[str]) -> list[str]:
-    """Take each stamp back to just before the oldest post of its user that a damaged shard
-    held and no intact shard holds (a stamp says "every post up to here is stored"); return
-    the users whose stamp moved. Only existing sections are touched: names from a shard are
-    never trusted further than that."""
-    intact = {key for name in known if (key := post_key(name))}
-    oldest: dict[str, dt.datetime] = {}
+RECOVERED_KEY = "imgrate-recovered"  # in a user's stamps section: damaged shards already walked again
+
+
+def _recovered(stamps: configparser.ConfigParser, user: str) -> set[str]:
+    return set(stamps.get(user, RECOVERED_KEY, fallback="").split())
+
+
+def _post_time(key: str) -> dt.datetime | None:
+    try:
+        return dt.datetime.strptime(key.split("/", 1)[1], "%Y-%m-%d_%H-%M-%S_UTC").replace(tzinfo=dt.UTC)
+    except (ValueError, IndexError):
+        return None
+
+
+def _when(text: str | None) -> dt.datetime | None:
+    try:
+        when = dt.datetime.fromisoformat(text or "")
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def _lower_stamps(stamps: configparser.ConfigParser, damaged: list[ShardCheck], intact: list[ShardCheck],
+                  sizes: dict[str, int]) -> list[str]:
+    """Take stamps back so that this crawl fetches again what damaged shards held; return the
+    users whose stamp moved.
+
+    A stamp says "every post up to here is stored". For each damaged shard: a user's stamp goes
+    back to just before the oldest of its posts that the shard is known to have held (named by
+    its manifest or by the member headers that survive) and no intact shard holds; a user
+    whose posts the shard may have held without anything naming them (:meth:`ShardCheck.user_known`)
+    goes back to its newest post in intact shards crawled before the damaged one (or loses its
+    stamp: walked whole, when there is none or the shard's crawl time is lost). Either happens
+    once per damaged shard (name and size) and user: the section remembers it under
+    :data:`RECOVERED_KEY` when the user's crawl commits, so posts that no longer exist, or
+    that a manifest lists but no crawl ever stored, do not cost a walk on every crawl. Only
+    existing sections are touched: names from a shard are never trusted further than that."""
+    held = {key for c in intact for name in c.members if (key := post_key(name))}
+    target: dict[str, dt.datetime | None] = {}  # user -> new stamp (None: walk everything)
+    tags: dict[str, set[str]] = {}
+
+    def lower(user: str, when: dt.datetime | None, tag: str) -> None:
+        if user in target:
+            old = target[user]
+            when = None if old is None or when is None else min(old, when)
+        target[user] = when
+        tags.setdefault(user, set()).add(tag)
+
     for check in damaged:
+        tag = f"{check.shard}:{sizes.get(check.shard, 0)}"
         for name in check.members:
             key = post_key(name)
-            if key is None or key in intact:
+            if key is None or key in held:
                 continue
-            user, stem = key.split("/", 1)
-            try:
-                when = dt.datetime.strptime(stem, "%Y-%m-%d_%H-%M-%S_UTC").replace(tzinfo=dt.UTC)
-            except ValueError:
+            user = key.split("/", 1)[0]
+            when = _post_time(key)
+            if when is not None and is_username(user) and stamps.has_section(user) \
+                    and tag not in _recovered(stamps, user):
+                lower(user, when - dt.timedelta(seconds=1), tag)
+        if check.complete:
+            continue
+        crawled = _when(check.crawled_at)
+        for user in stamps.sections():
+            if check.user_known(user) or tag in _recovered(stamps, user):
                 continue
-            if is_username(user) and stamps.has_section(user):
-                oldest[user] = min(oldest.get(user, when), when)
+            earlier = [t for c in intact if crawled is not None and (w := _when(c.crawled_at)) is not None
+                       and w < crawled for name in c.members if (k := post_key(name)) and k.startswith(user + "/")
+                       and (t := _post_time(k)) is not None]
+            lower(user, max(earlier) if earlier else None, tag)
     lowered = []
-    for user, when in sorted(oldest.items()):
+    for user, when in sorted(target.items()):
         stamp = post_timestamp(stamps, user)
-        if stamp is not None and stamp >= when:
-            stamps.set(user, POST_TIMESTAMP, (when - dt.timedelta(seconds=1)).strftime(ISO_FORMAT))
-            log.warning("%s: stamp taken back from %s to before %s: posts of a damaged shard are fetched again",
-                        user, stamp.isoformat(), when.isoformat())
-            lowered.append(user)
+        if stamp is None or (when is not None and stamp <= when):
+            continue
+        if when is None:
+            stamps.remove_option(user, POST_TIMESTAMP)
+        else:
+            stamps.set(user, POST_TIMESTAMP, when.strftime(ISO_FORMAT))
+        stamps.set(user, RECOVERED_KEY, " ".join(sorted(_recovered(stamps, user) | tags[user])))
+        log.warning("%s: stamp taken back from %s to %s: posts of a damaged shard are fetched again", user,
+                    stamp.isoformat(), when.isoformat() if when is not None else "the start (walked whole)")
+        lowered.append(user)
     return lowered
 
 

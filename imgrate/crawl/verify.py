@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,32 @@ from imgrate.crawl.stamps import post_timestamp, read_stamps, stamps_files
 from imgrate.errors import DataError
 from imgrate.metadata import (
     BadMetadata,
+    Observation,
     PostMeta,
     ProfileMeta,
     load_document,
     member_kind,
+    observation_problem,
     parse_counts_member,
     parse_member,
 )
 from imgrate.paths import Paths
 from imgrate.progress import track
-from imgrate.shards import SHARD_RE, ShardDamaged, ShardUnreadable, iter_members, list_shards, post_key, read_manifest
+from imgrate.shards import (
+    POST_METADATA_RE,
+    SHARD_RE,
+    ShardDamaged,
+    ShardUnreadable,
+    check_shard,
+    clock_limit,
+    crawl_time,
+    crawl_time_problem,
+    iter_members,
+    list_shards,
+    post_key,
+    read_ledger,
+    shard_meta,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -80,8 +97,8 @@ def file_problem(name: str, data: bytes) -> str | None:
 class Problem:
     """One thing wrong in data/raw."""
 
-    # damaged_shard, unreadable_shard, stray_file, bad_member, bad_metadata, bad_file, duplicate,
-    # orphan, missing_image, stamp
+    # damaged_shard, unreadable_shard, crawl_time, stray_file, bad_member, bad_metadata, bad_file,
+    # forged_observation, duplicate, unlisted_user, orphan, missing_image, stamp
     kind: str
     where: str
     detail: str
@@ -109,29 +126,42 @@ class RawReport:
                 "problems": [vars(p) for p in self.problems]}
 
 
-def verify_raw(paths: Paths) -> RawReport:
-    """Check ``data/raw``: shards readable, files decode, one copy of each post, stamps not ahead."""
+def verify_raw(paths: Paths, listed: Collection[str] | None = None) -> RawReport:
+    """Check ``data/raw``: shards readable and dated, files decode, counts plausible and
+    observed no later than their shard's crawl, one copy of each post, stamps not ahead.
+
+    ``listed``: the users of users.txt; a post of another user in a shard that this project's
+    crawler did not write (another crawler's, or hand-made) is named too."""
     report = RawReport()
     if paths.shards.is_dir():
         for p in sorted(paths.shards.iterdir()):
             if not SHARD_RE.match(p.name):
                 report.problems.append(Problem("stray_file", p.name, "not a complete shard (a partial write?)"))
-    shards = list_shards(paths.shards)
+    ledger = read_ledger(paths.raw)
+    shards = ledger.order(list_shards(paths.shards))  # first stored first: a later copy is the duplicate
     report.shards = len(shards)
+    metas = {s.name: _meta(s) for s in shards}
+    limit = clock_limit(t for name, meta in metas.items()
+                        if name in ledger.written and (t := crawl_time(meta.get("crawled_at"))) is not None)
     seen_members: dict[str, str] = {}
     seen_codes: dict[str, str] = {}
     newest: dict[str, int] = {}
     users: set[str] = set()
     for shard in track(shards, "verify"):
-        found = _ShardFindings()
+        crawled_at = crawl_time(metas[shard.name].get("crawled_at"))
+        found = _ShardFindings(crawled_at=crawled_at or 0)
         try:
             for name, data in iter_members(shard):
                 _check_member(found, shard.name, name, data)
         except ShardUnreadable as err:  # not a tar file at all
-            report.problems.append(Problem("unreadable_shard", shard.name, err.detail))
+            report.problems.append(Problem("unreadable_shard", shard.name, _damage_detail(shard, err)))
             continue
         except ShardDamaged as err:
             report.problems.append(Problem("damaged_shard", shard.name, _damage_detail(shard, err)))
+            continue
+        if (problem := crawl_time_problem(metas[shard.name].get("crawled_at"), limit)) is not None:
+            report.problems.append(Problem("crawl_time", shard.name, f"{problem}; none of its posts is used"))
+            report.problems += found.problems
             continue
         report.problems += found.problems
         report.images += found.images
@@ -150,8 +180,14 @@ def verify_raw(paths: Paths) -> RawReport:
             report.posts += 1
             code = facts["shortcode"]
             if code in seen_codes:
-                report.problems.append(Problem("duplicate", where, f"shortcode {code} also in {seen_codes[code]}"))
+                report.problems.append(Problem("duplicate", where, f"post {code} is already stored by "
+                                               f"{seen_codes[code]} (stored first, so that one is used)"))
+                continue
             seen_codes[code] = where
+            user = key.split("/", 1)[0]
+            if listed is not None and user not in listed and shard.name not in ledger.written:
+                report.problems.append(Problem("unlisted_user", where, f"post {code} of {user}, who is not in the "
+                                               "users file, in a shard this project's crawler did not write"))
             if facts.get("typename") == "GraphImage" and not facts.get("image"):
                 report.problems.append(Problem("missing_image", where, f"post {code} has no image"))
             user = key.split("/", 1)[0]
@@ -161,10 +197,18 @@ def verify_raw(paths: Paths) -> RawReport:
     return report
 
 
+def _meta(shard: Path) -> dict[str, str]:
+    try:
+        return shard_meta(shard)
+    except DataError:
+        return {}
+
+
 @dataclass
 class _ShardFindings:
     """What one shard holds; used only when the whole shard reads intact."""
 
+    crawled_at: int  # the shard's crawl time (0 when it has none: then the shard is named for that)
     posts: dict[str, dict[str, Any]] = field(default_factory=lambda: defaultdict(dict))
     members: list[str] = field(default_factory=list)  # members of posts and counts (not profile snapshots)
     users: set[str] = field(default_factory=set)
@@ -174,12 +218,14 @@ class _ShardFindings:
 
 
 def _damage_detail(shard: Path, err: ShardDamaged) -> str:
-    try:
-        manifest = read_manifest(shard)
-    except DataError:
-        manifest = None
-    lost = (f"none of its {manifest.posts} posts is used; the next crawl fetches them again" if manifest
-            else "none of its posts is used (a shard without a manifest: what was lost is not known)")
+    check = check_shard(shard)
+    posts = sum(1 for name in check.members if POST_METADATA_RE.fullmatch(name))
+    if check.complete:
+        lost = f"none of its {posts} posts is used; the next crawl fetches them again"
+    else:
+        lost = (f"none of its posts is used; {posts} are named by what survives of its manifest and member "
+                "headers, and the next crawl fetches them again and walks again the users whose posts it "
+                "cannot name")
     return f"{err.detail}; {lost}"
 
 
@@ -192,10 +238,16 @@ def _check_member(found: _ShardFindings, shard: str, name: str, data: bytes) -> 
         return
     if kind == "counts":  # re-read counts: one member per user and crawl, never twice
         try:
-            found.observations += len(parse_counts_member(name, data))
+            observations = parse_counts_member(name, data)
         except BadMetadata as err:
             found.problems.append(Problem("bad_metadata", where, str(err)))
             return
+        forged = [p for o in observations if (p := observation_problem(o, found.crawled_at)) is not None]
+        if found.crawled_at and forged:
+            found.problems.append(Problem("forged_observation", where, f"{len(forged)} of its "
+                                          f"{len(observations)} counts: {forged[0]}"))
+            return
+        found.observations += len(observations)
         found.users.add(name.split("/", 1)[0])
         found.members.append(name)
         return
@@ -217,6 +269,11 @@ def _check_member(found: _ShardFindings, shard: str, name: str, data: bytes) -> 
     assert key is not None
     found.members.append(name)
     if isinstance(record, PostMeta):
+        posted = Observation(record.shortcode, record.user, record.timestamp, found.crawled_at, None, None, False,
+                             recount=False)
+        if found.crawled_at and (problem := observation_problem(posted, found.crawled_at)) is not None:
+            found.problems.append(Problem("forged_observation", where, problem))
+            return
         found.posts[key].update(shortcode=record.shortcode, time=record.timestamp, typename=record.typename)
     elif isinstance(record, ProfileMeta):
         found.problems.append(Problem("bad_metadata", where, "a profile saved under a post's name"))
