@@ -67,6 +67,7 @@ bench: setup
 	python bench/train.py
 	python bench/featurize.py
 	python bench/limits.py
+	python bench/rank.py
 
 # the data stages after +1% posts against a full rebuild, and a no-op repro, at the paper's
 # scale (~71,000 posts: a crawl of 15-40 minutes); POSTS=10000 for a quicker look

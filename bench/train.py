@@ -71,18 +71,18 @@ def bench_training(paths: Paths, epochs: int, rounds: int) -> dict[str, object]:
     n = len(train) * epochs
     rates: dict[str, list[float]] = {"fit": [], **{k: [] for k in xs}}
     # warm-up (oneDNN primitives, allocator): the first steps of a process are several times slower
-    fit(spec.build(config), train, val, dataclasses.replace(cfg, epochs=1), CPU)
+    fit(spec.module(config), train, val, dataclasses.replace(cfg, epochs=1), CPU)
     for x in xs.values():
-        bare_epochs(spec.build(config), x, y, batches, cfg.lr, 1)
+        bare_epochs(spec.module(config), x, y, batches, cfg.lr, 1)
     for _ in range(rounds):
         torch.manual_seed(0)
-        model = spec.build(config)
+        model = spec.module(config)
         start = time.perf_counter()
         fit(model, train, val, cfg, CPU)
         rates["fit"].append(n / (time.perf_counter() - start))
         for name, x in xs.items():
             torch.manual_seed(0)
-            model = spec.build(config)
+            model = spec.module(config)
             start = time.perf_counter()
             bare_epochs(model, x, y, batches, cfg.lr, epochs)
             rates[name].append(n / (time.perf_counter() - start))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgrate import insights
 from imgrate.dataset import Dataset, load_dataset
 from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("followers.png", "likes_vs_age.png", "targets.png", "top_bottom.png", "preprocessing.png")
+FIGURES = ("followers.png", "likes_vs_age.png", "targets.png", "top_bottom.png", "preprocessing.png", "insights.png")
 
 
 # ----------------------------------------------------------------------------------------
@@ -137,13 +138,16 @@ def render_report(c: dict[str, Any]) -> str:
         lines.append(f"| {r['user']} | {num(r['followers'])} | {r['posts']:,} | {r['image_posts']:,} | "
                      f"{r['in_dataset']:,} | {num(r['median_likes'])} | {num(r['max_likes'])} | "
                      f"{(r['first'] or '-')[:10]} | {(r['last'] or '-')[:10]} |")
-    lines += ["", "## Figures", ""]
+    lines += ["", "What goes with each photographer's more-liked posts (photo and posting properties, with "
+              "intervals): [insights.html](insights.html).", "", "## Figures", ""]
     captions = {
         "followers.png": "Followers per user",
         "likes_vs_age.png": "Likes against the post's age when they were last read, per user",
         "targets.png": "Dataset target against raw likes, coloured by user",
         "top_bottom.png": "Top and bottom posts",
         "preprocessing.png": "One image before and after preprocessing",
+        "insights.png": "Within-photographer rank correlation of likes with photo and posting properties "
+                        "(reports/insights.html says what it means)",
     }
     for name in FIGURES:
         lines += [f"![{captions[name]}](figures/data/{name})", ""]
@@ -347,22 +351,27 @@ def run_stage(params: AnalyzeParams, paths: Paths) -> Summary[None]:
                        np.asarray(data.images[example["row"]]))
 
     counts = summarize(posts, users, export_skipped, data)
+    counts["insights"] = insights.write(params.n_boot, params.seed, data, by_code, paths, paths.insights_page,
+                                        out / "insights.png")
     with atomic_open(paths.data_report) as fh:
         fh.write(render_report(counts))
     line = (f"analyze: {counts['users']} users, {counts['posts']} posts, {counts['dataset']} dataset images; "
-            f"figures in {paths.data_figures}, counts in {paths.data_report}")
+            f"figures in {paths.data_figures}, counts in {paths.data_report}, what goes with more likes in "
+            f"{paths.insights_page}")
     return Summary("analyze", counts, line)
 
 
 STAGE = Stage(
     name="analyze",
-    about="the paper's data-analysis figures; nothing depends on it",
+    about="the paper's data-analysis figures and reports/insights.html; nothing depends on it",
     sections=("analyze",),
     reads=lambda paths, item: [
         Dep(paths.rel(paths.raw), "the pictures of the top/bottom grid and the before/after example"),
         Dep(paths.rel(paths.tables)), Dep(paths.rel(paths.dataset))],
     outputs=lambda paths, item: [
         Output(paths.data_report, cache=False),
+        Output(paths.insights_page, cache=False,
+               note="per photographer, what goes with their more-liked posts (self-contained, offline)"),
         Output(paths.data_figures, "plots", folder=True, cache=False,
                note="PNGs: `dvc plots show` renders each as an image plot; git carries them (cache: false)"),
     ],

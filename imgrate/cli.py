@@ -191,68 +191,86 @@ def analyze() -> None:
     _stage(STAGE)
 
 
-ModelOption = Annotated[Path | None, typer.Option(
-    help="a trained model file (default: the registry's preferred model whose file exists in models/)")]
-
-
+ModelOption = Annotated[str | None, typer.Option(
+    help="a model file, a model name (models/<name>.pt), or `all` (every trained model; each one's percentile and "
+         "their agreement); default: the trained model with the best validated within-user score")]
 UserOption = Annotated[str | None, typer.Option(
     "--user", help="the photographer: percentiles against their own past posts (default: all photographers')")]
+CsvOption = Annotated[Path | None, typer.Option(
+    "--csv", help="also write the ranking as CSV: rank, file, score, percentile, unusual, distance_percentile, "
+                  "model, group (per-model columns with --model all)")]
+HtmlOption = Annotated[Path | None, typer.Option(
+    "--html", help="also write a contact sheet: one self-contained HTML page (works offline), best first")]
+MaxMbOption = Annotated[float, typer.Option(
+    "--max-mb", min=0.001, help="refuse a file larger than this many MB unread (it cannot be a photo to post)")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON on stdout")]
 
 
-def default_model(paths: Paths) -> Path:
-    """The model file `predict` and `rank` use without --model: of the registry's models whose
-    file exists, the one with the highest ``rank_priority`` (registry order among equals)."""
-    from imgrate.models import all_models
+def _score(files: list[Path], model: str | None, as_json: bool, title: str, *, base: Path | None = None,
+           user: str | None = None, csv_file: Path | None = None, html_file: Path | None = None,
+           max_mb: float = 64.0) -> None:
+    """Rank ``files``: a table (or JSON) on stdout, the CSV and the contact sheet when asked;
+    files that are not photos are reported on stderr and at the end of the sheet. The table
+    names files relative to ``base`` when given; JSON and CSV keep the paths."""
+    from imgrate.errors import safe_text
+    from imgrate.rank import check_outputs, load_models, rank_files, to_json, trust_words, write_csv
 
-    ranked = sorted(all_models(), key=lambda spec: -spec.rank_priority)
-    found = next((paths.model(spec.name) for spec in ranked if paths.model(spec.name).exists()), None)
-    if found is None:
-        raise ImgrateError(f"no trained model in {paths.models} (models: {_model_names()}): run `dvc repro` "
-                           "or `imgrate train MODEL`, or pass --model")
-    return found
+    check_outputs(csv_file, html_file)
+    runs = load_models(model, project_paths())
+    ranking = rank_files(files, runs, user, thumbnails=html_file is not None, limit=int(max_mb * 1024 * 1024))
+    try:
+        if csv_file is not None:
+            write_csv(ranking, csv_file)
+        if html_file is not None:
+            from imgrate.sheet import write_sheet
 
-
-def _score(files: list[Path], model: Path | None, as_json: bool, title: str, base: Path | None = None,
-           user: str | None = None) -> None:
-    """Score ``files`` with ``model`` and print them ranked; unreadable files are reported.
-    The table names files relative to ``base`` when given; JSON keeps the paths."""
-    from imgrate.predict import Scorer
-
-    if model is None:
-        model = default_model(project_paths())
-    scorer = Scorer(model)
-    ranked, errors = scorer.score_files(files, user)
-    about = scorer.describe(user)
+            write_sheet(ranking, html_file, title, base)
+    finally:
+        ranking.close()
+    primary = ranking.primary
     if as_json:
-        print(json.dumps({**about, "scores": [
-            {"rank": i, "file": r.file, "score": r.score, "percentile": r.percentile,
-             "distance_percentile": r.distance_percentile, "unusual": r.unusual}
-            for i, r in enumerate(ranked, start=1)], "errors": errors}, indent=2))
+        print(json.dumps(to_json(ranking), indent=2))
     else:
-        from rich.table import Table
+        from rich.text import Text
 
-        table = Table("rank", title=f"{title}\nranked by {model.name} ({scorer.input_size}px)")
-        table.add_column("file", overflow="fold")
-        table.add_column("score", justify="right", no_wrap=True)
-        if scorer.reference:
-            table.add_column("percentile", justify="right", no_wrap=True)
-            table.add_column("note", overflow="fold")
-        for i, r in enumerate(ranked, start=1):
-            cells = [str(i), str(Path(r.file).relative_to(base)) if base else r.file, f"{r.score:.4f}"]
-            if scorer.reference:
-                cells += [f"{r.percentile:.0f}", "unusual photo: unlike the training photos" if r.unusual else ""]
-            table.add_row(*cells)
-        console.print(table)
-        if scorer.reference:
-            if user is not None and user not in scorer.photographers():
-                print_note("note", f"{user} is not among the model's photographers")
-            console.print(f"percentile: the share of {about['percentile_of']} that the model scores below "
-                          "the photo (README: Ranking new photos)", highlight=False)
+        from imgrate.progress import out_console
+
+        others = [r for r in ranking.runs if r is not primary]
+        reference = primary.scorer.reference is not None
+        table = fitted_table(f"{title}: ranked by {primary.name} ({primary.scorer.input_size}px)",
+                             [("rank", "num"), ("file", "text"), ("score", "num")]
+                             + ([("pct", "num")] if reference else [])
+                             + [(f"pct {r.name}", "num") for r in others] + [("note", "text")])
+        for p in ranking.photos:
+            shown = str(Path(p.file).relative_to(base)) if base else p.file
+            pl = p.placements[primary.name]
+            notes = (["unusual photo: unlike the training photos"] if pl.unusual else []) + (
+                [f"near-duplicate of #{p.group}"] if p.group != p.rank else [])
+            cells: list[str | Text] = [str(p.rank), Text(safe_text(shown)), f"{p.scores[primary.name]:.4f}"]
+            cells += [f"{pl.percentile:.0f}"] if reference and pl.percentile is not None else ([""] if reference else [])
+            for r in others:
+                pct = p.placements[r.name].percentile
+                cells.append("" if pct is None else f"{pct:.0f}")
+            table.add_row(*cells, "; ".join(notes))
+        out_console.print(table)
+        pool = ranking.pool()
+        if pool:
+            out_console.print(f"pct: the percentile, the share of {pool} that {primary.name} scores below the photo "
+                              "(README: Ranking new photos)", highlight=False, soft_wrap=True)
         else:
             print_note("note", "this model file has no reference block: retrain it for percentiles")
-        for e in errors:
+        for (a, b), rho in ranking.agreement.items():
+            out_console.print(f"agreement of {a} and {b} over these photos: rank correlation "
+                              + ("-" if rho is None else f"{rho:.2f}"), highlight=False, soft_wrap=True)
+        out_console.print(f"how far to trust the order: {trust_words(primary)}", highlight=False, soft_wrap=True)
+        if user is not None and reference and user not in primary.scorer.photographers():
+            print_note("note", f"{safe_text(user)} is not among the model's photographers")
+        for e in ranking.errors:
             print_note("not ranked", e["error"])
-    if errors and not ranked:
+    for out, what in ((csv_file, "CSV"), (html_file, "contact sheet")):
+        if out is not None:
+            print_note(what, safe_text(out), style="green")
+    if ranking.errors and not ranking.photos:
         raise typer.Exit(code=ExitCode.ERROR)
 
 
@@ -261,11 +279,14 @@ def predict(
     images: Annotated[list[Path], typer.Argument(help="image files (any format and size Pillow reads)")],
     model: ModelOption = None,
     user: UserOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    as_json: JsonFlag = False,
+    csv_file: CsvOption = None,
+    html_file: HtmlOption = None,
+    max_mb: MaxMbOption = 64.0,
 ) -> None:
     """Score photos with a trained model, best first; higher = predicted more popular for its photographer."""
     setup_logging()
-    _score(images, model, as_json, "photos", user=user)
+    _score(images, model, as_json, "photos", user=user, csv_file=csv_file, html_file=html_file, max_mb=max_mb)
 
 
 @app.command()
@@ -274,16 +295,21 @@ def rank(
     model: ModelOption = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="include sub-folders")] = False,
     user: UserOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON on stdout")] = False,
+    as_json: JsonFlag = False,
+    csv_file: CsvOption = None,
+    html_file: HtmlOption = None,
+    max_mb: MaxMbOption = 64.0,
 ) -> None:
-    """Rank every photo in a folder, best first; files that are not images are reported and skipped."""
-    from imgrate.predict import image_files
+    """Rank every photo in a folder, best first (table on stdout); files that are not photos are reported and skipped."""
+    from imgrate.errors import safe_text
+    from imgrate.rank import photo_files
 
     setup_logging()
-    files = image_files(folder, recursive)
+    files = photo_files(folder, recursive)
     if not files:
-        raise ImgrateError(f"{folder}: no files to rank")
-    _score(files, model, as_json, str(folder), base=folder, user=user)
+        raise ImgrateError(f"{safe_text(folder)}: no files to rank")
+    _score(files, model, as_json, str(folder), base=folder, user=user, csv_file=csv_file, html_file=html_file,
+           max_mb=max_mb)
 
 
 db_app = typer.Typer(

@@ -254,7 +254,8 @@ class FeaturesInput(ModelInput):
     def load(self, data: DatasetRows, paths: Paths) -> tuple[InputSpec, np.ndarray]:
         feats = load_features(paths, [(str(r["shard"]), str(r["member"])) for r in data.index])
         m = feats.meta
-        return InputSpec("features", m.input_size, str(data.meta["target"]), m.backbone, m.width), feats.x
+        spec = InputSpec("features", m.input_size, str(data.meta["target"]), m.backbone, m.width, m.to_dict())
+        return spec, feats.x
 
     def batch(self, rows: np.ndarray, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)).to(device, non_blocking=True)
@@ -266,8 +267,9 @@ class FeaturesInput(ModelInput):
         key = (str(spec.backbone), spec.size, str(device))
         if key not in self._backbones:
             self._backbones[key] = load_backbone(str(spec.backbone), spec.size).to(device)
-        meta = FeatureMeta(str(spec.backbone), spec.size, int(spec.width or 0))
-        return compute(meta, self._backbones[key], images, device)
+        meta = (FeatureMeta.from_dict(spec.features, "the model file's input") if spec.features
+                else FeatureMeta(str(spec.backbone), spec.size, int(spec.width or 0), RESAMPLE))
+        return compute(meta, self._backbones[key], images, device)  # the columns the model was trained on
 
 
 FEATURES = FeaturesInput()

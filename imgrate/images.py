@@ -10,12 +10,14 @@ mode (a reduced-scale DCT), EXIF orientation applied, every mode made RGB the sa
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from imgrate.errors import ImageError
+from imgrate.errors import ImageError, safe_text
 
 RESAMPLE = "bilinear"  # the thumbnails' resampling filter (part of the caches' keys)
 ORIENTATION = 0x0112  # the EXIF tag
@@ -60,21 +62,75 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """A photo file of any format and size Pillow reads, as uint8 ``size`` x ``size`` x 3,
-    with an :class:`ImageError` that says in words what is wrong with it."""
+# A photo file larger than this is refused before it is read: the biggest camera JPEGs are
+# ~30 MB, and a file is held in memory whole while it is decoded.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str:
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1024 ** 3:,.1f} GB" if n >= 1024 ** 3 else f"{n / 1024 ** 2:,.1f} MB"
+
+
+def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a user's photo file, refused by its type and size before any is read.
+
+    ``os.stat`` first: a FIFO, a device (``/dev/zero``), a socket or a folder is not a photo,
+    and a regular file over ``limit`` bytes (an 8 GB sparse file) is not read. The file is
+    then opened with ``O_NONBLOCK`` (a FIFO swapped in after the check cannot make the open
+    wait), checked again through its descriptor, and read up to ``limit`` + 1 bytes, so a file
+    that grows meanwhile is refused too. Raises :class:`ImageError` naming the file."""
+    name = safe_text(path)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise ImageError(f"{name}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"{name}: not read: {_not_regular(st.st_mode)}, not a photo file")
+    if st.st_size > limit:
+        raise ImageError(f"{name}: not read: {_megabytes(st.st_size)}, over the {_megabytes(limit)} limit for a photo")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise ImageError(f"{name}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{name}: not read: {_not_regular(st.st_mode)}, not a photo file")
+        try:
+            data = fh.read(limit + 1)
+        except OSError as err:
+            raise ImageError(f"{name}: cannot read the file ({err.strerror or type(err).__name__})") from None
+    if len(data) > limit:
+        raise ImageError(f"{name}: not read: over the {_megabytes(limit)} limit for a photo (it grew while read)")
+    return data
+
+
+def decode_image(data: bytes, size: int, where: object) -> np.ndarray:
+    """:func:`load_thumbnail` of a file's bytes, with an :class:`ImageError` that names the
+    file (``where``) and says in words what is wrong with it."""
     from PIL import UnidentifiedImageError
 
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ImageError(f"{path}: cannot read the file ({err.strerror or type(err).__name__})") from None
-    try:
         return load_thumbnail(data, size)
     except ImageError as err:
+        name = safe_text(where)
         if isinstance(err.__cause__, UnidentifiedImageError):
-            raise ImageError(f"{path}: not a readable image (no image format Pillow knows)") from None
-        raise ImageError(f"{path}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
+            raise ImageError(f"{name}: not a readable image (no image format Pillow knows)") from None
+        raise ImageError(f"{name}: not a readable image (damaged or unsupported: {err.__cause__ or err})") from None
+
+
+def read_image(path: Path, size: int, limit: int = MAX_FILE_BYTES) -> np.ndarray:
+    """A photo file of any format and size Pillow reads, as uint8 ``size`` x ``size`` x 3,
+    with an :class:`ImageError` that says in words what is wrong with it (:func:`read_file`
+    refuses what is not a photo file by its type and size before reading it)."""
+    return decode_image(read_file(path, limit), size, path)
 
 
 def fitted(data: bytes, size: int) -> Image.Image:
@@ -88,6 +144,14 @@ def fitted(data: bytes, size: int) -> Image.Image:
             return im
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageError(f"cannot decode image: {type(err).__name__}: {err}") from err
+
+
+def fitted_image(data: bytes, size: int, where: object) -> Image.Image:
+    """:func:`fitted` of a file's bytes, with an :class:`ImageError` that names the file (``where``)."""
+    try:
+        return fitted(data, size)
+    except ImageError as err:
+        raise ImageError(f"{safe_text(where)}: not a readable image ({err.__cause__ or err})") from None
 
 
 def image_info(data: bytes) -> tuple[str, tuple[int, int]]:

@@ -40,6 +40,7 @@ class InputSpec:
     target: str
     backbone: str | None = None  # features only
     width: int | None = None  # features only
+    features: dict[str, Any] | None = None  # features only: their meta.json (blocks of columns, ...)
 
     def describe(self) -> str:
         """``50px images`` or ``efficientnet-lite0 features of 128px images``."""
@@ -81,6 +82,7 @@ class ModelInput(ABC):
         trained on ``trained`` reads (another size or backbone)."""
         from imgrate.errors import DataError
 
+        blocks = (spec.features or {}).get("blocks"), (trained.features or {}).get("blocks")
         if (spec.kind, spec.size, spec.backbone, spec.width) != (trained.kind, trained.size, trained.backbone,
-                                                                 trained.width):
+                                                                 trained.width) or (all(blocks) and blocks[0] != blocks[1]):
             raise DataError(f"{model} was trained on {trained.describe()} but the data has {spec.describe()}")

@@ -216,6 +216,8 @@ class AnalyzeParams:
     top_n: int = 5  # posts in each row of the top/bottom picture grid
     rank_by: Literal["likes", "target"] = "likes"  # likes: every image post (the paper); target: the dataset's
     example: str | None = None  # shortcode shown before/after preprocessing; None = the most-liked test image
+    n_boot: int = 1000  # bootstrap resamples of each interval of reports/insights.html
+    seed: int = 0  # of those resamples
 
 
 @dataclass(frozen=True)
@@ -569,6 +571,10 @@ def check_workable(p: Params, sections: typing.Iterable[str] | None = None) -> N
              "drawn at once, 16 bytes x n_boot x the users; intervals settle well before 10,000)"),
             (p.evaluate.min_items >= 2,
              f"evaluate.min_items: must be at least 2 (a ranking needs two posts), got {p.evaluate.min_items}"),
+        ],
+        "analyze": [
+            (10 <= p.analyze.n_boot <= 100_000,
+             f"analyze.n_boot: must be between 10 and 100,000 bootstrap resamples, got {p.analyze.n_boot}"),
         ],
     }
     for section, section_checks in checks.items():

@@ -153,6 +153,11 @@ class Paths:
         """The analyze stage's counts, in Markdown."""
         return self.root / "reports" / "data.md"
 
+    @property
+    def insights_page(self) -> Path:
+        """The analyze stage's findings per photographer: one self-contained HTML page."""
+        return self.root / "reports" / "insights.html"
+
     # persistent caches that DVC never deletes (git-ignored, not a DVC output)
     @property
     def cache(self) -> Path:

@@ -1,5 +1,5 @@
-"""Scoring photos with a trained model file: image files (``imgrate predict``/``rank``) and
-dataset rows (the evaluate stage).
+"""Scoring photos with a trained model file: decoded images (``imgrate predict``/``rank``,
+through :mod:`imgrate.rank`) and dataset rows (the evaluate stage).
 
 A :class:`Scorer` turns a model file into ``images -> scores`` whatever the model: its
 registry entry says what it reads (:mod:`imgrate.inputs`) and the file what those inputs
@@ -12,7 +12,6 @@ featurize stage's stored features, never decoded again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,6 @@ import torch
 
 from imgrate import reference
 from imgrate.dataset import Dataset
-from imgrate.errors import ImageError
-from imgrate.images import read_image
 from imgrate.models import load_model
 from imgrate.paths import Paths
 
@@ -31,11 +28,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Scored:
-    file: str
-    score: float  # the model's raw output (its predicted target)
+class Placement:
+    """How to read one photo's score (:mod:`imgrate.reference`); all None/False for a model
+    file without a reference block."""
+
     # where the score falls among the model's scores of the training photos (of the given
-    # photographer, else of all), 0-100; None for a model file without a reference block
+    # photographer, else of all), 0-100
     percentile: float | None = None
     # how far the photo lies from the training photos (imgrate.reference.input_check)
     distance_percentile: float | None = None
@@ -75,27 +73,18 @@ class Scorer:
             out.append(self._head(xs))
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def score_files(self, files: Sequence[Path], user: str | None = None) -> tuple[list[Scored], list[dict[str, str]]]:
-        """(scored files best first, errors): a file that is not a readable image is reported
-        in the errors, the others are still scored. Percentiles are taken against ``user``'s
-        training photos when the model knows that photographer, else against all of them."""
-        names, arrays, errors = [], [], []
-        for path in files:
-            try:
-                arrays.append(read_image(path, self.input_size))
-                names.append(str(path))
-            except ImageError as err:
-                errors.append({"file": str(path), "error": str(err)})
-        images = np.stack(arrays) if arrays else np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
-        scores = self.score_images(images) if arrays else np.zeros(0)
+    def place(self, scores: np.ndarray, images: np.ndarray, user: str | None = None) -> list[Placement]:
+        """Where each score falls among the training photos' scores (of ``user`` when the
+        model knows that photographer, else of all), and how far each image (uint8, any
+        size) lies from the training photos; empty placements for a model without a
+        reference block."""
         ref = self.reference
-        checks = reference.input_check(ref, images) if ref and arrays else [{} for _ in names]
-        pool = user if ref and user in ref["scores"]["by_user"] else None
-        found = [Scored(f, float(s), round(reference.percentile(ref, float(s), pool), 1) if ref else None,
-                        c.get("distance_percentile"), bool(c.get("unusual", False)))
-                 for f, s, c in zip(names, scores, checks)]
-        ranked = sorted(found, key=lambda r: (-r.score, r.file))
-        return ranked, errors
+        if not ref:
+            return [Placement() for _ in scores]
+        pool = user if user in ref["scores"]["by_user"] else None
+        checks = reference.input_check(ref, images) if len(images) else []
+        return [Placement(round(reference.percentile(ref, float(s), pool), 1), c["distance_percentile"], c["unusual"])
+                for s, c in zip(scores, checks)]
 
     def score_rows(self, data: Dataset, paths: Paths, rows: np.ndarray) -> np.ndarray:
         """Scores of dataset rows, from what the model reads: the dataset's pixels or the
@@ -127,11 +116,3 @@ def _resized(images: np.ndarray, size: int) -> np.ndarray:
 
     return np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
                      for img in images]) if len(images) else np.zeros((0, size, size, 3), np.uint8)
-
-
-def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """Every regular, non-hidden file in ``folder`` (the scorer decides which are images)."""
-    if not folder.is_dir():
-        raise ImageError(f"{folder}: not a folder")
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))

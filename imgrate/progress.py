@@ -40,6 +40,8 @@ class _Console(Console):
 
 
 console: Console = _Console(stderr=True, markup=False)  # user text is never read as markup
+# results a command prints for a person or a pipe (`imgrate rank DIR > ranked.txt`): stdout
+out_console: Console = _Console(stderr=False, markup=False)
 
 
 def print_note(label: str, message: object, style: str = "yellow") -> None:

@@ -1,5 +1,7 @@
-"""Open a `dvc plots show` page in headless Chromium with the network cut off, and count
-what it drew: Vega plots with a canvas or SVG of marks, and images that decoded.
+"""Open a page (`dvc plots show`'s, the contact sheet, the insights page) in headless Chromium
+with the network cut off, and count what it drew: Vega plots with a canvas or SVG of marks,
+and images that decoded (with their ``data-*`` attributes, in page order); or take a
+screenshot of it.
 
 Chromium is Debian's `chromium` package (`apt-get install chromium`); .ci/run installs it.
 """
@@ -31,6 +33,13 @@ window.addEventListener("load", function () {
       vega_drawn: drawn,
       images: images.length,
       images_loaded: images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
+      drawn: images.map(function (i) {
+        var r = i.getBoundingClientRect();
+        return {cls: i.className, rank: i.dataset.rank || null, file: i.dataset.file || null, alt: i.alt,
+                loaded: i.complete && i.naturalWidth > 0, width: r.width, height: r.height};
+      }),
+      cards: Array.from(document.querySelectorAll(".card")).map(function (c) { return c.dataset.rank; }),
+      scripts: document.scripts.length - 1,
       vega_loaded: typeof vegaEmbed === "function"
     };
     var pre = document.createElement("pre");
@@ -57,21 +66,41 @@ def vega_plots(page: Path) -> int:
     return len(re.findall(r"vegaEmbed\('#", page.read_text(encoding="utf-8")))
 
 
+def _flags(profile: str) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}", "--no-first-run", "--disable-background-networking",
+            # no network: every host resolves to nothing and any proxy use goes nowhere
+            "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
+            "--allow-file-access-from-files"]
+
+
+def screenshot(page: Path, png: Path, width: int = 1280, height: int = 2400, timeout_s: float = 300.0) -> Path:
+    """A PNG of ``page`` as Chromium draws it with no network, ``width`` x ``height`` px."""
+    binary = chromium()
+    if binary is None:
+        raise FileNotFoundError("chromium is not installed")
+    with tempfile.TemporaryDirectory(prefix="imgrate-chromium-") as profile:
+        cmd = [binary, *_flags(profile), "--hide-scrollbars", f"--window-size={width},{height}",
+               "--virtual-time-budget=10000", f"--screenshot={png}", page.as_uri()]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "HOME": profile})
+    if not png.exists():
+        raise AssertionError(f"chromium wrote no screenshot (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return png
+
+
 def render(page: Path, timeout_s: float = 300.0) -> dict[str, Any]:
     """Load ``page`` (beside its images) with no network; return the probe's report."""
     binary = chromium()
     if binary is None:
         raise FileNotFoundError("chromium is not installed")
     probe = page.with_name(f".probe-{page.name}")
-    text = page.read_text(encoding="utf-8")
+    # imgrate's own pages forbid every script with a Content-Security-Policy; the probe is one,
+    # so its copy of the page goes without that line (what the page loads is unchanged)
+    text = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", page.read_text(encoding="utf-8"))
     head, body_end, tail = text.rpartition("</body>")  # the last one: vega-embed's code holds the string too
     probe.write_text(head + PROBE + body_end + tail if body_end else text + PROBE, encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="imgrate-chromium-") as profile:
-        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               f"--user-data-dir={profile}", "--no-first-run", "--disable-background-networking",
-               # no network: every host resolves to nothing and any proxy use goes nowhere
-               "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
-               "--allow-file-access-from-files", "--virtual-time-budget=30000", "--dump-dom", probe.as_uri()]
+        cmd = [binary, *_flags(profile), "--virtual-time-budget=30000", "--dump-dom", probe.as_uri()]
         env = {**os.environ, "HOME": profile}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     probe.unlink(missing_ok=True)

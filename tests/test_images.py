@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,30 @@ def test_read_image_names_the_file_and_tensor_batches_are_nchw(tmp_path) -> None
     (tmp_path / "a.png").write_bytes(_encode(_test_image(), "PNG"))
     x = to_tensor_batch(read_image(tmp_path / "a.png", 32)[None])
     assert x.shape == (1, 3, 32, 32) and x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_read_file_refuses_what_is_not_a_photo_file_before_reading(tmp_path) -> None:
+    """A FIFO (nothing waits on it), a device, a folder and a file over the limit are refused
+    by os.stat before a byte is read; a photo file under the limit is read whole."""
+    import os
+
+    from imgrate.images import read_file
+
+    os.mkfifo(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match=r"pipe.jpg: not read: a FIFO \(named pipe\), not a photo file"):
+        read_file(tmp_path / "pipe.jpg")
+    with pytest.raises(ImageError, match="not read: a character device"):
+        read_file(Path("/dev/zero"))
+    with pytest.raises(ImageError, match="not read: a folder"):
+        read_file(tmp_path)
+    with open(tmp_path / "huge.jpg", "wb") as fh:
+        fh.truncate(8 * 1024 ** 3)  # sparse
+    with pytest.raises(ImageError, match=r"huge.jpg: not read: 8.0 GB, over the 64.0 MB limit"):
+        read_file(tmp_path / "huge.jpg")
+    data = _encode(_test_image(), "PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    assert read_file(tmp_path / "a.png") == data
+    with pytest.raises(ImageError, match="over the"):
+        read_file(tmp_path / "a.png", limit=len(data) - 1)
+    with pytest.raises(ImageError, match="missing.jpg: cannot read the file"):
+        read_file(tmp_path / "missing.jpg")

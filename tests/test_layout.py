@@ -16,15 +16,15 @@ MODEL_MODULES = "imgrate.models.<model>"
 FLOORS: list[list[str]] = [
     ["imgrate", "imgrate.errors", "imgrate.io", "imgrate.paths", "imgrate.devices", "imgrate.lifetime"],
     ["imgrate.progress", "imgrate.params", "imgrate.entry"],
-    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.metrics", "imgrate.figures",
-     "imgrate.demo", "imgrate.demo.world", "imgrate.inputs", "imgrate.pixels", "imgrate.backbones",
-     "imgrate.features"],
+    ["imgrate.shards", "imgrate.metadata", "imgrate.images", "imgrate.photo", "imgrate.duplicates", "imgrate.pages",
+     "imgrate.metrics", "imgrate.figures", "imgrate.demo", "imgrate.demo.world", "imgrate.inputs", "imgrate.pixels",
+     "imgrate.backbones", "imgrate.features"],
     ["imgrate.demo.server", "imgrate.crawl", "imgrate.crawl.users", "imgrate.crawl.stamps", "imgrate.crawl.session",
      "imgrate.crawl.observations", "imgrate.crawl.verify", "imgrate.crawl.instagram", "imgrate.dataset",
      "imgrate.mongo", "imgrate.reference", "imgrate.models"],
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize", MODEL_MODULES],
     ["imgrate.train", "imgrate.predict", "imgrate.baselines"],
-    ["imgrate.evaluate", "imgrate.analyze"],
+    ["imgrate.evaluate", "imgrate.analyze", "imgrate.insights", "imgrate.rank", "imgrate.sheet"],
     ["imgrate.cli", "imgrate.lineage"],
 ]
 FLOOR = {m: i for i, floor in enumerate(FLOORS) for m in floor}

@@ -176,7 +176,6 @@ class ModelSpec(Generic[P, C]):
     make_config: Callable[[P, tuple[InputSpec, ...]], C]  # (params, what it reads) -> config
     module: Callable[[C], nn.Module]
     fit: Gradient[P] | ClosedForm[P]
-    rank_priority: int = 0  # `imgrate rank` without --model takes the highest whose file exists
 
     def params_of(self, train: TrainParams) -> P:
         """Its section of params.yaml, checked: ``train.<name>``."""

@@ -92,5 +92,4 @@ SPEC = ModelSpec(
     module=PretrainedHead,
     fit=Gradient(lambda p, seed: FitConfig(p.epochs, p.batch_size, p.lr, seed, p.weight_decay, p.loss,
                                            p.pair_window_days, p.patience), calibrate=True),
-    rank_priority=10,  # imgrate rank prefers it: the stronger model
 )
