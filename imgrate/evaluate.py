@@ -4,12 +4,13 @@ Reports the paper's ranking accuracy on mixed-user sets (for continuity) and jud
 within users (see imgrate.metrics for why). Every ``models/*.pt`` is scored through the model
 registry (:mod:`imgrate.models`), so a model added to the registry is covered without
 touching this module; the baselines and bounds come from their own registry
-(:data:`imgrate.baselines.BASELINES`: oracle, ridge_features, ridge_pixels,
+(:data:`imgrate.baselines.BASELINES`: oracle, image_ceiling, ridge_features, ridge_pixels,
 linear_regression, user_mean, random).
 
 Outputs: ``metrics/evaluate/<name>.json`` (the few numbers a comparison needs, one file
 per model and baseline, so `dvc metrics show` prints a leaderboard), ``reports/evaluate.json``
-(every metric of every model), ``reports/leak.json`` (how well the user can be told from
+(every metric of every model, and under ``paired`` the differences between the pairs of
+:data:`PAIRS` with paired bootstrap intervals), ``reports/leak.json`` (how well the user can be told from
 each model's outputs),
 ``plots/predictions/<name>.csv`` and ``plots/spearman_per_user/<name>.csv`` (DVC plots)
 and PNG copies under ``reports/figures/evaluate/``.
@@ -48,6 +49,7 @@ class Report:
     metrics: dict[str, dict[str, Any]]
     leak: dict[str, dict[str, Any]]
     skipped: dict[str, str] = field(default_factory=dict)  # baseline -> why it did not run
+    paired: dict[str, dict[str, Any]] = field(default_factory=dict)  # "a-b" -> differences (paired_report)
 
     def tables(self) -> list[Table]:
         return summary_tables(self)
@@ -81,7 +83,7 @@ def all_predictions(
     model_files = sorted(paths.models.glob("*.pt"))
     if not model_files:
         raise DataError(f"no trained models in {paths.models}: run the train stage first")
-    clash = {p.stem for p in model_files} & set(BASELINES)
+    clash = {p.stem for p in model_files} & {*BASELINES, PAIRED}
     if clash:
         raise DataError(f"model file names clash with baseline names: {sorted(clash)}")
     found = model_predictions(data, model_files, paths)
@@ -104,6 +106,43 @@ def score(
         )
         for name, pred in predictions.items()
     }
+
+
+# The differences that matter, as (a, b): a model against the next simpler one, the
+# features head against the ridge on the same features, and the best model against the
+# image-only bound. A pair runs when both sides have predictions.
+PAIRS: tuple[tuple[str, str], ...] = (
+    ("pretrained", "paper_cnn"),
+    ("pretrained", "ridge_features"),
+    ("paper_cnn", "linear_regression"),
+    ("pretrained", "image_ceiling"),
+)
+PAIRED = "paired"  # reports/evaluate.json's key for them (no model may take the name)
+
+
+def paired_report(
+    y_true: np.ndarray, users: np.ndarray, predictions: dict[str, np.ndarray], params: EvaluateParams,
+    pairs: tuple[tuple[str, str], ...] = PAIRS,
+) -> dict[str, dict[str, Any]]:
+    """For each pair (a, b) of :data:`PAIRS` present: a's ``spearman_within`` and
+    ``pairwise_within`` minus b's, with the 95% interval of a paired bootstrap over users then
+    posts (:func:`imgrate.metrics.paired_bootstrap`: both models on the same resamples,
+    ``params.n_boot`` of them, seeded with ``params.seed``) and a verdict: which is better
+    when the interval excludes 0, else no clear difference."""
+    out: dict[str, dict[str, Any]] = {}
+    for a, b in pairs:
+        if a not in predictions or b not in predictions:
+            continue
+        diffs = metrics.paired_bootstrap(y_true, predictions[a], predictions[b], users, n_boot=params.n_boot,
+                                         seed=params.seed, min_items=params.min_items)
+        entry: dict[str, Any] = {"a": a, "b": b, "n_users": diffs["spearman"]["n_users"]}
+        for metric, d in diffs.items():
+            lo, hi = d["ci"]
+            verdict = (f"{a} better" if lo > 0 else f"{b} better" if hi < 0 else "no clear difference")
+            entry[f"{metric}_within"] = {"difference": d["difference"], "ci": [lo, hi],
+                                         "excludes_0": d["excludes_0"], "verdict": verdict}
+        out[f"{a}-{b}"] = metrics.json_safe(entry)
+    return out
 
 
 def leak_report(users: np.ndarray, predictions: dict[str, np.ndarray], seed: int) -> dict[str, dict[str, Any]]:
@@ -152,18 +191,19 @@ def run_stage(params: EvaluateParams, paths: Paths, crawl: CrawlParams | None = 
     predictions, skipped = all_predictions(data, paths, params, crawl)
 
     results = score(y_test, users_test, predictions, params)
+    paired = paired_report(y_test, users_test, predictions, params)
     leak = leak_report(users_test, predictions, params.seed)
     for name, m in results.items():
         log.info("%s: spearman_within %s, ranking_accuracy_within %s, ranking_accuracy_mixed %s", name,
                  m["spearman_within"], m["ranking_accuracy_within"], m["ranking_accuracy_mixed"])
-    write_json(paths.stage_report("evaluate"), results)
+    write_json(paths.stage_report("evaluate"), {**results, PAIRED: paired})
     write_json(paths.leak_metrics, leak)
     _write_leaderboard(paths.evaluate_metrics, results, leak)
     per_user = {name: metrics.per_user(y_test, pred, users_test, "spearman", params.min_items)
                 for name, pred in predictions.items()}
     _write_plots(paths, data, test, y_test, predictions, per_user)
     _write_figures(paths, y_test, users_test, predictions, results, per_user, params)
-    report = Report(results, leak, skipped)
+    report = Report(results, leak, skipped, paired)
     values = {"models": len(predictions) - len(set(predictions) & set(BASELINES)), "baselines":
               len(set(predictions) & set(BASELINES)), "skipped": len(skipped), "n_test": len(test)}
     return Summary("evaluate", values, None, detail=report, printables=list(report.tables()))
@@ -275,6 +315,14 @@ def summary_tables(report: Report) -> list[Table]:
     for name, v in report.leak.items():
         leak.add_row(name, f(v["user_accuracy"]), f(v["majority_rate"]), f(v["lift"]))
     tables = [within, mixed, leak]
+    if report.paired:
+        paired = table("paired differences a - b: 95% paired bootstrap, users then posts (reports/evaluate.json: "
+                       "paired)", "a - b", "spearman", "95% CI", "pairwise", "95% CI", "verdict (spearman)")
+        for key, p in report.paired.items():
+            sp, pw = p["spearman_within"], p["pairwise_within"]
+            paired.add_row(key, f(sp["difference"]), f"[{f(sp['ci'][0], 2)}, {f(sp['ci'][1], 2)}]",
+                           f(pw["difference"]), f"[{f(pw['ci'][0], 2)}, {f(pw['ci'][1], 2)}]", sp["verdict"])
+        tables.append(paired)
     if report.skipped:
         skipped = table("skipped baselines", "model", "why")
         for name, why in report.skipped.items():

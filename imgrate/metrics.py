@@ -53,11 +53,13 @@ __all__ = [
     "bootstrap_ci",
     "evaluate_predictions",
     "exact_position_share",
+    "json_safe",
     "kendall_within",
     "leak_score",
     "mae",
     "mse",
     "ndcg_within",
+    "paired_bootstrap",
     "pairwise_within",
     "per_user",
     "ranking_accuracies",
@@ -422,6 +424,107 @@ def bootstrap_ci(
     return (float(lo), float(hi))
 
 
+def _spearman_rows(t: NDArray[np.float64], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`_spearman_one` of each row of two (rows, n) arrays: nan where a row's targets are
+    constant, 0 where its predictions are."""
+    rt = stats.rankdata(t, axis=1)
+    rp = stats.rankdata(p, axis=1)
+    rt -= rt.mean(axis=1, keepdims=True)
+    rp -= rp.mean(axis=1, keepdims=True)
+    num = (rt * rp).sum(axis=1)
+    den = np.sqrt((rt * rt).sum(axis=1) * (rp * rp).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho: NDArray[np.float64] = np.clip(num / den, -1.0, 1.0)
+    rho[np.ptp(p, axis=1) == 0] = 0.0
+    rho[np.ptp(t, axis=1) == 0] = math.nan
+    return rho
+
+
+def _pairwise_rows(t: NDArray[np.float64], p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """:func:`_pairwise_one` of each row of two (rows, n) arrays (nan where no pair differs)."""
+    out = np.empty(t.shape[0], dtype=np.float64)
+    block = max(1, (1 << 22) // max(1, t.shape[1] ** 2))  # rows per block: ~4M pair cells
+    for s in range(0, t.shape[0], block):
+        tb, pb = t[s : s + block], p[s : s + block]
+        dt = np.sign(tb[:, :, None] - tb[:, None, :])
+        dp = np.sign(pb[:, :, None] - pb[:, None, :])
+        valid = dt != 0
+        pairs = valid.sum(axis=(1, 2))
+        score = ((dt == dp) & valid).sum(axis=(1, 2)) + 0.5 * ((dp == 0) & valid).sum(axis=(1, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[s : s + block] = np.where(pairs > 0, score / np.maximum(pairs, 1), math.nan)
+    return out
+
+
+_ROWS = {"spearman": _spearman_rows, "pairwise": _pairwise_rows}
+
+
+def paired_bootstrap(
+    y_true: ArrayLike,
+    pred_a: ArrayLike,
+    pred_b: ArrayLike,
+    users: ArrayLike,
+    metrics: Sequence[Literal["spearman", "pairwise"]] = ("spearman", "pairwise"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    min_items: int = 5,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, Any]]:
+    """The difference a - b of a within-user metric of two models on the same items, with a
+    paired, hierarchical percentile bootstrap interval.
+
+    Each replicate resamples the users (with replacement) and, within each user, the user's
+    items (with replacement); both models are scored on the *same* resampled items, so what
+    the two share (which photos are easy, which users are noisy) cancels in the difference.
+    The users are those :func:`per_user` keeps (at least ``min_items`` items, targets not
+    constant); a user drawn twice in one replicate keeps that replicate's item resample; a
+    resample whose targets are all equal drops that user from the replicate's mean.
+
+    Returns, per metric (``"spearman"``, ``"pairwise"``): ``difference`` (the plain within-user
+    metric of a minus that of b), ``ci`` ([lo, hi], the ``alpha/2`` and ``1 - alpha/2``
+    percentiles), ``excludes_0`` (the interval lies wholly above or below 0) and ``n_users``.
+    The replicates depend on ``seed``, the items and the users only, never on the scores, so
+    every pair evaluated with one seed is resampled alike. Identical models give ``[0, 0]``.
+    """
+    t, a = _pair(y_true, pred_a)
+    _, b = _pair(y_true, pred_b)
+    if b.shape != t.shape:
+        raise ValueError(f"pred_b has {b.shape[0]} items, y_true {t.shape[0]}")
+    g = _as_groups("users", users, t.shape[0])
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    for m in metrics:
+        if m not in _ROWS:
+            raise ValueError(f"metric must be one of {tuple(_ROWS)}, got {m!r}")
+    _, members = _group_indices(g) if t.size else (None, [])
+    kept = [idx for idx in members if idx.size >= min_items and np.ptp(t[idx]) > 0]
+    rng = np.random.default_rng(seed)
+    draws = [idx[rng.integers(0, idx.size, size=(n_boot, idx.size))] for idx in kept]  # (n_boot, n_u) each
+    pick = rng.integers(0, len(kept), size=(n_boot, len(kept))) if kept else np.empty((n_boot, 0), np.int64)
+    out: dict[str, dict[str, Any]] = {}
+    for m in metrics:
+        rows = _ROWS[m]
+        plain = {"spearman": _spearman_one, "pairwise": _pairwise_one}[m]
+        diff_users = np.array([plain(t[idx], a[idx]) - plain(t[idx], b[idx]) for idx in kept])
+        # (users, n_boot): each user's difference on each replicate's item resample
+        boot = np.array([rows(t[d], a[d]) - rows(t[d], b[d]) for d in draws]).reshape(len(kept), n_boot)
+        chosen = boot[pick, np.arange(n_boot)[:, None]]  # (n_boot, users drawn)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Mean of empty slice")
+            means = np.nanmean(chosen, axis=1) if kept else np.full(n_boot, math.nan)
+        means = means[np.isfinite(means)]
+        if diff_users.size == 0 or means.size == 0:
+            lo = hi = diff = math.nan
+        else:
+            diff = float(diff_users.mean())
+            lo, hi = (float(q) for q in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
+        out[m] = {"difference": diff, "ci": [lo, hi], "excludes_0": bool(lo > 0 or hi < 0),
+                  "n_users": len(kept)}
+    return out
+
+
 # ------------------------------------------------------------------------------ leak
 
 
@@ -472,12 +575,12 @@ def leak_score(
 # ------------------------------------------------------------------------ everything
 
 
-def _clean(x: Any, ndigits: int = 6) -> Any:
+def json_safe(x: Any, ndigits: int = 6) -> Any:
     """Plain, rounded, JSON-safe values: numpy scalars to Python, nan/inf to None."""
     if isinstance(x, Mapping):
-        return {str(k): _clean(v, ndigits) for k, v in x.items()}
+        return {str(k): json_safe(v, ndigits) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v, ndigits) for v in x]
+        return [json_safe(v, ndigits) for v in x]
     if isinstance(x, (bool, np.bool_)):
         return bool(x)
     if isinstance(x, (int, np.integer)):
@@ -526,5 +629,5 @@ def evaluate_predictions(
         "n_test": int(t.size),
         "n_users": int(np.unique(g).size) if g.size else 0,
     }
-    cleaned: dict[str, Any] = _clean(result)
+    cleaned: dict[str, Any] = json_safe(result)
     return cleaned

@@ -91,12 +91,36 @@ PARAMS = EvaluateParams(set_sizes=[2, 5, 10], n_sets=2000, seed=0, n_boot=200, m
 def evaluated(synthetic: tuple[Paths, np.ndarray]) -> tuple[Paths, dict, dict]:
     """The stage run once on the synthetic world; returns what it wrote."""
     paths, _ = synthetic
-    report = run_stage(PARAMS, paths).detail  # no crawl params: no oracle
+    report = run_stage(PARAMS, paths).detail  # no crawl params: no oracle, no image_ceiling
     assert report.skipped["oracle"].startswith("only on the simulated world")
+    assert report.skipped["image_ceiling"].startswith("only on the simulated world")
     results = json.loads(paths.stage_report("evaluate").read_text())
     leak = json.loads(paths.leak_metrics.read_text())
+    assert results.pop("paired") == report.paired
     assert results == report.metrics and leak == report.leak
     return paths, results, leak
+
+
+def test_paired_differences_are_reported_for_the_pairs_present(evaluated: tuple[Paths, dict, dict]) -> None:
+    """reports/evaluate.json's ``paired``: each pair of PAIRS whose two sides ran, with the
+    difference of the plain metrics and a paired interval around it."""
+    from imgrate.evaluate import PAIRS
+
+    paths, results, _ = evaluated
+    paired = json.loads(paths.stage_report("evaluate").read_text())["paired"]
+    assert set(paired) == {f"{a}-{b}" for a, b in PAIRS if a in results and b in results} == {
+        "paper_cnn-linear_regression"}
+    entry = paired["paper_cnn-linear_regression"]
+    assert entry["a"] == "paper_cnn" and entry["b"] == "linear_regression" and entry["n_users"] == 8
+    for metric in ("spearman_within", "pairwise_within"):
+        d = entry[metric]
+        want = results["paper_cnn"][metric] - results["linear_regression"][metric]
+        assert d["difference"] == pytest.approx(want, abs=2e-6), metric
+        lo, hi = d["ci"]
+        assert lo <= d["difference"] <= hi, metric
+        assert d["excludes_0"] == (lo > 0 or hi < 0)
+        assert d["verdict"] == ("paper_cnn better" if lo > 0 else "linear_regression better" if hi < 0
+                                else "no clear difference")
 
 
 def test_metrics_hold_one_small_row_per_model(evaluated: tuple[Paths, dict, dict]) -> None:
@@ -198,10 +222,12 @@ def test_summary_tables_print(evaluated: tuple[Paths, dict, dict]) -> None:
 
     paths, results, leak = evaluated
     console = Console(record=True, width=100)
-    for table in Report(results, leak, {"oracle": "why not"}).tables():
+    paired = json.loads(paths.stage_report("evaluate").read_text())["paired"]
+    for table in Report(results, leak, {"oracle": "why not"}, paired).tables():
         console.print(table)
     text = console.export_text()
     assert "leak" in text and "user_mean" in text and "why not" in text
+    assert "paired differences" in text and "paper_cnn-linear_regression" in text
 
 
 def test_ridge_features_fits_the_featurize_stages_features(synthetic: tuple[Paths, np.ndarray],
@@ -253,6 +279,41 @@ def test_oracle_is_recomputed_from_the_world_not_from_crawled_data(tiny_world) -
     assert np.array_equal(np.argsort(again), np.argsort(oracle))
 
 
+def test_image_ceiling_is_the_visible_appeal_scored_like_every_model(tiny_world) -> None:
+    """image_ceiling: the part of the true appeal the photo shows, from the world's seed; it
+    differs from the oracle (by the invisible noise), ranks well, never reads the targets, and
+    gets the same metrics as every model."""
+    from imgrate.demo.world import APPEAL_NOISE, DemoWorld
+
+    params, paths = tiny_world
+    data = load_dataset(paths)
+    index = [{**r, "split": "train" if r["row"] % 2 else "test"} for r in data.index]
+    half = Dataset(data.images, index, data.meta)
+    test = half.split("test")
+    ctx = Context(half, paths, 0, params.crawl)
+    ceiling, oracle = BASELINES["image_ceiling"].predict(ctx), BASELINES["oracle"].predict(ctx)
+    assert BASELINES["image_ceiling"].bound and BASELINES["image_ceiling"].reads == ("world",)
+    assert ceiling.shape == oracle.shape == (len(test),) and np.all(np.isfinite(ceiling))
+    assert not np.allclose(np.argsort(ceiling), np.argsort(oracle))
+    y, users = half.targets(test), half.users(test)
+    assert metrics.spearman_within(y, ceiling, users, min_items=3) > 0.3
+
+    # the visible appeal is the true appeal less noise of sd APPEAL_NOISE
+    world = DemoWorld(sorted({str(r["user"]).lower() for r in index}), params.crawl.demo)
+    codes = [r["shortcode"] for r in index]
+    noise = np.array([world.appeal(c) - world.visible_appeal(c) for c in codes])
+    assert 0.25 < noise.std() < 0.7 and abs(noise.mean()) < 0.2 and APPEAL_NOISE == 0.45
+
+    rng = np.random.default_rng(0)
+    scrambled = Dataset(data.images, [{**r, "target": float(rng.random()), "likes": 1} for r in index], data.meta)
+    again = BASELINES["image_ceiling"].predict(Context(scrambled, paths, 0, params.crawl))
+    assert np.array_equal(np.argsort(again), np.argsort(ceiling))
+
+    scored = score(y.astype(float), users, {"image_ceiling": ceiling, "oracle": oracle}, PARAMS)
+    assert set(scored["image_ceiling"]) == set(scored["oracle"]) == METRIC_KEYS
+    assert scored["image_ceiling"] != scored["oracle"]
+
+
 # -------------------------------------------------------------------- DVC, end to end
 
 
@@ -302,6 +363,8 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
     dvc(project, "repro")
     results = json.loads((project / "reports/evaluate.json").read_text())
     assert {"paper_cnn", "oracle", *PIXEL_BASELINES} <= set(results)
+    assert "pretrained-paper_cnn" in results.pop("paired")
+    assert {"oracle", "image_ceiling"} <= set(results)
     assert set(json.loads((project / "reports/leak.json").read_text())) == set(results)
     assert {p.stem for p in (project / "metrics/evaluate").glob("*.json")} == set(results)
     for fig in FIGURES:

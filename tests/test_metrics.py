@@ -19,6 +19,7 @@ from imgrate.metrics import (
     mae,
     mse,
     ndcg_within,
+    paired_bootstrap,
     pairwise_within,
     per_user,
     ranking_accuracies,
@@ -444,3 +445,54 @@ def test_evaluate_predictions_tiny_and_none_for_nan() -> None:
     assert res["ranking_accuracy_within"]["10"] is None  # no user has 10 items
     assert res["ranking_accuracy_mixed"]["10"] is not None
     json.dumps(res, allow_nan=False)
+
+
+# ------------------------------------------------------------------- paired bootstrap
+
+
+def _two_models(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(20), 12)
+    return rng.normal(size=users.size), users, rng
+
+
+def test_paired_bootstrap_of_identical_models_is_exactly_zero() -> None:
+    y, users, rng = _two_models()
+    pred = y + rng.normal(size=y.size)
+    for metric, d in paired_bootstrap(y, pred, pred.copy(), users, n_boot=300).items():
+        assert d == {"difference": 0.0, "ci": [0.0, 0.0], "excludes_0": False, "n_users": 20}, metric
+
+
+def test_paired_bootstrap_tells_the_target_from_noise() -> None:
+    """The target itself against random scores: the difference is the plain metrics' difference
+    and its interval lies above 0 (below 0 the other way round, the mirror image)."""
+    y, users, rng = _two_models(1)
+    noise = rng.normal(size=y.size)
+    ab = paired_bootstrap(y, y, noise, users, n_boot=500, seed=3)
+    ba = paired_bootstrap(y, noise, y, users, n_boot=500, seed=3)
+    assert ab["spearman"]["difference"] == pytest.approx(1.0 - spearman_within(y, noise, users))
+    assert ab["pairwise"]["difference"] == pytest.approx(1.0 - pairwise_within(y, noise, users))
+    for metric in ("spearman", "pairwise"):
+        lo, hi = ab[metric]["ci"]
+        assert 0 < lo <= ab[metric]["difference"] <= hi and ab[metric]["excludes_0"], metric
+        assert ba[metric]["ci"] == pytest.approx([-hi, -lo]) and ba[metric]["excludes_0"], metric
+
+
+def test_paired_bootstrap_is_seeded_and_pairs_the_resamples() -> None:
+    """Same seed, same interval; two noisy copies of one model are closer to each other than
+    either model's own interval is wide (the pairing cancels what they share)."""
+    y, users, rng = _two_models(2)
+    a = y + rng.normal(size=y.size)
+    b = a + 0.1 * rng.normal(size=y.size)
+    first = paired_bootstrap(y, a, b, users, n_boot=400, seed=7)
+    assert first == paired_bootstrap(y, a, b, users, n_boot=400, seed=7)
+    assert first != paired_bootstrap(y, a, b, users, n_boot=400, seed=8)
+    lo, hi = first["spearman"]["ci"]
+    own_lo, own_hi = bootstrap_ci(per_user(y, a, users), n_boot=400, seed=7)
+    assert hi - lo < (own_hi - own_lo) / 2
+    # users below min_items or with constant targets take no part
+    y2 = np.r_[y, np.ones(6)]
+    u2, a2, b2 = np.r_[users, np.full(6, 99)], np.r_[a, np.arange(6.0)], np.r_[b, -np.arange(6.0)]
+    assert paired_bootstrap(y2, a2, b2, u2, n_boot=400, seed=7) == first
+    with pytest.raises(ValueError):
+        paired_bootstrap(y, a, b[:-1], users)

@@ -344,6 +344,13 @@ class DemoWorld:
         username, index = self._lookup(shortcode)
         return self._model(username, index).appeal
 
+    def visible_appeal(self, shortcode: str) -> float:
+        """The part of the post's appeal that its (first) image shows: the true appeal before the
+        invisible noise of sd ``APPEAL_NOISE`` (the image_ceiling bound; never served to Instaloader)."""
+        username, index = self._lookup(shortcode)
+        user = self.user(username)
+        return self._visible_appeal(user, self._scene(user, index, 0))
+
     def _lookup(self, shortcode: str) -> tuple[str, int]:
         """(username, index) of a shortcode: its media id holds the posting time, so a
         bisection per user finds it, building only the posts made in that second."""
