@@ -252,7 +252,8 @@ class FeaturesInput(ModelInput):
         return paths.rel(paths.features)
 
     def load(self, data: DatasetRows, paths: Paths) -> tuple[InputSpec, np.ndarray]:
-        feats = load_features(paths, [(str(r["shard"]), str(r["member"])) for r in data.index])
+        rows = (*data.index, *data.dropped)  # one row of features per row of the images array
+        feats = load_features(paths, [(str(r["shard"]), str(r["member"])) for r in rows])
         m = feats.meta
         spec = InputSpec("features", m.input_size, str(data.meta["target"]), m.backbone, m.width, m.to_dict())
         return spec, feats.x

@@ -53,6 +53,7 @@ class DatasetRows(Protocol):
     images: np.ndarray  # N x S x S x 3 uint8
     index: list[dict[str, Any]]  # one row per image: shortcode, user, target, split, shard, member
     meta: dict[str, Any]  # size, target, ...
+    dropped: list[dict[str, Any]]  # as index: the posts the per-user balance left out, rows after it
 
 
 class ModelInput(ABC):

@@ -2,7 +2,11 @@
 
 The paper's recipe: the first image of each post (``_1`` of a sidecar; videos have none
 unless the crawl kept their thumbnails), ``size`` x ``size`` RGB uint8, likes divided by the
-user's most-liked post, per-user balance, a stable 8:1:1 split. Images that fail to decode
+user's most-liked post, per-user balance, a stable 8:1:1 split. The posts the balance
+leaves out follow the kept ones in the arrays, marked ``balance: dropped`` with splits of
+their own that never train on what the paper holds out (:func:`dropped_splits`):
+:class:`imgrate.dataset.Dataset` keeps them apart, and only a model that balances users by
+sample weights trains on them; evaluation never sees them. Images that fail to decode
 are skipped and listed (``meta.json`` ``skipped``, ``reports/preprocess.json``), and so are
 the posts of a shard that is damaged (checked through a cache keyed by the shard's name,
 size and mtime; export already skips such shards, so this guards a shard damaged since).
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from imgrate.dataset import DROPPED
 from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError
 from imgrate.images import RESAMPLE, load_thumbnail
@@ -255,6 +260,36 @@ def balance(rows: list[dict[str, Any]], max_per_user: int | None, seed: int) -> 
     return [r for r in rows if r["shortcode"] in keep]
 
 
+def dropped_splits(kept: list[dict[str, Any]], kept_splits: list[str], dropped: list[dict[str, Any]],
+                   params: PreprocessParams) -> list[str]:
+    """The split of each post the per-user balance dropped, so that a model that balances users
+    by weights instead (every post trains) never trains on what the paper's split holds out.
+
+    The kept posts' splits are the paper's, untouched. ``random`` and ``user``: the same stable
+    hash as theirs. ``temporal``: a dropped post trains only when it is older than the user's
+    first held-out kept post (else test when it is at least as late as their first test post,
+    else val). Then a dropped post whose image is byte-identical to a kept one takes that
+    post's split, as duplicates do among the kept posts."""
+    if not dropped:
+        return []
+    if params.split == "temporal":
+        first: dict[tuple[str, str], tuple[int, str]] = {}  # (user, split) -> earliest post
+        for r, sp in zip(kept, kept_splits):
+            key, when = (r["user"], sp), (r["timestamp"], r["shortcode"])
+            if sp != "train" and (key not in first or when < first[key]):
+                first[key] = when
+        out = []
+        for r in dropped:
+            when = (r["timestamp"], r["shortcode"])
+            test, val = first.get((r["user"], "test")), first.get((r["user"], "val"))
+            out.append("test" if test is not None and when >= test else
+                       "val" if (val is not None and when >= val) or (test is not None and when >= test) else "train")
+    else:
+        out = assign_splits(dropped, params.split, params.split_ratios, params.seed)
+    by_hash = {r["sha256"]: sp for r, sp in zip(kept, kept_splits) if r.get("sha256")}
+    return [by_hash.get(r.get("sha256") or "", sp) for r, sp in zip(dropped, out)]
+
+
 def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
     """The DVC stage: write images_<size>.npy, index.jsonl, meta.json and metrics.
 
@@ -321,13 +356,18 @@ def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
         p["target"] = float(t)
     rows = balance(usable, params.max_posts_per_user, params.seed)
     splits = assign_splits(rows, params.split, params.split_ratios, params.seed)
+    # the posts the balance left out follow the kept ones (rows after theirs, ``balance:
+    # dropped``): models that balance users by weights train on them; no one tests on them
+    kept_codes = {r["shortcode"] for r in rows}
+    dropped = [r for r in usable if r["shortcode"] not in kept_codes]
+    dropped_split = dropped_splits(rows, splits, dropped, params)
 
-    _write_images(paths.images_array(params.size), rows, shards, where, params.size)
+    _write_images(paths.images_array(params.size), rows + dropped, shards, where, params.size)
     index = [
         {"row": i, "shortcode": r["shortcode"], "user": r["user"], "date": r["date"],
          "timestamp": r["timestamp"], "likes": r["likes"], "target": round(r["target"], 8), "split": s,
-         "shard": r["shard"], "member": r["member"]}
-        for i, (r, s) in enumerate(zip(rows, splits))
+         "shard": r["shard"], "member": r["member"], **({"balance": DROPPED} if i >= len(rows) else {})}
+        for i, (r, s) in enumerate(zip(rows + dropped, splits + dropped_split))
     ]
     write_jsonl(paths.dataset_index, index)
     counts = Counter(splits)
@@ -336,6 +376,8 @@ def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
         "split_ratios": params.split_ratios, "images": paths.images_array(params.size).name,
         "n": len(rows), "users": sorted({r["user"] for r in rows}),
         "splits": {s: counts.get(s, 0) for s in SPLITS},
+        # the rows after the n kept ones: what the per-user balance left out, by split
+        "dropped_by_balance": {s: dropped_split.count(s) for s in SPLITS},
         "skipped": skipped,  # images listed in the posts table that could not be decoded
     }
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
@@ -345,6 +387,7 @@ def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
         "skipped": sum(s["member"] is not None for s in skipped), "shards_damaged": len(damaged),
         "duplicate_images": sum(len(g) - 1 for g in duplicate_groups(rows)),
         "kept": len(rows), "users": len(meta["users"]), "splits": meta["splits"],
+        "dropped_by_balance": len(dropped),
     }
     # `dvc metrics show` gets three counts (one table line for every stage must fit a
     # terminal); reports/preprocess.json has all of it (splits, skipped, duplicates)

@@ -154,45 +154,72 @@ def _broadcast(obj: Any, info: DistInfo) -> Any:
 # --------------------------------------------------------------------------- inputs
 
 
-def _split(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...], split: str) -> Split:
-    rows = data.split(split)
-    codes = {u: i for i, u in enumerate(sorted({r["user"] for r in data.index}))}
+def user_weights(users: np.ndarray) -> np.ndarray:
+    """Per-user balance by sample weights: each row weighs 1 / (its user's rows), scaled to a
+    mean of 1, so every user's rows weigh the same in total (float32)."""
+    _, codes, counts = np.unique(users, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[codes.reshape(-1)].astype(np.float64)
+    return (w * len(w) / w.sum()).astype(np.float32) if len(w) else w.astype(np.float32)
+
+
+def _split(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...], split: str,
+           weights: bool = False) -> Split:
+    """One split as ``spec`` sees it; with ``weights`` it also holds the posts the per-user
+    balance dropped from that split, and each row's :func:`user_weights`."""
+    rows = data.split(split, dropped=weights)
+    entries = [data.row(int(i)) for i in rows]  # kept posts, then (weights) the dropped ones
+    codes = {u: i for i, u in enumerate(sorted({r["user"] for r in (*data.index, *data.dropped)}))}
+    users = np.array([codes[r["user"]] for r in entries], dtype=np.int64)
     return Split(
         reads=spec.reads,
         sources=sources,
         rows=rows,
-        y=data.targets(rows),
-        users=np.array([codes[data.index[i]["user"]] for i in rows], dtype=np.int64),
-        days=np.array([float(data.index[i].get("timestamp", 0)) / 86400.0 for i in rows], dtype=np.float64),
+        y=np.array([r["target"] for r in entries], dtype=np.float32),
+        users=users,
+        days=np.array([float(r.get("timestamp", 0)) / 86400.0 for r in entries], dtype=np.float64),
+        weights=user_weights(users) if weights else None,
     )
 
 
-def split_inputs(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...]) -> tuple[Split, Split]:
-    """(train, val) rows of ``sources`` (one array per input of ``spec``, one row per dataset row)."""
-    return _split(data, spec, sources, "train"), _split(data, spec, sources, "val")
+def split_inputs(data: Dataset, spec: ModelSpec[Any, Any], sources: tuple[np.ndarray, ...],
+                 balance: str = "discard") -> tuple[Split, Split]:
+    """(train, val) rows of ``sources`` (one array per input of ``spec``, one row per dataset row).
+
+    ``balance: weights``: the training split also holds the training posts the paper's per-user
+    balance dropped, weighted so that every user weighs the same (:func:`user_weights`); the
+    validation split stays the paper's (early stopping and the reported validation scores
+    compare across balances), and no dropped post of val or test is ever read."""
+    return _split(data, spec, sources, "train", weights=balance == "weights"), _split(data, spec, sources, "val")
 
 
 # --------------------------------------------------------------------------- losses
 
 
 def pairwise_loss(pred: torch.Tensor, y: torch.Tensor, users: torch.Tensor, days: torch.Tensor,
-                  window: float | None = None) -> torch.Tensor:
+                  window: float | None = None, weights: torch.Tensor | None = None) -> torch.Tensor:
     """RankNet: mean of -log sigmoid(s_i - s_j) over pairs of the same user with y_i > y_j
-    (posted at most ``window`` days apart when given). Zero, still attached to the graph,
-    when the batch has no such pair."""
+    (posted at most ``window`` days apart when given); with ``weights`` (one per item) a
+    pair weighs w_i * w_j (1 / pairs of its user when w = 1 / posts of the user). Zero,
+    still attached to the graph, when the batch has no such pair."""
     mask = (users[:, None] == users[None, :]) & (y[:, None] > y[None, :])
     if window is not None:
         mask &= (days[:, None] - days[None, :]).abs() <= window
     if not bool(mask.any()):
         return pred.sum() * 0.0
-    return F.softplus(-(pred[:, None] - pred[None, :])[mask]).mean()
+    losses = F.softplus(-(pred[:, None] - pred[None, :])[mask])
+    if weights is None:
+        return losses.mean()
+    w = (weights[:, None] * weights[None, :])[mask]
+    return (losses * w).sum() / w.sum()
 
 
 def _loss(cfg: FitConfig, pred: torch.Tensor, y: torch.Tensor, users: torch.Tensor,
-          days: torch.Tensor) -> torch.Tensor:
+          days: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     if cfg.loss == "pairwise":
-        return pairwise_loss(pred, y, users, days, cfg.pair_window_days)
-    return F.mse_loss(pred, y)
+        return pairwise_loss(pred, y, users, days, cfg.pair_window_days, weights)
+    if weights is None:
+        return F.mse_loss(pred, y)
+    return (weights * (pred - y) ** 2).sum() / weights.sum()
 
 
 def _val_loss(cfg: FitConfig, pred: np.ndarray, val: Split) -> float:
@@ -312,6 +339,7 @@ def fit(
     per_rank = max(1, math.ceil(cfg.batch_size / info.world))
     y_all = torch.from_numpy(train.y)
     users_all, days_all = torch.from_numpy(train.users), torch.from_numpy(train.days)
+    weights_all = None if train.weights is None else torch.from_numpy(train.weights)
 
     history: list[EpochLog] = []
     best: dict[str, Any] = {"score": -math.inf, "epoch": 0, "state": None, "bad": 0}
@@ -343,7 +371,8 @@ def fit(
             optimizer.zero_grad(set_to_none=True)
             with _autocast(device):
                 pred = net(*xb)
-            loss = _loss(cfg, pred.float(), yb, users_all[idx].to(device), days_all[idx].to(device))
+            wb = None if weights_all is None else weights_all[idx].to(device)
+            loss = _loss(cfg, pred.float(), yb, users_all[idx].to(device), days_all[idx].to(device), wb)
             loss.backward()
             optimizer.step()
             total += torch.tensor([loss.item() * len(idx), len(idx)], dtype=torch.float64)
@@ -464,7 +493,7 @@ def _run(spec: ModelSpec[Any, Any], section: Any, params: Params, paths: Paths, 
     model = spec.module(config)
     method = spec.fit
     cfg = method.settings(section, params.train.seed) if isinstance(method, Gradient) else None
-    train, val = split_inputs(data, spec, sources)
+    train, val = split_inputs(data, spec, sources, cfg.balance if cfg is not None else "discard")
     checkpoint = None
     if cfg is not None and info.main:
         key = run_key(model_name, dataclasses.asdict(config), cfg, train, val)
@@ -525,6 +554,8 @@ def _run(spec: ModelSpec[Any, Any], section: Any, params: Params, paths: Paths, 
         "train_loss": kept.train_loss,
         "val_loss": kept.val_loss,
         "val_spearman_within": kept.val_spearman_within,
+        "train_posts": len(train),
+        "train_dropped_by_balance": int((train.rows >= len(data.index)).sum()),  # balance: weights
     }
     # wall-clock time goes to the log, never into the model file: the same inputs give the same bytes
     log.info("%s: %.2f s per epoch", model_name, float(np.mean([e.seconds for e in history])))

@@ -224,3 +224,59 @@ def test_a_killed_run_leaves_no_temporary_file_in_the_dataset(tiny_world, tmp_pa
     run_stage(params.preprocess, paths)
     assert not any(p.exists() for p in stale) and other.exists()
     assert sorted(p.name for p in paths.dataset.iterdir()) == ["images_50.npy", "index.jsonl", "meta.json"]
+
+
+def test_the_posts_the_balance_drops_follow_the_kept_ones(tiny_world, tmp_path: Path) -> None:
+    """With a cap, the paper's dataset (index, splits, images) is the same as if the dropped
+    posts did not exist; the dropped ones follow it (``balance: dropped``, splits of their own)
+    and load_dataset keeps them apart."""
+    from conftest import copy_world
+
+    from imgrate.dataset import load_dataset
+
+    params, tiny = tiny_world
+    paths = copy_world(tiny, tmp_path)
+    full = load_dataset(paths)
+    counts = {u: sum(r["user"] == u for r in full.index) for u in TINY_USERS}
+    cap = sorted(counts.values())[len(counts) // 2]  # about half the users lose posts
+    run_stage(dataclasses.replace(params.preprocess, max_posts_per_user=cap), paths)
+    data = load_dataset(paths)
+    assert data.meta["n"] == len(data.index) and data.images.shape[0] == len(data.index) + len(data.dropped)
+    assert all(r["balance"] == "dropped" for r in data.dropped) and data.dropped
+    assert all("balance" not in r for r in data.index)
+    assert {u: sum(r["user"] == u for r in data.index) for u in TINY_USERS} == {u: min(n, cap) for u, n in counts.items()}
+    assert {r["shortcode"] for r in data.index} | {r["shortcode"] for r in data.dropped} == {
+        r["shortcode"] for r in full.index}
+    assert sum(data.meta["dropped_by_balance"].values()) == len(data.dropped)
+    report = json.loads(paths.stage_report("preprocess").read_text())
+    assert report["dropped_by_balance"] == len(data.dropped) and report["kept"] == len(data.index)
+    # the same split as without the cap (random split: a hash of the shortcode), for both
+    before = {r["shortcode"]: r["split"] for r in full.index}
+    assert all(r["split"] == before[r["shortcode"]] for r in (*data.index, *data.dropped))
+    # the images of every row are the post's
+    where = {r["shortcode"]: r["row"] for r in full.index}
+    for r in (*data.index[:3], *data.dropped[:3]):
+        assert np.array_equal(data.images[r["row"]], full.images[where[r["shortcode"]]])
+    # split() leaves them out unless asked
+    assert set(data.split("train")) == {r["row"] for r in data.index if r["split"] == "train"}
+    assert set(data.split("train", dropped=True)) - set(data.split("train")) == {
+        r["row"] for r in data.dropped if r["split"] == "train"}
+
+
+def test_dropped_posts_never_train_on_what_the_paper_holds_out() -> None:
+    """Temporal: a dropped post later than the user's first held-out kept post is held out;
+    identical images take the kept post's split."""
+    from imgrate.params import PreprocessParams
+    from imgrate.preprocess import dropped_splits
+
+    kept = [{"user": "a", "shortcode": f"k{i}", "timestamp": t, "sha256": f"h{i}"} for i, t in enumerate([1, 2, 3, 7, 9])]
+    kept_splits = ["train", "train", "train", "val", "test"]
+    dropped = [{"user": "a", "shortcode": f"d{i}", "timestamp": t, "sha256": f"x{i}"} for i, t in enumerate([0, 5, 8, 10])]
+    dropped.append({"user": "a", "shortcode": "dup", "timestamp": 0, "sha256": "h4"})
+    temporal = PreprocessParams(split="temporal")
+    assert dropped_splits(kept, kept_splits, dropped, temporal) == ["train", "train", "val", "test", "test"]
+    rnd = PreprocessParams(split="random")
+    assert dropped_splits(kept, kept_splits, dropped, rnd)[:4] == assign_splits(dropped[:4], "random",
+                                                                                rnd.split_ratios, rnd.seed)
+    assert dropped_splits(kept, kept_splits, dropped, rnd)[4] == "test"
+    assert dropped_splits(kept, kept_splits, [], rnd) == []

@@ -121,6 +121,71 @@ def test_pairwise_loss_is_ranknet_on_within_user_pairs() -> None:
     assert no_pairs.item() == 0.0
 
 
+def test_weighted_losses_weigh_each_user_the_same() -> None:
+    """Weights of 1 change nothing; with per-user weights 1 / n a user of many posts counts as
+    much as a user of few, in both losses."""
+    from imgrate.train import _loss, user_weights
+
+    users = torch.tensor([0, 0, 0, 0, 1, 1])
+    y = torch.tensor([0.0, 1.0, 2.0, 3.0, 0.0, 1.0])
+    pred = torch.tensor([0.0, 1.0, 2.0, 3.0, 1.0, 0.0])  # user 0 ordered right, user 1 wrong
+    days = torch.zeros(6)
+    ones = torch.ones(6)
+    for loss in ("mse", "pairwise"):
+        cfg = FitConfig(1, 8, 0.1, loss=loss)  # type: ignore[arg-type]
+        assert torch.isclose(_loss(cfg, pred, y, users, days, ones), _loss(cfg, pred, y, users, days))
+    w = torch.from_numpy(user_weights(users.numpy()))
+    assert torch.allclose(w, torch.tensor([0.75, 0.75, 0.75, 0.75, 1.5, 1.5])) and w.mean() == 1
+    good, bad = torch.nn.functional.softplus(torch.tensor(-1.0)), torch.nn.functional.softplus(torch.tensor(1.0))
+    # user 0: 6 pairs with gaps 1, 2, 3, 1, 2, 1; user 1: one wrong pair; each user half the weight
+    sp = torch.nn.functional.softplus
+    user0 = torch.stack([sp(torch.tensor(-g)) for g in (1.0, 2.0, 3.0, 1.0, 2.0, 1.0)]).mean()
+    got = pairwise_loss(pred, y, users, days, weights=w)
+    assert torch.isclose(got, (user0 * 6 * 0.75**2 + bad * 1.5**2) / (6 * 0.75**2 + 1.5**2))
+    assert got > pairwise_loss(pred, y, users, days) and good < bad
+    mse = _loss(FitConfig(1, 8, 0.1), pred, y, users, days, w)
+    assert torch.isclose(mse, torch.tensor((0.0 + 2 * 1.5) / 6.0))  # user 1's errors of 1 weigh half
+
+
+def test_balance_by_weights_trains_on_every_training_post_and_holds_out_the_rest() -> None:
+    """split_inputs with balance weights: the paper's training posts and the dropped training
+    posts, each user weighing the same; validation is the paper's; no held-out post trains."""
+    from imgrate.dataset import Dataset
+
+    index, dropped = [], []
+    for u, n_kept, n_dropped in (("a", 10, 0), ("b", 10, 20)):
+        for i in range(n_kept + n_dropped):
+            row = {"shortcode": f"{u}{i}", "user": u, "target": float(i), "timestamp": i * 86400,
+                   "split": ("train", "train", "train", "val", "test")[i % 5]}
+            (index if i < n_kept else dropped).append(row)
+    rows = [*index, *dropped]
+    for i, r in enumerate(rows):
+        r["row"] = i
+    for r in dropped:
+        r["balance"] = "dropped"
+    data = Dataset(np.zeros((len(rows), 2, 2, 3), np.uint8), index, {"size": 2, "target": "max_ratio"}, dropped)
+    spec = model_spec("pretrained")
+    sources = (np.arange(len(rows), dtype=np.float32)[:, None],)
+    train, val = split_inputs(data, spec, sources)
+    assert train.weights is None and set(train.rows) == {r["row"] for r in index if r["split"] == "train"}
+    wtrain, wval = split_inputs(data, spec, sources, "weights")
+    assert set(wtrain.rows) == {r["row"] for r in rows if r["split"] == "train"}
+    assert np.array_equal(wval.rows, val.rows) and wval.weights is None
+    held = {r["row"] for r in rows if r["split"] != "train"}
+    assert not held & set(wtrain.rows)
+    assert wtrain.weights is not None
+    per_user = {int(u): float(wtrain.weights[wtrain.users == u].sum()) for u in np.unique(wtrain.users)}
+    assert per_user[0] == pytest.approx(per_user[1])  # 6 posts of a, 18 of b: the same total weight
+    assert np.array_equal(wtrain.y, [rows[i]["target"] for i in wtrain.rows])
+    assert _fit_config_default("pretrained").balance == "weights"
+    assert _fit_config_default("paper_cnn").balance == "discard"  # the paper's protocol
+
+
+def _fit_config_default(name: str) -> FitConfig:
+    spec = model_spec(name)
+    return spec.fit.settings(spec.params(), 0)  # type: ignore[union-attr]
+
+
 def test_run_key_changes_with_params_and_data(tiny_world) -> None:
     params, paths = tiny_world
     config, train, val, cfg = _setup("paper_cnn", params, paths)

@@ -64,6 +64,10 @@ class FitConfig:
     loss: Literal["mse", "pairwise"] = "mse"
     pair_window_days: float | None = None
     patience: int | None = None  # None: train every epoch and keep the last one (the paper)
+    # per-user balance: "discard" trains on the paper's balanced dataset only; "weights" also on
+    # the training posts that balance left out, each post weighted 1 / (its user's training
+    # posts), so every post trains and every user weighs the same
+    balance: Literal["discard", "weights"] = "discard"
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,7 @@ class Split:
     y: np.ndarray  # float32, one per row
     users: np.ndarray  # int64 user codes
     days: np.ndarray  # float64 days since the epoch (post time)
+    weights: np.ndarray | None = None  # float32 per row (mean 1), None: every row weighs 1
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -157,7 +162,7 @@ class Split:
         for src in self.sources:
             for i in range(0, len(self.rows), chunk):
                 h.update(np.ascontiguousarray(src[self.rows[i : i + chunk]]).tobytes())
-        for a in (self.rows, self.y, self.users, self.days):
+        for a in (self.rows, self.y, self.users, self.days, *(() if self.weights is None else (self.weights,))):
             h.update(np.ascontiguousarray(a).tobytes())
 
 

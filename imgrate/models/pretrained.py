@@ -29,6 +29,9 @@ class Params:
     batch_size: int = param(256, ge=2)  # a pairwise batch needs two posts
     lr: float = param(0.001, gt=0)
     weight_decay: float = param(0.0001, ge=0)
+    # weights: also the training posts the per-user balance dropped, each user weighing the same;
+    # discard: only the paper's balanced posts (imgrate.train.split_inputs)
+    balance: Literal["weights", "discard"] = "weights"
 
 
 @dataclass(frozen=True)
@@ -91,5 +94,5 @@ SPEC = ModelSpec(
                                                    dropout=p.dropout),
     module=PretrainedHead,
     fit=Gradient(lambda p, seed: FitConfig(p.epochs, p.batch_size, p.lr, seed, p.weight_decay, p.loss,
-                                           p.pair_window_days, p.patience), calibrate=True),
+                                           p.pair_window_days, p.patience, p.balance), calibrate=True),
 )
