@@ -60,6 +60,7 @@ test: setup mongo-venv
 	python -m pytest -q $(PYTEST_ARGS)
 
 # each bench prints JSON and saves it under bench/results/ (bench/README.md: what each measures)
+SEEDS ?= 1 2 3 4 5  # bench/quality.py's world seeds
 bench: setup
 	python bench/preprocess.py
 	python bench/crawl.py
@@ -68,6 +69,7 @@ bench: setup
 	python bench/featurize.py
 	python bench/limits.py
 	python bench/rank.py
+	python bench/quality.py --seeds $(SEEDS)
 
 # the data stages after +1% posts against a full rebuild, and a no-op repro, at the paper's
 # scale (~71,000 posts: a crawl of 15-40 minutes); POSTS=10000 for a quicker look

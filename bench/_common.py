@@ -199,17 +199,19 @@ def dvc(project: Path, *args: str, env: Mapping[str, str] | None = None) -> floa
 
 
 def build_world(dest: Path, users: int, *, image_size: int = 320, until: str = "2025-09-30",
-                preprocess: bool = True) -> Paths:
+                preprocess: bool = True, changes: Mapping[str, Any] | None = None) -> Paths:
     """The first ``users`` of users.txt, crawled up to ``until``, exported (and, with
     ``preprocess``, preprocessed) under ``dest`` by ``imgrate crawl``, ``imgrate export`` and
-    ``imgrate preprocess``, with the project's params.yaml otherwise."""
+    ``imgrate preprocess``, with the project's params.yaml otherwise (and ``changes``, e.g.
+    ``{"crawl.demo.seed": 7}`` for another world)."""
     from imgrate.crawl.users import read_users
 
     names = read_users(ROOT / "users.txt")[:users]
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "users.txt").write_text("\n".join(names) + "\n")
     write_params(dest, with_params(load(), {"crawl.demo.until": until, "crawl.demo.image_size": image_size,
-                                            "crawl.users_file": "users.txt", "export.mongo_uri": None}))
+                                            "crawl.users_file": "users.txt", "export.mongo_uri": None,
+                                            **(changes or {})}))
     for stage in ("crawl", "export", *(("preprocess",) if preprocess else ())):
         imgrate(dest, stage)
     return Paths(dest)
