@@ -16,7 +16,8 @@ output, ``world`` the params of the simulated world (:data:`imgrate.demo.world.P
   appeal that the photo shows (before that noise), recomputed and mapped the same way: what
   an image-only model could at best learn (up to the likes' own noise, which both bounds share).
 - ``ridge_features``: cross-validated ridge on the frozen backbone features of the featurize
-  stage (standardised with the training split's statistics).
+  stage (standardised robustly with the training split's statistics: imgrate.features.robust_spread,
+  z-scores clipped).
 - ``ridge_pixels``: cross-validated ridge on the flattened pixels.
 - ``linear_regression``: the paper's scikit-learn LinearRegression on flattened pixels,
   unregularised, as the paper ran it.
@@ -165,9 +166,12 @@ def _image_ceiling(ctx: Context) -> np.ndarray:
 
 
 def _ridge_features(ctx: Context) -> np.ndarray:
+    from imgrate.features import robust_spread, standardise
+
     x_train, x_test = ctx.features()
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
-    return ridge_cv((x_train - mean) / std, ctx.y_train, (x_test - mean) / std, "ridge_features")
+    mean, spread = x_train.mean(axis=0), robust_spread(x_train.std(axis=0))
+    return ridge_cv(standardise(x_train, mean, spread), ctx.y_train, standardise(x_test, mean, spread),
+                    "ridge_features")
 
 
 def _ridge_pixels(ctx: Context) -> np.ndarray:

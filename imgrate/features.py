@@ -107,6 +107,29 @@ def compute(meta: FeatureMeta, backbone: Backbone, images: np.ndarray, device: t
 # --------------------------------------------------------------------------- the store
 
 
+# Robust standardisation of feature columns (the pretrained head, ridge_features): a column
+# whose training spread is tiny (near-constant: a channel the photos rarely fire) would give
+# test posts z-scores in the thousands, so each column's spread is floored at SPREAD_FLOOR x the
+# median spread of the columns, and z-scores are clipped to +-Z_CLIP.
+SPREAD_FLOOR = 0.1
+Z_CLIP = 8.0
+
+
+def robust_spread(std: np.ndarray) -> np.ndarray:
+    """Per-column spreads to divide by: ``std`` floored at :data:`SPREAD_FLOOR` x the median of
+    the positive ones (and at 1e-6), float64."""
+    s = np.asarray(std, dtype=np.float64)
+    positive = s[s > 0]
+    floor = max(SPREAD_FLOOR * float(np.median(positive)) if positive.size else 0.0, 1e-6)
+    return np.maximum(s, floor)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    """``(x - mean) / spread`` clipped to +-:data:`Z_CLIP` (``spread`` from :func:`robust_spread`)."""
+    out: np.ndarray = np.clip((np.asarray(x, np.float64) - mean) / spread, -Z_CLIP, Z_CLIP)
+    return out
+
+
 def _stem(shard: str) -> str:
     return shard.removesuffix(".tar")
 

@@ -206,3 +206,35 @@ def test_a_config_that_asks_for_more_weights_than_the_file_holds_allocates_nothi
     torch.save(raw, tmp_path / "negative.pt")
     with pytest.raises(ModelError, match="negative.pt"):
         load_model(tmp_path / "negative.pt")
+
+
+def test_near_constant_features_never_explode() -> None:
+    """Robust standardisation: a feature (nearly) constant on the training images gets a floored
+    spread, so a test image where it fires gives a bounded z-score, in the pretrained head and
+    in ridge_features' standardise (issue 18: z-scores of 1,000 to 22,000 before)."""
+    from imgrate.features import SPREAD_FLOOR, Z_CLIP, robust_spread, standardise
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(200, 6))
+    train[:, 0] = 0.5  # constant
+    train[:, 1] = 0.5 + 1e-6 * rng.normal(size=200)  # near-constant
+    spread = robust_spread(train.std(axis=0))
+    median = float(np.median(train.std(axis=0)[train.std(axis=0) > 0]))
+    assert spread[0] == spread[1] == pytest.approx(SPREAD_FLOOR * median)
+    assert np.array_equal(spread[2:], train.std(axis=0)[2:])  # ordinary columns untouched
+    test = rng.normal(size=(5, 6))
+    test[:, :2] = 3.0
+    z = standardise(test, train.mean(axis=0), spread)
+    assert np.abs(z).max() <= Z_CLIP and np.all(np.abs(z[:, :2]) == Z_CLIP)
+    assert np.allclose(z[:, 2:], (test[:, 2:] - train.mean(axis=0)[2:]) / train.std(axis=0)[2:])
+
+    head = PretrainedHead(PretrainedConfig(features=6, hidden=0, dropout=0.0))
+    x = torch.from_numpy(train).float()
+    head.set_input_stats(x.mean(dim=0), x.std(dim=0))
+    assert float(head.input_std.min()) >= SPREAD_FLOOR * median * 0.99
+    seen = []
+    head.head.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    head.eval()
+    with torch.no_grad():
+        head(torch.from_numpy(test).float())
+    assert float(seen[0].abs().max()) <= Z_CLIP

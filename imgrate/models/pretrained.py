@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from imgrate.features import FEATURES
+from imgrate.features import FEATURES, Z_CLIP, robust_spread
 from imgrate.models import FitConfig, Gradient, ModelSpec
 from imgrate.params import param
 
@@ -44,7 +44,8 @@ class PretrainedConfig:
 
 
 class PretrainedHead(nn.Module):
-    """Scores from backbone features: standardise, dropout, linear (or a 1-hidden-layer MLP).
+    """Scores from backbone features: standardise robustly (spreads floored, z-scores clipped),
+    dropout, linear (or a 1-hidden-layer MLP).
 
     Its input is the B x 1280 feature matrix, not images: :class:`imgrate.predict.Scorer`
     puts the backbone named by the model file's input in front of it for image files."""
@@ -70,14 +71,17 @@ class PretrainedHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B x F features; returns B scores."""
-        score: torch.Tensor = self.head((x - self.input_mean) / self.input_std).squeeze(-1)
+        z = ((x - self.input_mean) / self.input_std).clamp(-Z_CLIP, Z_CLIP)  # B x F, robust z-scores
+        score: torch.Tensor = self.head(z).squeeze(-1)
         return score * self.output_affine[0] + self.output_affine[1]
 
     def set_input_stats(self, *stats: torch.Tensor) -> None:
-        """Mean and standard deviation of each feature over the training images."""
+        """Mean and standard deviation of each feature over the training images; the spread of
+        a near-constant feature is floored (:func:`imgrate.features.robust_spread`)."""
         mean, std = stats
         self.input_mean.copy_(mean.reshape(1, -1))
-        self.input_std.copy_(std.clamp_min(1e-4).reshape(1, -1))
+        spread = torch.from_numpy(robust_spread(std.double().numpy())).to(self.input_std.dtype)
+        self.input_std.copy_(spread.reshape(1, -1))
 
     def set_output_affine(self, scale: float, shift: float) -> None:
         """Scores become ``scale * score + shift`` (``scale`` > 0 keeps their order)."""
