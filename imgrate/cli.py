@@ -312,6 +312,24 @@ def rank(
            max_mb=max_mb)
 
 
+@app.command()
+def experiments(
+    baselines: Annotated[bool, typer.Option("--baselines", help="the baselines' metrics too (wider)")] = False,
+) -> None:
+    """DVC's experiments in a table that fits: the params that differ and the within-user metrics."""
+    from imgrate.experiments import exp_show, parse_exp_show, table
+    from imgrate.models import model_names
+    from imgrate.paths import find_project
+
+    root = find_project() or Path.cwd()
+    rows = parse_exp_show(exp_show(root))
+    names = model_names()
+    if baselines:
+        names += sorted({m for row in rows for m in row.metrics} - set(names))
+    for line in table(rows, names):
+        print(line)
+
+
 db_app = typer.Typer(
     help="Query the posts and users that export wrote to MongoDB ($IMGRATE_MONGODB_URI or export.mongo_uri).",
     no_args_is_help=True,
