@@ -256,7 +256,7 @@ def _score(files: list[Path], model: str | None, as_json: bool, title: str, *, b
         pool = ranking.pool()
         if pool:
             out_console.print(f"pct: the percentile, the share of {pool} that {primary.name} scores below the photo "
-                              "(README: Ranking new photos)", highlight=False, soft_wrap=True)
+                              "(docs/ranking.md)", highlight=False, soft_wrap=True)
         else:
             print_note("note", "this model file has no reference block: retrain it for percentiles")
         for (a, b), rho in ranking.agreement.items():

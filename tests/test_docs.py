@@ -130,9 +130,14 @@ def _run_block(block: Block, cwd: Path, env: dict[str, str], state: Path) -> Pat
     took = time.monotonic() - started
     assert proc.returncode == 0, (f"{block.where} failed (exit {proc.returncode}, {took:.0f} s):\n{block.script}\n"
                                   f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
-    if "imgrate experiments" in block.script:
-        wide = [line for line in proc.stdout.splitlines() if len(line) >= WIDTH]
+    if "imgrate experiments" in block.script:  # its table: from its header to its legend
+        lines = proc.stdout.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith("experiment "))
+        end = next(i for i in range(start, len(lines)) if lines[i].startswith("ρ: spearman_within"))
+        wide = [line for line in lines[start:end + 1] if len(line) >= WIDTH]
         assert not wide, f"{block.where}: lines of {WIDTH} columns or more:\n" + "\n".join(wide)
+    if "dvc exp show --md --drop" in block.script:  # the --keep regex matches the real column names
+        assert "metrics/evaluate/paper_cnn.json:spearman_within" in proc.stdout, proc.stdout[-3000:]
     ended = Path(state.read_text().strip())
     if ended != cwd and (ended / ".git").exists() and not (ended / ".venv").exists():
         _stand_in_venv(ended)  # a clone the block made: `make setup` would install here
