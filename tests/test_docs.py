@@ -53,6 +53,17 @@ def test_readme_is_short_and_keeps_the_two_commands() -> None:
     assert not missing, f"pages the README does not link: {missing}"
 
 
+def test_the_home_page_follows_the_readme() -> None:
+    """docs/index.md is README.md up to its list of pages, with links relative to docs/ (and the
+    README's runnable block marked illustrative there: it runs once, from the README)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").split("\n## Documentation")[0]
+    home = (ROOT / "docs" / "index.md").read_text(encoding="utf-8").split("\n## Documentation")[0]
+    expected = readme.replace("](docs/", "](").replace(
+        "<!-- docs-test: session readme from repro -->",
+        "<!-- docs-test: illustrative the README's own copy of this block is run (session readme) -->")
+    assert home == expected, "copy README.md's changes into docs/index.md"
+
+
 def test_site_builds_strict(tmp_path: Path) -> None:
     """A broken link or anchor, or a page missing from the nav, fails the build."""
     mkdocs = BIN / "mkdocs"
