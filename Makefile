@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh clone:
 #   make repro   create .venv, install everything, run `dvc repro` on the simulated Instagram
-#   make test    create .venv, install everything, run ruff, mypy and the test suite
+#   make test    create .venv, install everything, run ruff, mypy, the test suite and the docs build
+# Paths may hold spaces (a clone in "~/My Projects/imgrate"): every path in a command is quoted.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,6 +12,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
+export NO_MKDOCS_2_WARNING := 1
 
 # The tests' MongoDB wire-protocol server (tests/mongo_server.py) is PyPI mongoeco, which needs
 # Python >= 3.13: it gets its own venv. PYTHON313=/path/to/python3.13 overrides the search.
@@ -21,14 +23,18 @@ PY313_CANDIDATES = $(PYTHON313) python3.13 python3.14 python3 \
 	$(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3 /root/.pyenv/versions/3.1[3-9]*/bin/python3) \
 	/usr/local/bin/python3.13 /usr/bin/python3.13
 
-.PHONY: setup mongo-venv repro test bench bench-incremental clean-cache plots-template lineage
+.PHONY: setup mongo-venv repro test docs bench bench-incremental clean-cache plots-template lineage
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test]'
-	touch $(STAMP)
+	@echo "make setup: a virtual environment in $(VENV), then torch, imgrate and its test tools (a few minutes the first time)"
+	$(PYTHON) -m venv "$(VENV)"
+	"$(BIN)/python" -m pip install -q --upgrade pip
+	@echo "make setup: installing $(TORCH) (the largest download)"
+	"$(BIN)/python" -m pip install -q $(TORCH)
+	@echo "make setup: installing imgrate with its test extra (dvc, ruff, mypy, pytest, mkdocs-material)"
+	"$(BIN)/python" -m pip install -q -e '.[test]'
+	touch "$(STAMP)"
+	@echo "make setup: done; \`source $(VENV)/bin/activate\` puts dvc and imgrate on your PATH"
 
 setup: $(STAMP)
 
@@ -41,7 +47,7 @@ $(MONGO_STAMP):
 	  echo "warning: no Python >= 3.13 found (set PYTHON313=...); the MongoDB tests need $(MONGO_VENV)" >&2; exit 0; \
 	fi; \
 	echo "$(MONGO_VENV): $(MONGOECO) on $$py"; \
-	"$$py" -m venv $(MONGO_VENV) && $(MONGO_VENV)/bin/python -m pip install -q '$(MONGOECO)' && touch $(MONGO_STAMP)
+	"$$py" -m venv "$(MONGO_VENV)" && "$(MONGO_VENV)/bin/python" -m pip install -q '$(MONGOECO)' && touch "$(MONGO_STAMP)"
 
 mongo-venv: $(MONGO_STAMP)
 
@@ -54,10 +60,16 @@ lineage: setup
 	python -m imgrate.lineage
 
 # lint and types first (config in pyproject.toml; both come with the test extra), then the suite
+# (tests/test_docs.py runs the docs' commands and builds the site), then the site on its own
 test: setup mongo-venv
 	ruff check .
 	mypy
 	python -m pytest -q $(PYTEST_ARGS)
+	mkdocs build --strict --quiet
+
+# the docs site (mkdocs.yml, docs/) into site/: a broken link or anchor fails the build
+docs: setup
+	mkdocs build --strict
 
 # each bench prints JSON and saves it under bench/results/ (bench/README.md: what each measures)
 SEEDS ?= 1 2 3 4 5  # bench/quality.py's world seeds

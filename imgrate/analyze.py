@@ -100,10 +100,34 @@ def summarize(posts: list[dict[str, Any]], users: list[dict[str, Any]], export_s
         "videos": types.get("GraphVideo", 0), "image_posts": sum(1 for p in posts if p.get("member")),
         "export_skipped": len(export_skipped), "undecodable": len(data.meta.get("skipped", [])),
         "dataset": len(data.index), "splits": data.meta["splits"], "target": data.meta["target"],
+        "funnel": data.meta.get("funnel"),
         "split": data.meta["split"], "size": data.meta["size"],
         "first": min((p["date"] for p in posts), default=None), "last": max((p["date"] for p in posts), default=None),
         "per_user": rows,
     }
+
+
+# what each preprocess.target is, for the figure's title
+TARGET_MEANING = {"max_ratio": "likes / the user's most-liked post", "follower_ratio": "likes / followers",
+                  "log_zscore": "standardised log likes per user", "percentile": "percentile of likes per user"}
+
+
+def _funnel(c: dict[str, Any]) -> list[str]:
+    """Table rows from the posts with an image to the dataset's rows, each step's loss named."""
+    f = c.get("funnel")
+    if not f:  # a dataset from before preprocess recorded it
+        return [f"| posts with an image (first image of a sidecar) | {c['image_posts']:,} |",
+                f"| images preprocess could not decode | {c['undecodable']:,} |",
+                f"| dataset images (after per-user balance) | {c['dataset']:,} |"]
+    cap = f.get("max_posts_per_user")
+    return [
+        f"| posts with an image (first image of a sidecar) | {f['image_posts']:,} |",
+        f"| − their like count hidden by the owner | {f['likes_hidden']:,} |",
+        f"| − too young (count read before `preprocess.min_age_days`; held back) | {f['too_young']:,} |",
+        f"| − not decodable, or in a damaged shard | {f['undecodable']:,} |",
+        f"| = image posts with a target | {f['with_target']:,} |",
+        f"| dataset images (after per-user balance{f', at most {cap:,} per user' if cap else ''}) | {f['dataset']:,} |",
+    ]
 
 
 def render_report(c: dict[str, Any]) -> str:
@@ -121,11 +145,9 @@ def render_report(c: dict[str, Any]) -> str:
         f"| users | {c['users']:,} |",
         f"| posts | {c['posts']:,} |",
         f"| photos / sidecars / videos | {c['photos']:,} / {c['sidecars']:,} / {c['videos']:,} |",
-        f"| posts with an image (first image of a sidecar) | {c['image_posts']:,} |",
-        f"| posts whose owner hides the like count (never a target) | {c['likes_hidden']:,} |",
+        f"| posts whose owner hides the like count (videos included; never a target) | {c['likes_hidden']:,} |",
         f"| shard members the export skipped | {c['export_skipped']:,} |",
-        f"| images preprocess could not decode | {c['undecodable']:,} |",
-        f"| dataset images (after per-user balance) | {c['dataset']:,} |",
+        *_funnel(c),
         f"| train / val / test ({c['split']} split) | {s.get('train', 0):,} / {s.get('val', 0):,} / "
         f"{s.get('test', 0):,} |",
         f"| posted between | {(c['first'] or '-')[:10]} and {(c['last'] or '-')[:10]} |", "",
@@ -251,7 +273,8 @@ def plot_targets(path: Path, data: Dataset) -> Path:
     _log_counts(ax, "x", subs=(1.0,))
     ax.set_xlabel("likes (raw, log scale)")
     ax.set_ylabel(f"target: {data.meta['target']}")
-    ax.set_title(f"Standardised target ({data.meta['target']}) against raw likes, {len(data.index):,} dataset images")
+    ax.set_title(f"Target ({data.meta['target']}: {TARGET_MEANING.get(data.meta['target'], 'per user')}) against raw likes, "
+                 f"{len(data.index):,} dataset images")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, markerscale=1.6, frameon=False,
               ncols=1 if len(per_user) <= 30 else 2, title="user", title_fontsize=8)

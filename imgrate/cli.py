@@ -256,7 +256,7 @@ def _score(files: list[Path], model: str | None, as_json: bool, title: str, *, b
         pool = ranking.pool()
         if pool:
             out_console.print(f"pct: the percentile, the share of {pool} that {primary.name} scores below the photo "
-                              "(README: Ranking new photos)", highlight=False, soft_wrap=True)
+                              "(docs/ranking.md)", highlight=False, soft_wrap=True)
         else:
             print_note("note", "this model file has no reference block: retrain it for percentiles")
         for (a, b), rho in ranking.agreement.items():
@@ -310,6 +310,24 @@ def rank(
         raise ImgrateError(f"{safe_text(folder)}: no files to rank")
     _score(files, model, as_json, str(folder), base=folder, user=user, csv_file=csv_file, html_file=html_file,
            max_mb=max_mb)
+
+
+@app.command()
+def experiments(
+    baselines: Annotated[bool, typer.Option("--baselines", help="the baselines' metrics too (wider)")] = False,
+) -> None:
+    """DVC's experiments in a table that fits: the params that differ and the within-user metrics."""
+    from imgrate.experiments import exp_show, parse_exp_show, table
+    from imgrate.models import model_names
+    from imgrate.paths import find_project
+
+    root = find_project() or Path.cwd()
+    rows = parse_exp_show(exp_show(root))
+    names = model_names()
+    if baselines:
+        names += sorted({m for row in rows for m in row.metrics} - set(names))
+    for line in table(rows, names):
+        print(line)
 
 
 db_app = typer.Typer(

@@ -2,7 +2,7 @@
 evaluate stage's figures (``reports/figures/evaluate/``), drawn with matplotlib's Agg canvas.
 
 DVC renders the same data from ``plots/`` and ``dvclive/`` as interactive HTML
-(``dvc plots show``); these PNGs are for the README, a report or a quick look without a
+(``dvc plots show``); these PNGs are for the docs, a report or a quick look without a
 browser. Each function takes plain arrays and dicts and writes one file atomically. Only
 the object-oriented API (``matplotlib.figure.Figure``) is used: no pyplot, no global
 backend switch, no display needed.

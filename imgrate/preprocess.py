@@ -379,6 +379,11 @@ def run_stage(params: PreprocessParams, paths: Paths) -> Summary[None]:
         # the rows after the n kept ones: what the per-user balance left out, by split
         "dropped_by_balance": {s: dropped_split.count(s) for s in SPLITS},
         "skipped": skipped,  # images listed in the posts table that could not be decoded
+        # from the posts with an image to the dataset's rows (reports/data.md prints it)
+        "funnel": {"image_posts": len(table), "likes_hidden": held["likes_hidden"], "too_young": held["too_young"],
+                   "undecodable": len(table) - held["likes_hidden"] - held["too_young"] - len(usable),
+                   "with_target": len(usable), "dataset": len(rows),
+                   "max_posts_per_user": params.max_posts_per_user},
     }
     write_json(paths.dataset_meta, meta)  # last: dataset readers open meta.json first
     metrics = {

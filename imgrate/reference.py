@@ -12,7 +12,8 @@ tells a photographer nothing. At train time the model file gets one block,
   saturation, edge energy, on a 32 px copy), their mean and inverse covariance, and the
   training photos' own distances. :func:`input_check` gives a new photo's Mahalanobis
   distance and flags it ``unusual`` when it lies further out than 99% of the training
-  photos: there the model's score is an extrapolation (a blank frame, a screenshot).
+  photos: there the model's score is an extrapolation. (It sees only these statistics: a flat
+  grey frame was not flagged against the default world's model.)
 
 The block is plain lists and numbers (``torch.load(weights_only=True)`` reads it).
 """

@@ -321,10 +321,11 @@ def _json(proc) -> dict:
     return json.loads(proc.stdout or "{}")
 
 
-def _assert_drawn_offline(project: Path) -> None:
+def _assert_drawn_offline(project: Path) -> bool:
     """Headless Chromium with the network cut off draws every Vega plot and image of the page;
     the same page on DVC's default template (Vega from a CDN) draws none, which shows that
-    the network really was off."""
+    the network really was off. False when Chromium is missing (the caller skips, visibly, at
+    its end; under CI=true that fails here)."""
     import os
 
     import browser
@@ -333,7 +334,7 @@ def _assert_drawn_offline(project: Path) -> None:
     if browser.chromium() is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: CI needs it (.ci/run installs Debian's chromium)")
-        return  # a developer machine without chromium: the page checks above still ran
+        return False  # a developer machine without chromium: the caller's other checks still run
     page = project / "dvc_plots" / "index.html"
     report = browser.render(page)
     want = browser.vega_plots(page)
@@ -347,6 +348,7 @@ def _assert_drawn_offline(project: Path) -> None:
     assert not online["vega_loaded"] and online["vega_drawn"] == 0, online
     shutil.rmtree(project / "dvc_plots_cdn")
     (project / "cdn.html").unlink()
+    return True
 
 
 @pytest.mark.slow
@@ -382,7 +384,7 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
         assert f"dvclive_paper_cnn_plots_metrics_{tsv}_tsv" not in page, tsv
     for fig in FIGURES:
         assert f"reports_figures_evaluate_{fig.replace('.', '_')}" in page, fig  # the PNGs, as images
-    _assert_drawn_offline(project)
+    drawn_offline = _assert_drawn_offline(project)
     shutil.rmtree(project / "dvc_plots")
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "first run")
@@ -414,6 +416,9 @@ def test_plots_remote_clone_and_experiments(project: Path, tmp_path: Path) -> No
         assert spearman is None or math.isfinite(spearman)
     table = dvc(project, "exp", "show", "--md", "--only-changed").stdout
     assert "lr-high" in table and "lr-low" in table
+    if not drawn_offline:
+        pytest.skip("chromium is not installed: every check of this test passed but the offline drawing of "
+                    "`dvc plots show`'s page (tests/browser.py; CI installs chromium and fails without it)")
 
 
 def test_figures_tell_27_photographers_apart_and_mark_the_kept_epoch(tmp_path: Path) -> None:

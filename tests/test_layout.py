@@ -24,7 +24,8 @@ FLOORS: list[list[str]] = [
      "imgrate.mongo", "imgrate.reference", "imgrate.models"],
     ["imgrate.crawl.stage", "imgrate.export", "imgrate.preprocess", "imgrate.featurize", MODEL_MODULES],
     ["imgrate.train", "imgrate.predict", "imgrate.baselines"],
-    ["imgrate.evaluate", "imgrate.analyze", "imgrate.insights", "imgrate.rank", "imgrate.sheet"],
+    ["imgrate.evaluate", "imgrate.analyze", "imgrate.insights", "imgrate.rank", "imgrate.sheet",
+     "imgrate.experiments"],
     ["imgrate.cli", "imgrate.lineage"],
 ]
 FLOOR = {m: i for i, floor in enumerate(FLOORS) for m in floor}

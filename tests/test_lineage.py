@@ -78,8 +78,9 @@ def test_a_model_is_added_in_three_files_and_runs_through_train_evaluate_and_ran
     docs row; `make lineage` regenerates dvc.yaml; nothing else changes. The new module runs
     from the project copy (PYTHONPATH), not from the installed package."""
     project = _copy(reproduced, tmp_path / "p")
-    readme = project / "README.md"
-    shutil.copy(ROOT / "README.md", readme)  # the docs and the tests, as in the repository
+    readme = project / "docs" / "models.md"  # the docs' table of models
+    readme.parent.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "docs" / "models.md", readme)  # the docs and the tests, as in the repository
     shutil.copytree(ROOT / "tests", project / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     git(project, "add", "-A")
     git(project, "commit", "-q", "-m", "the docs and the tests")
@@ -104,7 +105,7 @@ def test_a_model_is_added_in_three_files_and_runs_through_train_evaluate_and_ran
 
     run(sys.executable, "-m", "imgrate.lineage")  # make lineage
     changed = {line[3:] for line in git(project, "status", "--porcelain").stdout.splitlines()}
-    assert changed == {"imgrate/models/ridge_head.py", "params.yaml", "README.md", "dvc.yaml"}, changed
+    assert changed == {"imgrate/models/ridge_head.py", "params.yaml", "docs/models.md", "dvc.yaml"}, changed
     run(sys.executable, "-m", "imgrate.lineage", "--check")
     # the registry's lists follow: the tests' checks, the CLI's choices
     run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(project / "tests" / "test_dvc_yaml.py"),

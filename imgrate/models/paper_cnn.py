@@ -46,7 +46,7 @@ class PaperCNN(nn.Module):
     """conv 11x11 -> 10 ch (50 -> 40), conv 5x5 -> 5 ch (40 -> 36), max-pool 2 (-> 18),
     dropout 0.25, flatten (5*18*18 = 1620), dense 1620 -> 500 -> 1, LeakyReLU(0.1) between
     layers. The paper's "three dense layers" are read as three layers of units —
-    1620 (the flattened input), 500, 1 — i.e. two weight matrices (see README)."""
+    1620 (the flattened input), 500, 1 — i.e. two weight matrices (see docs/models.md)."""
 
     def __init__(self, config: PaperCNNConfig) -> None:
         super().__init__()
@@ -56,7 +56,7 @@ class PaperCNN(nn.Module):
         self.input_std: torch.Tensor
         # Per-channel input standardisation, set from the training split (see imgrate.train).
         # Not in the paper, which does not say how it scaled pixels; without it the network
-        # fed raw [0, 1] pixels stays at the mean target (measured: README "Results").
+        # fed raw [0, 1] pixels stays at the mean target (measured: docs/models.md, `paper_cnn`).
         self.register_buffer("input_mean", torch.full((1, 3, 1, 1), 0.5))
         self.register_buffer("input_std", torch.full((1, 3, 1, 1), 0.25))
         self.features = nn.Sequential(
