@@ -4,6 +4,7 @@ on the CPU, DistributedDataParallel under torchrun, resuming a killed run."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import subprocess
@@ -102,7 +103,11 @@ def test_pretrained_head_learns_and_is_deterministic(tiny_world, loss: str) -> N
     cfg = dataclasses.replace(_fit_config("pretrained", params), epochs=3, patience=None, loss=loss)
     (w0, history), (w1, _) = _fit_twice("pretrained", params, paths, cfg)
     assert history[-1].train_loss < history[0].train_loss
-    assert history[-1].val_loss < history[0].val_loss or loss == "pairwise"  # 3 val images: few pairs
+    # 3 validation images and 3 optimiser steps: their loss need not fall, but it stays on the
+    # targets' scale. Before robust standardisation (imgrate.features.robust_spread) features
+    # nearly constant on the training images gave them z-scores in the thousands: the first
+    # validation MSE here was ~2e7 (falling to ~2e6 by the third epoch)
+    assert all(math.isfinite(e.val_loss) and e.val_loss < 10 for e in history), [e.val_loss for e in history]
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
 
