@@ -42,7 +42,7 @@ def test_one_feature_file_per_shard_equal_to_the_backbone_on_the_decoded_image(t
     with torch.inference_mode():
         direct = backbone(torch.from_numpy(np.stack([load_thumbnail(data[m], meta.input_size)
                                                      for m in got.members[:3]]))).numpy()
-    assert np.allclose(got.features[:3], direct, atol=1e-4)
+    assert np.allclose(got.features[:3, meta.columns("pooled")], direct, atol=1e-4)
 
 
 def test_only_new_shards_are_extracted_and_stale_entries_go(tiny_world, tmp_path: Path) -> None:
@@ -257,15 +257,18 @@ def test_photo_descriptors_follow_the_backbone_features(tiny_world, tmp_path: Pa
     from imgrate.photo import PROPERTIES, describe
 
     params, paths = tiny_world
-    local = copy_world(paths, tmp_path)
-    summary = run_stage(dataclasses.replace(params.featurize, photo=True), local)
+    assert params.featurize.photo  # the default
+    plain_world = copy_world(paths, tmp_path / "plain")
+    summary = run_stage(dataclasses.replace(params.featurize, photo=False), plain_world)
     assert summary["shards_extracted"] == summary["shards"]  # another meta: everything again
+    plain = read_meta(plain_world)
+    assert plain is not None and [b.name for b in plain.blocks] == ["pooled"]
+    local = paths
     meta = read_meta(local)
     assert meta is not None and [b.name for b in meta.blocks] == ["pooled", PHOTO]
-    plain = read_meta(paths)
-    assert plain is not None and meta.width == plain.width + len(PROPERTIES)
+    assert meta.width == plain.width + len(PROPERTIES)
     shard = sorted(wanted_members(local))[0]
-    got, before = read_shard(local, shard), read_shard(paths, shard)
+    got, before = read_shard(local, shard), read_shard(plain_world, shard)
     assert got.members == before.members
     assert np.allclose(got.features[:, meta.columns("pooled")], before.features, atol=1e-5)
     data = dict(iter_members(local.shards / shard, set(got.members[:3])))
