@@ -96,12 +96,23 @@ class ShardFeatures:
     failed: dict[str, str]  # member -> why it could not be decoded
 
 
+PHOTO = "photo"  # the block of photo descriptors (imgrate.photo.PROPERTIES), after the backbone's
+
+
 def compute(meta: FeatureMeta, backbone: Backbone, images: np.ndarray, device: torch.device) -> np.ndarray:
     """The feature columns of uint8 N x S x S x 3 images decoded at ``meta.input_size``: what
-    the featurize stage stores and what ``imgrate rank`` computes for a new photo."""
+    the featurize stage stores and what ``imgrate rank`` computes for a new photo. The
+    backbone's pooled features, then, when the meta has a ``photo`` block, the photo
+    descriptors of :func:`imgrate.photo.describe` (exposure, contrast, clipping, saturation,
+    colourfulness, warmth, sharpness: measured as on any real photograph)."""
     from imgrate.backbones import embed
 
-    return embed(backbone, images, device)
+    pooled = embed(backbone, images, device)
+    if not any(b.name == PHOTO for b in meta.blocks):
+        return pooled
+    from imgrate.photo import describe
+
+    return np.concatenate([pooled, describe(np.asarray(images, dtype=np.uint8))], axis=1)
 
 
 # --------------------------------------------------------------------------- the store

@@ -35,6 +35,8 @@ from imgrate.devices import pick_device
 from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError, safe_text
 from imgrate.features import (
+    PHOTO,
+    Block,
     FeatureMeta,
     FeaturesDamaged,
     ShardFeatures,
@@ -59,8 +61,15 @@ log = logging.getLogger(__name__)
 
 
 def meta_for(params: FeaturizeParams) -> FeatureMeta:
-    """What ``data/features/`` holds for these params."""
-    return FeatureMeta(params.backbone, params.input_size, backbone_spec(params.backbone).width)
+    """What ``data/features/`` holds for these params: the backbone's pooled features, and with
+    ``photo`` the photo descriptors after them (:func:`imgrate.features.compute`)."""
+    width = backbone_spec(params.backbone).width
+    if not params.photo:
+        return FeatureMeta(params.backbone, params.input_size, width)
+    from imgrate.photo import PROPERTIES
+
+    blocks = (Block("pooled", width), Block(PHOTO, len(PROPERTIES)))
+    return FeatureMeta(params.backbone, params.input_size, width + len(PROPERTIES), blocks=blocks)
 
 
 def content_key(path: Path, members: set[str]) -> str:

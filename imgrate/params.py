@@ -180,6 +180,7 @@ class FeaturizeParams:
     batch_size: int = 64  # images per backbone forward pass
     workers: int = 0  # cores: worker processes on the CPU, decoding threads on a GPU; 1 = one core; 0 = every core
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    photo: bool = True  # append the photo descriptors of imgrate.photo (8 columns) to the backbone's
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def test_one_feature_file_per_shard_equal_to_the_backbone_on_the_decoded_image(t
     with torch.inference_mode():
         direct = backbone(torch.from_numpy(np.stack([load_thumbnail(data[m], meta.input_size)
                                                      for m in got.members[:3]]))).numpy()
-    assert np.allclose(got.features[:3], direct, atol=1e-4)
+    assert np.allclose(got.features[:3, meta.columns("pooled")], direct, atol=1e-4)
 
 
 def test_only_new_shards_are_extracted_and_stale_entries_go(tiny_world, tmp_path: Path) -> None:
@@ -246,3 +246,34 @@ def test_worker_processes_die_with_the_stage_killed_with_sigkill(tiny_world, tmp
     for k in left:  # this test's own processes: never left behind
         os.kill(k, signal.SIGKILL)
     assert not left, f"{len(left)} of the stage's {len(kids)} child processes outlived it"
+
+
+def test_photo_descriptors_follow_the_backbone_features(tiny_world, tmp_path: Path) -> None:
+    """featurize.photo: the 8 photo descriptors of imgrate.photo (measured on the image the
+    backbone saw) after the backbone's columns, in a block of their own; a model reads them
+    through the same features, and imgrate rank computes the same columns for a new photo."""
+    from imgrate.features import FEATURES, PHOTO
+    from imgrate.inputs import InputSpec
+    from imgrate.photo import PROPERTIES, describe
+
+    params, paths = tiny_world
+    assert params.featurize.photo  # the default
+    plain_world = copy_world(paths, tmp_path / "plain")
+    summary = run_stage(dataclasses.replace(params.featurize, photo=False), plain_world)
+    assert summary["shards_extracted"] == summary["shards"]  # another meta: everything again
+    plain = read_meta(plain_world)
+    assert plain is not None and [b.name for b in plain.blocks] == ["pooled"]
+    local = paths
+    meta = read_meta(local)
+    assert meta is not None and [b.name for b in meta.blocks] == ["pooled", PHOTO]
+    assert meta.width == plain.width + len(PROPERTIES)
+    shard = sorted(wanted_members(local))[0]
+    got, before = read_shard(local, shard), read_shard(plain_world, shard)
+    assert got.members == before.members
+    assert np.allclose(got.features[:, meta.columns("pooled")], before.features, atol=1e-5)
+    data = dict(iter_members(local.shards / shard, set(got.members[:3])))
+    images = np.stack([load_thumbnail(data[m], meta.input_size) for m in got.members[:3]])
+    assert np.allclose(got.features[:3, meta.columns(PHOTO)], describe(images), atol=1e-6)
+    spec = InputSpec("features", meta.input_size, "max_ratio", meta.backbone, meta.width, meta.to_dict())
+    again = FEATURES.from_images(spec, images, torch.device("cpu"))
+    assert again.shape == (3, meta.width) and np.allclose(again, got.features[:3], atol=1e-4)

@@ -225,7 +225,7 @@ def test_stage_saves_model_with_config_params_and_curves(tiny_world, tmp_path: P
         assert (info.input.kind, info.input.size, info.input.backbone) == (
             "features", params.featurize.input_size, params.featurize.backbone)
         assert summary["epochs"] <= _section(name, params).epochs
-        assert model(torch.zeros(2, 1280)).shape == (2,)
+        assert model(torch.zeros(2, int(info.input.width or 0))).shape == (2,)
 
 
 # --------------------------------------------------------------------------- subprocesses
