@@ -8,9 +8,10 @@ images' content, the members in row order, the members that could not be decoded
 version, and the named blocks of columns). Models, ``predict`` and ``evaluate`` read
 features through :func:`load_features` (or :data:`FEATURES`) and never import the stage.
 
-Columns come in named blocks (:attr:`FeatureMeta.blocks`, in column order): today one,
-``pooled`` (the backbone's 1280 pooled channels). A block added later (another pooling, a
-spatial grid, photo descriptors) is a new entry there and new columns in :func:`compute`,
+Columns come in named blocks (:attr:`FeatureMeta.blocks`, in column order): ``pooled`` (the
+backbone's 1280 pooled channels), then optionally ``grid`` (its mid-level map pooled over g x g
+cells, ``featurize.grid``) and ``photo`` (photo descriptors, ``featurize.photo``). A block
+added later is a new entry there and new columns in :func:`compute`,
 which both the stage and ``imgrate rank`` call, so that a new photo gets exactly the
 columns the stored images got.
 """
@@ -18,6 +19,7 @@ columns the stored images got.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,6 +99,22 @@ class ShardFeatures:
 
 
 PHOTO = "photo"  # the block of photo descriptors (imgrate.photo.PROPERTIES), after the backbone's
+GRID = "grid"  # the backbone's mid-level map averaged over a g x g grid (imgrate.backbones.Backbone)
+
+
+def grid_size(meta: FeatureMeta) -> int:
+    """g of the meta's ``grid`` block (0 without one), from its width and the backbone's."""
+    from imgrate.backbones import backbone_spec
+
+    for b in meta.blocks:
+        if b.name == GRID:
+            mid = backbone_spec(meta.backbone).mid_width
+            g = math.isqrt(b.width // mid)
+            if g < 1 or mid * g * g != b.width:
+                raise DataError(f"feature meta: a grid block of {b.width} columns is no square grid "
+                                f"of {meta.backbone}'s {mid} mid-level channels")
+            return g
+    return 0
 
 
 def compute(meta: FeatureMeta, backbone: Backbone, images: np.ndarray, device: torch.device) -> np.ndarray:
@@ -104,10 +122,11 @@ def compute(meta: FeatureMeta, backbone: Backbone, images: np.ndarray, device: t
     the featurize stage stores and what ``imgrate rank`` computes for a new photo. The
     backbone's pooled features, then, when the meta has a ``photo`` block, the photo
     descriptors of :func:`imgrate.photo.describe` (exposure, contrast, clipping, saturation,
-    colourfulness, warmth, sharpness: measured as on any real photograph)."""
+    colourfulness, warmth, sharpness: measured as on any real photograph). With a ``grid``
+    block, the backbone's grid columns come right after its pooled ones (before ``photo``)."""
     from imgrate.backbones import embed
 
-    pooled = embed(backbone, images, device)
+    pooled = embed(backbone, images, device, grid_size(meta))
     if not any(b.name == PHOTO for b in meta.blocks):
         return pooled
     from imgrate.photo import describe

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgrate.backbones import Backbone, backbone_spec, load_backbone
+from imgrate.backbones import Backbone, backbone_spec, grid_width, load_backbone
 from imgrate.devices import pick_device
 from imgrate.entry import Dep, Output, Stage, Summary, clean_outputs
 from imgrate.errors import DataError, ImageError, safe_text
 from imgrate.features import (
+    GRID,
     PHOTO,
     Block,
     FeatureMeta,
@@ -61,15 +62,20 @@ log = logging.getLogger(__name__)
 
 
 def meta_for(params: FeaturizeParams) -> FeatureMeta:
-    """What ``data/features/`` holds for these params: the backbone's pooled features, and with
-    ``photo`` the photo descriptors after them (:func:`imgrate.features.compute`)."""
-    width = backbone_spec(params.backbone).width
-    if not params.photo:
-        return FeatureMeta(params.backbone, params.input_size, width)
-    from imgrate.photo import PROPERTIES
+    """What ``data/features/`` holds for these params: the backbone's pooled features, with
+    ``grid`` its mid-level map pooled over a grid after them, and with ``photo`` the photo
+    descriptors last (:func:`imgrate.features.compute`)."""
+    spec = backbone_spec(params.backbone)
+    if not params.photo and not params.grid:
+        return FeatureMeta(params.backbone, params.input_size, spec.width)
+    blocks = [Block("pooled", spec.width)]
+    if params.grid:
+        blocks.append(Block(GRID, grid_width(spec, params.grid)))
+    if params.photo:
+        from imgrate.photo import PROPERTIES
 
-    blocks = (Block("pooled", width), Block(PHOTO, len(PROPERTIES)))
-    return FeatureMeta(params.backbone, params.input_size, width + len(PROPERTIES), blocks=blocks)
+        blocks.append(Block(PHOTO, len(PROPERTIES)))
+    return FeatureMeta(params.backbone, params.input_size, sum(b.width for b in blocks), blocks=tuple(blocks))
 
 
 def content_key(path: Path, members: set[str]) -> str:

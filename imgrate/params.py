@@ -181,6 +181,8 @@ class FeaturizeParams:
     workers: int = 0  # cores: worker processes on the CPU, decoding threads on a GPU; 1 = one core; 0 = every core
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     photo: bool = True  # append the photo descriptors of imgrate.photo (8 columns) to the backbone's
+    # g > 0: the backbone's mid-level map (Lite0: 112 channels) averaged over g x g cells, for composition
+    grid: int = param(2, ge=0, le=3, hint="0 = none; Lite0: 1 = 112, 2 = 448, 3 = 1008 columns")
 
 
 @dataclass(frozen=True)

@@ -262,18 +262,66 @@ def test_photo_descriptors_follow_the_backbone_features(tiny_world, tmp_path: Pa
     summary = run_stage(dataclasses.replace(params.featurize, photo=False), plain_world)
     assert summary["shards_extracted"] == summary["shards"]  # another meta: everything again
     plain = read_meta(plain_world)
-    assert plain is not None and [b.name for b in plain.blocks] == ["pooled"]
     local = paths
     meta = read_meta(local)
-    assert meta is not None and [b.name for b in meta.blocks] == ["pooled", PHOTO]
+    assert meta is not None and meta.blocks[-1].name == PHOTO  # last, after the backbone's blocks
+    assert plain is not None and plain.blocks == meta.blocks[:-1]
     assert meta.width == plain.width + len(PROPERTIES)
     shard = sorted(wanted_members(local))[0]
     got, before = read_shard(local, shard), read_shard(plain_world, shard)
     assert got.members == before.members
-    assert np.allclose(got.features[:, meta.columns("pooled")], before.features, atol=1e-5)
+    assert np.allclose(got.features[:, :plain.width], before.features, atol=1e-5)
     data = dict(iter_members(local.shards / shard, set(got.members[:3])))
     images = np.stack([load_thumbnail(data[m], meta.input_size) for m in got.members[:3]])
     assert np.allclose(got.features[:3, meta.columns(PHOTO)], describe(images), atol=1e-6)
+    spec = InputSpec("features", meta.input_size, "max_ratio", meta.backbone, meta.width, meta.to_dict())
+    again = FEATURES.from_images(spec, images, torch.device("cpu"))
+    assert again.shape == (3, meta.width) and np.allclose(again, got.features[:3], atol=1e-4)
+
+
+def test_grid_block_is_the_mid_level_map_pooled_over_cells(tiny_world, tmp_path: Path) -> None:
+    """featurize.grid: the backbone's mid-level map (the last stride-16 block) averaged over
+    g x g cells, as a block between the pooled columns and the photo descriptors; the pooled
+    columns do not change, the block is what the backbone gives for the decoded image, and
+    imgrate rank computes the same columns from the model file."""
+    from imgrate.backbones import backbone_spec
+    from imgrate.features import FEATURES, GRID, PHOTO, grid_size
+    from imgrate.inputs import InputSpec
+
+    params, paths = tiny_world
+    default = params.featurize.grid
+    other = copy_world(paths, tmp_path / "other")
+    summary = run_stage(dataclasses.replace(params.featurize, grid=2 if default == 0 else 0), other)
+    assert summary["shards_extracted"] == summary["shards"]  # another meta: everything again
+    plain_world, grid_world = (paths, other) if params.featurize.grid == 0 else (other, paths)
+    plain, meta = read_meta(plain_world), read_meta(grid_world)
+    assert plain is not None and meta is not None
+    g = grid_size(meta)
+    assert [b.name for b in meta.blocks] == ["pooled", GRID, PHOTO] and g == (default or 2)
+    mid = backbone_spec(meta.backbone).mid_width
+    assert mid == 112 and meta.columns(GRID) == slice(1280, 1280 + g * g * 112)
+    assert meta.width == plain.width + g * g * mid
+    assert [b.name for b in plain.blocks] == ["pooled", PHOTO]
+    shard = sorted(wanted_members(paths))[0]
+    got, before = read_shard(grid_world, shard), read_shard(plain_world, shard)
+    assert got.members == before.members
+    for name in ("pooled", PHOTO):
+        assert np.allclose(got.features[:, meta.columns(name)], before.features[:, plain.columns(name)], atol=1e-5)
+    data = dict(iter_members(paths.shards / shard, set(got.members[:3])))
+    images = np.stack([load_thumbnail(data[m], meta.input_size) for m in got.members[:3]])
+    # the block by hand: the mid-level block's output map, cell means of a g x g grid
+    backbone = load_backbone(meta.backbone, meta.input_size)
+    maps: list[torch.Tensor] = []
+    hook = backbone.net._blocks[backbone.mid].register_forward_hook(lambda _m, _i, out: maps.append(out))
+    with torch.inference_mode():
+        backbone(torch.from_numpy(images))
+    hook.remove()
+    (m,) = maps
+    assert m.shape[1] == mid and m.shape[2] == m.shape[3] == meta.input_size // 16
+    s = m.shape[2]
+    edges = [(i * s // g, -(-(i + 1) * s // g)) for i in range(g)]  # cells overlap where g does not divide s
+    cells = torch.stack([m[:, :, a:b, c:d].mean(dim=(2, 3)) for a, b in edges for c, d in edges], dim=2)
+    assert np.allclose(got.features[:3, meta.columns(GRID)], cells.flatten(1).numpy(), atol=1e-4)
     spec = InputSpec("features", meta.input_size, "max_ratio", meta.backbone, meta.width, meta.to_dict())
     again = FEATURES.from_images(spec, images, torch.device("cpu"))
     assert again.shape == (3, meta.width) and np.allclose(again, got.features[:3], atol=1e-4)

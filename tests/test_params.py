@@ -121,6 +121,8 @@ def test_a_stage_validates_only_the_sections_it_reads() -> None:
         (lambda d: d["crawl"]["demo"].update(mean_interval_days=1e-9), "crawl.demo.mean_interval_days"),
         (lambda d: d["preprocess"].update(size=60000), "preprocess.size: must be at most"),
         (lambda d: d["featurize"].update(input_size=60000), "featurize.input_size"),
+        (lambda d: d["featurize"].update(grid=4), "featurize.grid: must be between 0 and 3"),
+        (lambda d: d["featurize"].update(grid=-1), "featurize.grid: must be between 0 and 3"),
         (lambda d: d["export"].update(thumbnail_size=60000), "export.thumbnail_size"),
         # issue 20: the world's clock past what a timestamp holds was an OverflowError traceback
         (lambda d: d["crawl"]["demo"].update(until="9999-12-31"), "crawl.demo.until: must be before 2100"),
